@@ -1,0 +1,48 @@
+# One set of commands for people, hooks and CI. `make up` and `make test` do all their own set-up.
+SHELL := /bin/bash
+export PATH := $(HOME)/.local/bin:$(PATH)
+export UV_PYTHON_DOWNLOADS ?= never
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help up test test-fast lint bench deps uv redis clean
+
+help:
+	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
+	@echo "make test   install what the tests need and run them"
+	@echo "make bench  raw limit vs raylens ingest (ViT-B-32, random weights)"
+	@echo "make lint   ruff + mypy"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || \
+	  $(PYTHON) -m pip install --user --quiet uv || \
+	  $(PYTHON) -m pip install --user --quiet --break-system-packages uv
+
+deps: uv
+	$(UV) sync --frozen
+
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
+
+up: deps
+	$(UV) run --frozen raylens up
+
+test: deps redis
+	$(UV) run --frozen pytest -q -ra
+
+test-fast: deps redis
+	$(UV) run --frozen pytest -q -ra -m "not integration"
+
+lint: deps
+	$(UV) run --frozen ruff check raylens tests bench
+	$(UV) run --frozen ruff format --check raylens tests bench
+	$(UV) run --frozen mypy raylens
+
+bench: deps
+	$(UV) run --frozen python bench/bench_core.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,248 @@
+"""`raylens` command line: up, down, ingest, status, search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from raylens.cluster.jobs import Lane
+from raylens.cluster.settings import Settings, load_settings
+from raylens.errors import RaylensError, SettingsError
+
+MARKER = "ray-started-by-raylens"
+
+
+def _ray_bin() -> str:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def _local_cluster_running(settings: Settings) -> bool:
+    """Is a head node already listening on our own local port (an earlier `up --detach`)?"""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", settings.ray_port)) == 0
+
+
+def _start_local_ray(settings: Settings) -> None:
+    """`ray start --head` so other processes (`raylens ingest`, `ray job submit`) can join."""
+    cmd = [
+        _ray_bin(), "start", "--head",
+        f"--port={settings.ray_port}",
+        f"--dashboard-host={settings.dashboard_host}",
+        f"--dashboard-port={settings.dashboard_port}",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RaylensError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / MARKER).write_text(str(time.time()))
+
+
+def _stop_local_ray(settings: Settings) -> None:
+    marker = settings.data_dir / MARKER
+    if marker.exists():
+        subprocess.run([_ray_bin(), "stop"], capture_output=True)
+        marker.unlink(missing_ok=True)
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from raylens.cluster import system
+
+    address = system.resolve_address(settings, args.address)
+    local = address == settings.local_ray_address
+    if local and not _local_cluster_running(settings):
+        print(f"starting a local Ray cluster (dashboard http://{settings.dashboard_host}:"
+              f"{settings.dashboard_port})", file=sys.stderr)
+        _start_local_ray(settings)
+    system.connect(settings, address)
+    if settings.random_weights:
+        print("WARNING: RAYLENS_CLIP_PRETRAINED=none: random weights, vectors are meaningless "
+              "(benchmarks and smoke runs only)", file=sys.stderr)
+    print(f"starting raylens: {settings.num_workers} worker(s), model {settings.clip_model} "
+          f"({settings.clip_pretrained})", file=sys.stderr)
+    try:
+        info = system.start(settings)
+    except RaylensError:
+        if local:
+            _stop_local_ray(settings)
+        raise
+    for r in info["workers"]:
+        print(f"  {r['worker']}: {r['model_id']} on {r['device']} ({r['dtype']}), dim {r['dim']}, "
+              f"loaded in {r['load_seconds']:.1f}s", file=sys.stderr)
+    print(f"raylens is up; data in {settings.data_dir}; dashboard "
+          f"http://{settings.dashboard_host}:{settings.dashboard_port}", file=sys.stderr)
+    if args.detach:
+        return 0
+    stopping = {"now": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("running in the foreground; Ctrl+C stops it", file=sys.stderr)
+    while not stopping["now"]:
+        time.sleep(0.5)
+    print("\nstopping raylens (finishing batches in hand)...", file=sys.stderr)
+    stopped = system.stop(settings)
+    ray.shutdown()
+    if local:
+        _stop_local_ray(settings)
+    print(f"stopped: {stopped['workers']} worker(s); queued jobs stay in the store", file=sys.stderr)
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.cluster import system
+
+    try:
+        system.connect(settings, args.address)
+        stopped = system.stop(settings)
+        print(f"stopped {stopped['workers']} worker(s), queue and index", file=sys.stderr)
+    except RaylensError as exc:
+        print(f"nothing to stop: {exc.message}", file=sys.stderr)
+    import ray
+
+    ray.shutdown()
+    if system.resolve_address(settings, args.address) == settings.local_ray_address:
+        _stop_local_ray(settings)
+    return 0
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.cluster import intake, system
+
+    system.connect(settings, args.address)
+    queue = system.queue_handle(settings)
+    summary = intake.ingest(settings, Path(args.path), queue, Lane(args.priority),
+                            progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_code.items()))
+        print(f"{summary.files} files: {summary.submitted} submitted, {summary.skipped} skipped "
+              f"(already done), {summary.duplicates} duplicates; {summary.done} done, "
+              f"{summary.failed} failed{f' ({codes})' if codes else ''} in {summary.seconds:.1f}s "
+              f"({summary.images_per_s} images/s)")
+    return 0 if summary.complete else 3
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.cluster import system
+
+    system.connect(settings, args.address)
+    st = system.status(settings)
+    if args.json:
+        print(json.dumps(st, default=str))
+        return 0
+    q = st["queue"]
+    print("queue depth: " + ", ".join(f"{k} {v}" for k, v in q["depth"].items())
+          + f"; leased {q['leased']} (max depth {q['max_depth']})")
+    print("jobs: " + ", ".join(f"{k} {v}" for k, v in q["jobs"].items()))
+    idx = st.get("index", {})
+    print(f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')} "
+          f"({idx.get('where', idx.get('error', ''))})")
+    for r in st["workers"]:
+        if "error" in r:
+            print(f"worker: unavailable: {r['error']}")
+            continue
+        print(f"{r['worker']} pid {r['pid']}: {r['model_id']} on {r['device']} ({r['dtype']}), "
+              f"dim {r['dim']}, loaded {r['load_count']}x in {r['load_seconds']:.1f}s; "
+              f"{r['batches']} batches, {r['images']} images, {r['failed_inputs']} bad inputs")
+    return 0
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.cluster import system
+
+    system.connect(settings, args.address)
+    hits = system.search_text(settings, args.text, args.top_k)
+    if args.json:
+        print(json.dumps({"query": args.text, "hits": hits}))
+        return 0
+    if not hits:
+        print("no hits (is anything ingested?)")
+    for i, h in enumerate(hits, 1):
+        p = h["payload"]
+        print(f"{i:3d}. {h['score']:.4f}  {p.get('source')}  (job {p.get('job_id')})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raylens",
+        description="Images to searchable OpenCLIP vectors on a Ray cluster. Settings come from "
+        "RAYLENS_* environment variables (see README).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start (or join) Ray and run the queue and the workers")
+    up.add_argument("--detach", action="store_true",
+                    help="return once everything is up (stop it with `raylens down`)")
+    up.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop what `raylens up --detach` started")
+    down.add_argument("--address", help="Ray cluster address (default: the local one)")
+    down.set_defaults(func=cmd_down)
+
+    ing = sub.add_parser("ingest", help="embed every image under PATH and wait until all are done")
+    ing.add_argument("path", help="an image file or a folder (searched recursively)")
+    ing.add_argument("--priority", choices=[lane.value for lane in Lane], default="bulk",
+                     help="queue lane (default: bulk)")
+    ing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ing.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ing.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    ing.set_defaults(func=cmd_ingest)
+
+    st = sub.add_parser("status", help="queue depth, job counts and each worker's model report")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--address")
+    st.set_defaults(func=cmd_status)
+
+    se = sub.add_parser("search", help="text-to-image search")
+    se.add_argument("text")
+    se.add_argument("--top-k", type=int, default=10)
+    se.add_argument("--json", action="store_true")
+    se.add_argument("--address")
+    se.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings()
+        if getattr(args, "top_k", 1) < 1:
+            raise SettingsError("--top-k must be at least 1")
+        return int(args.func(settings, args))
+    except SettingsError as exc:
+        print(f"raylens: {exc.message}", file=sys.stderr)
+        return 2
+    except RaylensError as exc:
+        print(f"raylens: error [{exc.code.value}]: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("raylens: interrupted; submitted jobs stay queued and will finish", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Intake: turn files and uploads into durable jobs, and follow them to the end (`raylens ingest`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from raylens.actors.transforms import sniff_format
+from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, SourceKind
+from raylens.cluster.payloads import PayloadStore
+from raylens.cluster.queue import SubmitResult
+from raylens.cluster.settings import Settings
+from raylens.errors import EmptyInput, QueueFull, SourceMissing, TooLarge, UnsupportedFormat
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def discover(root: Path) -> Iterator[Path]:
+    """Every image file under root (by suffix), in a stable order; root may be one file."""
+    if root.is_file():
+        yield root.resolve()
+        return
+    if not root.is_dir():
+        raise SourceMissing(f"{root} does not exist")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield (Path(dirpath) / name).resolve()
+
+
+def spec_for_path(path: Path, lane: Lane) -> JobSpec:
+    """A path job: the file is referenced (never copied); its hash makes the dedup key."""
+    sha, size = sha256_file(path)
+    return JobSpec(
+        source_kind=SourceKind.PATH, source=str(path), sha256=sha, size_bytes=size, lane=lane,
+        name=path.name,
+    )
+
+
+def spec_for_upload(
+    data: bytes, payloads: PayloadStore, settings: Settings, lane: Lane, name: str | None = None
+) -> JobSpec:
+    """Validate an upload (size cap, magic bytes) and store it durably before any job exists."""
+    if not data:
+        raise EmptyInput(f"upload {name or ''} is empty".replace("  ", " "))
+    if len(data) > settings.max_input_bytes:
+        raise TooLarge(
+            f"upload has {len(data)} bytes; limit RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
+        )
+    if sniff_format(data) is None:
+        raise UnsupportedFormat(
+            f"upload {name or ''} is not a supported image (jpeg, png, gif, webp, bmp, tiff)"
+        )
+    sha = payloads.put(data)
+    return JobSpec(
+        source_kind=SourceKind.UPLOAD, source=sha, sha256=sha, size_bytes=len(data), lane=lane,
+        name=name,
+    )
+
+
+def submit(
+    queue: Any,
+    specs: Sequence[JobSpec],
+    settings: Settings,
+    *,
+    patience_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> list[SubmitResult]:
+    """Submit in chunks; when the queue is full, back off and try again (bulk ingest waits)."""
+    out: list[SubmitResult] = []
+    chunk = settings.ingest_chunk
+    for i in range(0, len(specs), chunk):
+        part = list(specs[i : i + chunk])
+        delay = settings.ingest_poll_s
+        started = time.monotonic()
+        while True:
+            try:
+                out += ray.get(queue.submit.remote(part))
+                break
+            except (QueueFull, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                # Full: wait for room. Queue restarting: resubmitting is safe, since the same
+                # content returns the job already created.
+                if patience_s is not None and time.monotonic() - started > patience_s:
+                    raise
+                if on_wait:
+                    on_wait(getattr(exc, "message", "queue restarting"))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    return out
+
+
+@dataclass
+class IngestSummary:
+    path: str
+    files: int = 0
+    submitted: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    done: int = 0
+    failed: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    complete: bool = False
+    job_ids: list[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self, with_ids: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_ids:
+            d.pop("job_ids")
+        return d
+
+
+def ingest(
+    settings: Settings,
+    root: Path,
+    queue: Any,
+    lane: Lane = Lane.BULK,
+    progress: bool = True,
+) -> IngestSummary:
+    """Enqueue every image under root, skipping content already done, and wait for the end."""
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    summary = IngestSummary(path=str(root))
+    files = list(discover(root))
+    summary.files = len(files)
+    bar = tqdm(total=len(files), desc="ingest", unit="img", disable=not progress,
+               mininterval=0.5, dynamic_ncols=True)
+    pending: dict[str, None] = {}  # ordered set of job ids still to finish
+    seen: set[str] = set()
+    last_poll = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="raylens-hash") as pool:
+        chunk = settings.ingest_chunk
+        for i in range(0, len(files), chunk):
+            specs = list(pool.map(lambda p: spec_for_path(p, lane), files[i : i + chunk]))
+            results = submit(queue, specs, settings,
+                             on_wait=lambda m: bar.set_postfix_str("queue full, waiting"))
+            for res in results:
+                if res.job_id in seen:
+                    summary.duplicates += 1
+                    bar.update(1)
+                    continue
+                seen.add(res.job_id)
+                if res.created:
+                    summary.submitted += 1
+                if res.state is JobState.DONE and not res.created:
+                    summary.skipped += 1
+                    bar.update(1)
+                else:
+                    pending[res.job_id] = None
+            summary.job_ids += [r.job_id for r in results]
+            if time.monotonic() - last_poll > settings.ingest_poll_s * 4:
+                _collect(queue, pending, summary, bar, settings)
+                last_poll = time.monotonic()
+        _wait(settings, queue, pending, summary, bar, t0)
+    bar.close()
+    summary.seconds = round(time.monotonic() - t0, 3)
+    processed = summary.done + summary.failed
+    summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds else 0.0
+    summary.complete = not pending
+    return summary
+
+
+def _collect(
+    queue: Any, pending: dict[str, None], summary: IngestSummary, bar: Any, settings: Settings
+) -> None:
+    """Move finished jobs out of pending, counting them."""
+    codes: Counter[str] = Counter(summary.failed_by_code)
+    ids = list(pending)
+    for i in range(0, len(ids), 1000):
+        try:
+            jobs: list[Job | None] = ray.get(queue.states.remote(ids[i : i + 1000]))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            bar.set_postfix_str("queue restarting", refresh=False)
+            return  # the queue is being rebuilt from the store; look again next poll
+        for job_id, job in zip(ids[i : i + 1000], jobs):
+            if job is None or not job.state.terminal:
+                continue
+            del pending[job_id]
+            bar.update(1)
+            if job.state is JobState.DONE:
+                summary.done += 1
+            else:
+                summary.failed += 1
+                codes[job.error_code.value if job.error_code else "internal"] += 1
+    summary.failed_by_code = dict(codes)
+    bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
+
+
+def _wait(
+    settings: Settings,
+    queue: Any,
+    pending: dict[str, None],
+    summary: IngestSummary,
+    bar: Any,
+    t0: float,
+) -> None:
+    while pending:
+        if settings.ingest_timeout_s and time.monotonic() - t0 > settings.ingest_timeout_s:
+            return
+        time.sleep(settings.ingest_poll_s)
+        _collect(queue, pending, summary, bar, settings)

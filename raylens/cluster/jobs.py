@@ -1,0 +1,161 @@
+"""Jobs as explicit data: states, allowed transitions, lanes, sources and the job record."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from raylens.errors import ErrorCode, InvalidTransition
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED)
+
+
+# Every legal move of a job. running -> queued is a nack or an expired lease;
+# queued -> failed is a dead letter found while rebuilding; failed -> queued is a retry.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.QUEUED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+}
+
+
+class Lane(str, Enum):
+    """Priority lanes, served strictly in this order."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+    @property
+    def rank(self) -> int:
+        return LANE_ORDER.index(self)
+
+
+LANE_ORDER: tuple[Lane, ...] = (Lane.INTERACTIVE, Lane.NORMAL, Lane.BULK)
+
+
+class SourceKind(str, Enum):
+    UPLOAD = "upload"  # bytes kept in the payload store under the content sha256
+    PATH = "path"  # a file on a filesystem every worker can read; never copied
+    URI = "uri"  # reserved for object-store URIs (s3://...), resolved by a later issue
+
+
+class Pipeline(str, Enum):
+    EMBED = "embed"
+
+
+class Transition(BaseModel):
+    state: JobState
+    at: float
+    attempt: int = 0
+    note: str | None = None
+
+
+class JobSpec(BaseModel):
+    """What a caller asks for; the queue turns it into a Job."""
+
+    source_kind: SourceKind
+    source: str  # payload key, absolute path or URI
+    sha256: str = Field(min_length=64, max_length=64)
+    size_bytes: int = Field(ge=0)
+    lane: Lane = Lane.NORMAL
+    pipeline: Pipeline = Pipeline.EMBED
+    name: str | None = None  # original file name of an upload, for display
+
+    def content_key(self, model_id: str) -> str:
+        """Same content + pipeline + model -> same job (dedup and skip-if-done)."""
+        return f"{self.sha256}:{self.pipeline.value}:{model_id}"
+
+
+class Job(BaseModel):
+    id: str
+    state: JobState = JobState.QUEUED
+    lane: Lane = Lane.NORMAL
+    source_kind: SourceKind
+    source: str
+    name: str | None = None
+    sha256: str
+    size_bytes: int = 0
+    pipeline: Pipeline = Pipeline.EMBED
+    content_key: str
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    history: list[Transition] = Field(default_factory=list)
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def new(cls, spec: JobSpec, model_id: str, now: float | None = None) -> Job:
+        now = time.time() if now is None else now
+        return cls(
+            id=uuid.uuid4().hex,
+            lane=spec.lane,
+            source_kind=spec.source_kind,
+            source=spec.source,
+            name=spec.name,
+            sha256=spec.sha256,
+            size_bytes=spec.size_bytes,
+            pipeline=spec.pipeline,
+            content_key=spec.content_key(model_id),
+            created_at=now,
+            updated_at=now,
+            history=[Transition(state=JobState.QUEUED, at=now)],
+        )
+
+    def moved(
+        self,
+        to: JobState,
+        *,
+        now: float | None = None,
+        attempts: int | None = None,
+        error: tuple[ErrorCode, str] | None = None,
+        result: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> Job:
+        """A copy of this job in state `to`; raises InvalidTransition for an illegal move."""
+        if to not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"job {self.id}: {self.state.value} -> {to.value} not allowed")
+        now = time.time() if now is None else now
+        attempts = self.attempts if attempts is None else attempts
+        update: dict[str, Any] = {
+            "state": to,
+            "updated_at": now,
+            "attempts": attempts,
+            "history": [*self.history, Transition(state=to, at=now, attempt=attempts, note=note)],
+        }
+        if to is JobState.FAILED:
+            code, message = error or (ErrorCode.INTERNAL, "failed without a reason")
+            update.update(error_code=code, error_message=message)
+        elif to is JobState.QUEUED:
+            # A retry or re-queue keeps the last error visible until the job ends again.
+            pass
+        if to is JobState.DONE:
+            update.update(result=result, error_code=None, error_message=None)
+        return self.model_copy(update=update)
+
+    def timestamps(self) -> dict[str, float]:
+        """Last time the job entered each state."""
+        return {t.state.value: t.at for t in self.history}
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Job:
+        return cls.model_validate_json(data)

@@ -1,0 +1,43 @@
+"""Payload stores: the bytes of uploads, content-addressed by sha256 (data dir or Redis)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from raylens.cluster.settings import Settings
+
+
+class PayloadStore(ABC):
+    """Binary-safe, durable blobs keyed by the sha256 hex of their content.
+
+    `put` returns only once the bytes are durable (fsync'd file, or written to Redis with AOF).
+    Storing the same content twice is a no-op. Raises StoreUnavailable when the backend is down.
+    """
+
+    @abstractmethod
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store bytes; returns their sha256 hex key."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The bytes under key; raises SourceMissing when there are none."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def open_payload_store(settings: Settings) -> PayloadStore:
+    if settings.uses_redis_payloads:
+        from raylens.cluster.payloads_redis import RedisPayloadStore
+
+        assert settings.redis_url is not None
+        return RedisPayloadStore(settings.redis_url, prefix=settings.redis_prefix)
+    from raylens.cluster.payloads_fs import FsPayloadStore
+
+    return FsPayloadStore(settings.payload_dir)

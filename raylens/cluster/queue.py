@@ -1,0 +1,363 @@
+"""JobQueue: the one queue of the cluster, a named detached async Ray actor over the job store.
+
+The store is the truth; the actor keeps only what it can rebuild from it: per-lane deques of
+queued job ids and the leases of running jobs. Every store call runs on one dedicated thread so
+the actor's event loop never blocks (invariant 7) and writes are serialised (single writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from raylens.cluster.jobs import LANE_ORDER, Job, JobSpec, JobState, Lane
+from raylens.cluster.settings import Settings
+from raylens.cluster.store import JobStore, open_job_store
+from raylens.errors import ErrorCode, QueueFull
+
+log = logging.getLogger("raylens.queue")
+T = TypeVar("T")
+
+
+@dataclass
+class Lease:
+    worker_id: str | None  # None: lease found running in the store on rebuild; owner unknown
+    deadline: float
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    created: bool
+    state: JobState
+
+
+@dataclass(frozen=True)
+class Failure:
+    job_id: str
+    code: ErrorCode
+    message: str
+    retryable: bool = False  # True: counts as an attempt and re-queues until max_attempts
+
+
+class JobQueue:
+    """Priority lanes (interactive > normal > bulk), leases with deadlines, ack/nack, dead letters."""
+
+    def __init__(self, settings: Settings, model_id: str) -> None:
+        self.settings = settings
+        self.model_id = model_id
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylens-store")
+        self.store: JobStore = open_job_store(settings)
+        self.lanes: dict[Lane, deque[str]] = {lane: deque() for lane in LANE_ORDER}
+        self.lane_of: dict[str, Lane] = {}
+        self.leases: dict[str, Lease] = {}
+        self.started_at = time.time()
+        self.rebuilt = self._rebuild()  # runs before the actor serves calls: blocking is fine
+        self._wakeup: asyncio.Event | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.counters = {"leased": 0, "acked": 0, "failed": 0, "requeued": 0, "dead_letter": 0}
+
+    # ---- start-up ------------------------------------------------------------------------------
+    def _rebuild(self) -> dict[str, int]:
+        """Reload every non-terminal job: queued ones into their lanes, running ones as leases.
+
+        A running job's worker may still be working and will ack; if it does not ack within one
+        lease period the reaper re-queues it like any expired lease.
+        """
+        queued = running = 0
+        deadline = time.time() + self.settings.lease_timeout_s
+        for job in self.store.iter_state(JobState.QUEUED):
+            self.lanes[job.lane].append(job.id)
+            self.lane_of[job.id] = job.lane
+            queued += 1
+        for job in self.store.iter_state(JobState.RUNNING):
+            self.leases[job.id] = Lease(worker_id=None, deadline=deadline)
+            self.lane_of[job.id] = job.lane
+            running += 1
+        log.info("queue rebuilt from store: %d queued, %d running", queued, running)
+        return {"queued": queued, "running": running}
+
+    async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def _ensure_started(self) -> asyncio.Event:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        return self._wakeup
+
+    def _notify(self) -> None:
+        self._ensure_started().set()
+
+    # ---- intake -------------------------------------------------------------------------------
+    def depth(self) -> int:
+        return sum(len(q) for q in self.lanes.values())
+
+    async def submit(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
+        """Create (or find) the jobs and queue the new ones; returns once they are durable.
+
+        Raises QueueFull, writing nothing, when the queued depth would exceed queue_max_depth.
+        Content already submitted (same sha256, pipeline and model) returns the existing job.
+        """
+        self._ensure_started()
+        if not specs:
+            return []
+        if self.depth() + len(specs) > self.settings.queue_max_depth:
+            raise QueueFull(
+                f"queue holds {self.depth()} jobs; {len(specs)} more would pass "
+                f"RAYLENS_QUEUE_MAX_DEPTH={self.settings.queue_max_depth}"
+            )
+        now = time.time()
+        jobs = [Job.new(spec, self.model_id, now=now) for spec in specs]
+        stored = await self._io_call(self.store.create_or_get, jobs)
+        out = []
+        for job, created in stored:
+            if created:
+                self.lanes[job.lane].append(job.id)
+                self.lane_of[job.id] = job.lane
+            out.append(SubmitResult(job.id, created, job.state))
+        self._notify()
+        return out
+
+    async def retry(self, job_ids: Sequence[str]) -> list[str]:
+        """Re-queue failed jobs (attempts reset); returns the ids that were re-queued."""
+        self._ensure_started()
+        jobs = [j for j in await self._io_call(self.store.get_many, list(job_ids)) if j]
+        moved = [
+            j.moved(JobState.QUEUED, attempts=0, note="retry")
+            for j in jobs
+            if j.state is JobState.FAILED
+        ]
+        if moved:
+            await self._io_call(self.store.put, moved)
+        for job in moved:
+            self.lanes[job.lane].append(job.id)
+            self.lane_of[job.id] = job.lane
+        self._notify()
+        return [j.id for j in moved]
+
+    # ---- workers ------------------------------------------------------------------------------
+    def _pop(self, n: int) -> list[str]:
+        ids: list[str] = []
+        for lane in LANE_ORDER:
+            q = self.lanes[lane]
+            while q and len(ids) < n:
+                ids.append(q.popleft())
+        return ids
+
+    async def lease(self, worker_id: str, max_jobs: int, wait_s: float | None = None) -> list[Job]:
+        """Up to max_jobs jobs, highest lane first, marked running with a lease deadline.
+
+        Waits up to wait_s (default lease_poll_s) for a first job, then up to batch_wait_ms for the
+        batch to fill. Returns [] when nothing arrived in time.
+        """
+        wakeup = self._ensure_started()
+        wait_s = self.settings.lease_poll_s if wait_s is None else wait_s
+        start = time.monotonic()
+        while self.depth() == 0:
+            remaining = wait_s - (time.monotonic() - start)
+            if remaining <= 0:
+                return []
+            wakeup.clear()
+            try:
+                await asyncio.wait_for(wakeup.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                return []
+        fill_deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+        while self.depth() < max_jobs and time.monotonic() < fill_deadline:
+            wakeup.clear()
+            try:
+                await asyncio.wait_for(wakeup.wait(), timeout=fill_deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
+        ids = self._pop(max_jobs)
+        if not ids:
+            return []
+        deadline = time.time() + self.settings.lease_timeout_s
+        for job_id in ids:
+            self.leases[job_id] = Lease(worker_id, deadline)
+        try:
+            jobs = await self._io_call(self._mark_running, ids, worker_id)
+        except Exception:
+            for job_id in reversed(ids):  # give them back in order; the store is the truth
+                self.leases.pop(job_id, None)
+                self.lanes[self.lane_of[job_id]].appendleft(job_id)
+            raise
+        leased = {job.id for job in jobs}
+        for job_id in ids:
+            if job_id not in leased:  # gone or already terminal: never lease it
+                self.leases.pop(job_id, None)
+                self.lane_of.pop(job_id, None)
+        self.counters["leased"] += len(jobs)
+        return jobs
+
+    def _mark_running(self, ids: list[str], worker_id: str) -> list[Job]:
+        now = time.time()
+        running = [
+            job.moved(JobState.RUNNING, now=now, attempts=job.attempts + 1, note=worker_id)
+            for job in self.store.get_many(ids)
+            if job is not None and job.state is JobState.QUEUED
+        ]
+        self.store.put(running)
+        return running
+
+    async def heartbeat(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        """Extend the leases this worker still holds; returns how many were extended."""
+        deadline = time.time() + self.settings.lease_timeout_s
+        extended = 0
+        for job_id in job_ids:
+            lease = self.leases.get(job_id)
+            if lease is not None and lease.worker_id in (worker_id, None):
+                lease.worker_id, lease.deadline = worker_id, deadline
+                extended += 1
+        return extended
+
+    async def ack(
+        self,
+        worker_id: str,
+        done: Sequence[tuple[str, dict[str, Any]]] = (),
+        failed: Sequence[Failure] = (),
+    ) -> dict[str, int]:
+        """Record results. Input failures end the job; retryable ones re-queue or dead-letter.
+
+        An ack for a job that is no longer leased by this worker is still applied when the job is
+        not terminal (the work is valid and its effects idempotent); acks for terminal jobs are
+        ignored, so a late duplicate never changes a finished job.
+        """
+        self._ensure_started()
+        ids = [job_id for job_id, _ in done] + [f.job_id for f in failed]
+        for job_id in ids:
+            self.leases.pop(job_id, None)
+            self._drop_from_lane(job_id)
+        outcome = await self._io_call(self._apply_ack, list(done), list(failed))
+        for job in outcome["requeued"]:
+            self.lanes[job.lane].appendleft(job.id)
+            self.lane_of[job.id] = job.lane
+        if outcome["requeued"]:
+            self._notify()
+        for job_id in ids:
+            if job_id not in self.leases and not self._queued(job_id):
+                self.lane_of.pop(job_id, None)
+        counts = {k: len(v) for k, v in outcome.items()}
+        self.counters["acked"] += counts["done"]
+        self.counters["failed"] += counts["failed"]
+        self.counters["requeued"] += counts["requeued"]
+        return counts
+
+    def _apply_ack(
+        self, done: list[tuple[str, dict[str, Any]]], failed: list[Failure]
+    ) -> dict[str, list[Job]]:
+        now = time.time()
+        results = dict(done)
+        failures = {f.job_id: f for f in failed}
+        jobs = self.store.get_many(list(results) + list(failures))
+        out: dict[str, list[Job]] = {"done": [], "failed": [], "requeued": []}
+        for job in jobs:
+            if job is None or job.state.terminal:
+                continue
+            if job.state is JobState.QUEUED:  # re-queued after its lease expired, now finished
+                job = job.moved(JobState.RUNNING, now=now, attempts=max(job.attempts, 1))
+            if job.id in results:
+                out["done"].append(job.moved(JobState.DONE, now=now, result=results[job.id]))
+            else:
+                f = failures[job.id]
+                moved = self._fail_or_requeue(job, f.code, f.message, f.retryable, now)
+                out["failed" if moved.state is JobState.FAILED else "requeued"].append(moved)
+        self.store.put(out["done"] + out["failed"] + out["requeued"])
+        return out
+
+    def _fail_or_requeue(
+        self, job: Job, code: ErrorCode, message: str, retryable: bool, now: float
+    ) -> Job:
+        if not retryable:
+            return job.moved(JobState.FAILED, now=now, error=(code, message))
+        if job.attempts >= self.settings.max_attempts:
+            self.counters["dead_letter"] += 1
+            return job.moved(
+                JobState.FAILED,
+                now=now,
+                error=(
+                    ErrorCode.DEAD_LETTER,
+                    f"gave up after {job.attempts} attempts (RAYLENS_MAX_ATTEMPTS="
+                    f"{self.settings.max_attempts}); last error {code.value}: {message}",
+                ),
+            )
+        return job.moved(JobState.QUEUED, now=now, note=f"{code.value}: {message}")
+
+    def _queued(self, job_id: str) -> bool:
+        lane = self.lane_of.get(job_id)
+        return lane is not None and job_id in self.lanes[lane]
+
+    def _drop_from_lane(self, job_id: str) -> None:
+        lane = self.lane_of.get(job_id)
+        if lane is not None:
+            try:
+                self.lanes[lane].remove(job_id)
+            except ValueError:
+                pass
+
+    async def nack(self, worker_id: str, job_ids: Sequence[str], message: str) -> dict[str, int]:
+        """Give jobs back (worker stopping, transient failure): counts as an attempt."""
+        mine = [
+            j for j in job_ids if (lease := self.leases.get(j)) and lease.worker_id == worker_id
+        ]
+        failures = [Failure(j, ErrorCode.INTERNAL, message, retryable=True) for j in mine]
+        return await self.ack(worker_id, failed=failures)
+
+    # ---- lease expiry ---------------------------------------------------------------------------
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_check_interval_s)
+            try:
+                await self.reap()
+            except Exception:  # the store may be down; try again next tick, never die
+                log.exception("lease reaper failed; retrying in %ss",
+                              self.settings.lease_check_interval_s)
+
+    async def reap(self) -> int:
+        """Re-queue (or dead-letter) every job whose lease deadline has passed."""
+        now = time.time()
+        expired = [job_id for job_id, lease in self.leases.items() if lease.deadline <= now]
+        if not expired:
+            return 0
+        owners = {job_id: self.leases[job_id].worker_id for job_id in expired}
+        failures = [
+            Failure(
+                job_id,
+                ErrorCode.LEASE_EXPIRED,
+                f"lease expired after {self.settings.lease_timeout_s}s "
+                f"(worker {owners[job_id] or 'unknown'} died or hung)",
+                retryable=True,
+            )
+            for job_id in expired
+        ]
+        await self.ack("reaper", failed=failures)
+        return len(expired)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    async def states(self, job_ids: Sequence[str]) -> list[Job | None]:
+        return await self._io_call(self.store.get_many, list(job_ids))
+
+    async def stats(self) -> dict[str, Any]:
+        counts = await self._io_call(self.store.counts)
+        return {
+            "depth": {lane.value: len(self.lanes[lane]) for lane in LANE_ORDER},
+            "leased": len(self.leases),
+            "jobs": {state.value: n for state, n in counts.items()},
+            "counters": dict(self.counters),
+            "rebuilt": self.rebuilt,
+            "started_at": self.started_at,
+            "model_id": self.model_id,
+            "max_depth": self.settings.queue_max_depth,
+        }
+
+    async def ping(self) -> bool:
+        self._ensure_started()
+        return True

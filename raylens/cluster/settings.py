@@ -1,0 +1,191 @@
+"""The one settings object: every limit and location, read from RAYLENS_* variables once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from raylens.errors import SettingsError
+
+ENV_PREFIX = "RAYLENS_"
+
+
+class Settings(BaseSettings):
+    """All raylens settings. Each field is read from `RAYLENS_<FIELD NAME IN CAPITALS>`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- locations -------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path.home() / ".raylens",
+        description="Folder for the SQLite job store, uploaded payloads and Qdrant local mode.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db. When set, jobs (and payloads, see payload_store) "
+        "live in Redis instead of the data dir.",
+    )
+    redis_prefix: str = Field(default="raylens", description="Key prefix in Redis.")
+    payload_store: Literal["auto", "fs", "redis"] = Field(
+        default="auto",
+        description="Where uploaded bytes go: 'fs' (data dir), 'redis', or 'auto' "
+        "(redis when redis_url is set, else fs).",
+    )
+    qdrant_url: str | None = Field(
+        default=None, description="Qdrant server URL; unset = Qdrant local mode in the data dir."
+    )
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = Field(default="raylens_images", min_length=1)
+    qdrant_timeout_s: float = Field(default=30.0, gt=0)
+
+    # --- model ------------------------------------------------------------------------------
+    clip_model: str = Field(default="ViT-B-32", min_length=1, description="OpenCLIP architecture.")
+    clip_pretrained: str = Field(
+        default="laion2b_s34b_b79k",
+        min_length=1,
+        description="OpenCLIP pretrained tag, a path to a local checkpoint, or 'none' for "
+        "random weights (benchmarks and smoke runs only).",
+    )
+    clip_model_config: Path | None = Field(
+        default=None,
+        description="Optional JSON file with an extra OpenCLIP architecture config to register.",
+    )
+    clip_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto", description="auto = fp16 on cuda, fp32 elsewhere."
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="Torch intra-op threads per worker (default: its CPUs)."
+    )
+
+    # --- workers ----------------------------------------------------------------------------
+    num_workers: int = Field(default=1, ge=1, le=1024)
+    worker_num_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPU share per worker (fractional allowed). Unset = 1 if the cluster has "
+        "GPUs, else 0.",
+    )
+    worker_num_cpus: float = Field(default=1.0, gt=0)
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    decode_threads: int = Field(default=2, ge=1, le=256)
+    prefetch_batches: int = Field(
+        default=1, ge=0, le=16, description="Decoded batches kept ready while one is inferred."
+    )
+    worker_start_timeout_s: float = Field(default=600.0, gt=0)
+
+    # --- queue and jobs -----------------------------------------------------------------------
+    lease_timeout_s: float = Field(default=60.0, gt=0)
+    lease_check_interval_s: float = Field(default=1.0, gt=0)
+    lease_poll_s: float = Field(
+        default=2.0, gt=0, description="How long an idle worker's lease call waits for work."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    queue_max_depth: int = Field(default=100_000, ge=1)
+    max_input_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Upload/file cap.")
+    max_image_pixels: int = Field(
+        default=89_478_485, ge=1, description="Decompression-bomb limit (width x height)."
+    )
+
+    # --- ray and CLI --------------------------------------------------------------------------
+    namespace: str = Field(default="raylens", min_length=1)
+    ray_address: str | None = Field(
+        default=None, description="Cluster to join; unset = RAY_ADDRESS, else a local cluster."
+    )
+    ray_port: int = Field(default=6390, ge=1, le=65535)
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    ingest_chunk: int = Field(default=256, ge=1, description="Jobs submitted per queue call.")
+    ingest_poll_s: float = Field(default=0.5, gt=0)
+    ingest_timeout_s: float | None = Field(
+        default=None, gt=0, description="Give up waiting for an ingest after this long."
+    )
+
+    @field_validator("data_dir", "clip_model_config", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("redis_url", "qdrant_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _payloads_need_redis(self) -> Settings:
+        if self.payload_store == "redis" and not self.redis_url:
+            raise ValueError(
+                "RAYLENS_PAYLOAD_STORE=redis needs RAYLENS_REDIS_URL to be set as well"
+            )
+        return self
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def random_weights(self) -> bool:
+        return self.clip_pretrained.lower() == "none"
+
+    @property
+    def uses_redis_payloads(self) -> bool:
+        if self.payload_store == "auto":
+            return self.redis_url is not None
+        return self.payload_store == "redis"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def payload_dir(self) -> Path:
+        return self.data_dir / "payloads"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def local_ray_address(self) -> str:
+        """Where `raylens up` starts its own head node (loopback only)."""
+        return f"127.0.0.1:{self.ray_port}"
+
+    @property
+    def queue_actor_name(self) -> str:
+        return "raylens-queue"
+
+    @property
+    def index_actor_name(self) -> str:
+        return "raylens-index"
+
+    def worker_name(self, i: int) -> str:
+        return f"raylens-worker-{i}"
+
+
+def env_name(loc: tuple[object, ...]) -> str:
+    """The environment variable behind a pydantic error location."""
+    if not loc:
+        return f"{ENV_PREFIX}*"
+    return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read RAYLENS_* once (entry points only) and fail with the variable names on bad values."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = env_name(err["loc"]) if err["loc"] else "settings"
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"{name}: {err['msg']}{shown}")
+        raise SettingsError("invalid raylens settings:\n  " + "\n  ".join(lines)) from None

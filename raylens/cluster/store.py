@@ -1,0 +1,78 @@
+"""The job store interface: the source of truth for every job (SQLite or Redis behind it)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+
+from raylens.cluster.jobs import Job, JobState
+from raylens.cluster.settings import Settings
+
+
+class JobStore(ABC):
+    """Durable job records. Every write has returned only once it is durable.
+
+    Callers are synchronous and may be on any thread; implementations serialise their own I/O.
+    The queue actor is the only writer in a running system; readers are the CLI and the ingress.
+    Raises StoreUnavailable (never a client library's own exception) when the backend is down.
+    """
+
+    @abstractmethod
+    def create_or_get(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Insert jobs whose content_key has no live job yet, atomically per job.
+
+        For each job returns (stored job, created). When a job with the same content_key exists
+        and is not failed, that existing job is returned with created=False and nothing is
+        written. A failed one is replaced as the content_key's job by the new one.
+        """
+
+    @abstractmethod
+    def put(self, jobs: Sequence[Job]) -> None:
+        """Overwrite these jobs' records (state moves), all in one transaction."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Jobs in the order asked; None for an unknown id."""
+
+    @abstractmethod
+    def find_by_content(self, content_key: str) -> Job | None:
+        """The job currently registered for a content key, if any."""
+
+    @abstractmethod
+    def iter_state(self, state: JobState, batch: int = 1000) -> Iterator[Job]:
+        """Every job in a state, oldest first (used to rebuild the queue)."""
+
+    @abstractmethod
+    def list(
+        self, state: JobState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """A page of jobs (newest first) and the cursor of the next page, or None at the end."""
+
+    @abstractmethod
+    def counts(self) -> dict[JobState, int]:
+        """Number of jobs in each state (every state present, zeros included)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the backend answers."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def iter_nonterminal(self) -> Iterable[Job]:
+        yield from self.iter_state(JobState.QUEUED)
+        yield from self.iter_state(JobState.RUNNING)
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    """The job store the settings name: Redis when RAYLENS_REDIS_URL is set, else SQLite."""
+    if settings.redis_url:
+        from raylens.cluster.store_redis import RedisJobStore
+
+        return RedisJobStore(settings.redis_url, prefix=settings.redis_prefix)
+    from raylens.cluster.store_sqlite import SqliteJobStore
+
+    return SqliteJobStore(settings.sqlite_path)

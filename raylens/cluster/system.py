@@ -1,0 +1,229 @@
+"""Composition of the running system: where the queue, index and worker actors are declared.
+
+Resources are declared here, from settings, and nowhere else (ray.remote(...).options(...)).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+
+from raylens.actors.clip import model_id_for
+from raylens.cluster.index import VectorIndex
+from raylens.cluster.queue import JobQueue
+from raylens.cluster.settings import Settings
+from raylens.cluster.worker import Worker
+from raylens.errors import ModelLoadError, RaylensError, StoreUnavailable
+
+log = logging.getLogger("raylens.system")
+
+WORKER_PREFIX = "raylens-worker-"
+
+
+def resolve_address(settings: Settings, address: str | None = None) -> str | None:
+    """--address, else RAYLENS_RAY_ADDRESS, else RAY_ADDRESS (set by `ray job submit`; Ray reads
+    it itself when given None), else the local cluster `raylens up` starts on ray_port."""
+    if address or settings.ray_address:
+        return address or settings.ray_address
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    return settings.local_ray_address
+
+
+def connect(settings: Settings, address: str | None = None) -> None:
+    """Join a running Ray cluster (or reuse the one this process already joined)."""
+    if ray.is_initialized():
+        return
+    address = resolve_address(settings, address)
+    try:
+        ray.init(address=address, namespace=settings.namespace, log_to_driver=False)
+    except ConnectionError as exc:
+        raise StoreUnavailable(
+            f"no Ray cluster at {address!r} ({exc}); start one with `raylens up` "
+            "or set RAYLENS_RAY_ADDRESS"
+        ) from None
+
+
+def worker_gpus(settings: Settings) -> float:
+    if settings.worker_num_gpus is not None:
+        return settings.worker_num_gpus
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _actor(name: str, settings: Settings) -> Any:
+    return ray.get_actor(name, namespace=settings.namespace)
+
+
+def queue_handle(settings: Settings) -> Any:
+    try:
+        return _actor(settings.queue_actor_name, settings)
+    except ValueError:
+        raise StoreUnavailable(
+            "the raylens queue is not running on this Ray cluster; start it with `raylens up`"
+        ) from None
+
+
+def index_handle(settings: Settings) -> Any:
+    """The named index actor (local mode), or None when a Qdrant server is configured."""
+    if settings.qdrant_url:
+        return None
+    return _actor(settings.index_actor_name, settings)
+
+
+def worker_handles(settings: Settings) -> list[Any]:
+    names = sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == settings.namespace and a["name"].startswith(WORKER_PREFIX)
+    )
+    return [_actor(n, settings) for n in names]
+
+
+def _detached(settings: Settings, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": settings.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+    }
+
+
+def start_queue(settings: Settings) -> Any:
+    """The one queue of the cluster; on (re)start it rebuilds itself from the job store."""
+    model_id = model_id_for(settings.clip_model, settings.clip_pretrained)
+    queue = (
+        ray.remote(JobQueue)
+        .options(max_concurrency=1000, num_cpus=0, **_detached(settings, settings.queue_actor_name))
+        .remote(settings, model_id)
+    )
+    ray.get(queue.ping.remote())
+    return queue
+
+
+def start_index(settings: Settings) -> Any:
+    """Qdrant local mode: exactly one process may own the folder, so one named actor owns it."""
+    if settings.qdrant_url:
+        return None
+    index = (
+        ray.remote(VectorIndex)
+        .options(num_cpus=0, **_detached(settings, settings.index_actor_name))
+        .remote(settings)
+    )
+    ray.get(index.count.remote())
+    return index
+
+
+def start_workers(settings: Settings) -> list[dict[str, Any]]:
+    """num_workers workers, each pinned to a GPU share or to CPUs; waits for their models."""
+    gpus = worker_gpus(settings)
+    workers = [
+        ray.remote(Worker)
+        .options(
+            max_task_retries=0,
+            max_concurrency=4,
+            num_cpus=settings.worker_num_cpus,
+            num_gpus=gpus,
+            **_detached(settings, settings.worker_name(i)),
+        )
+        .remote(settings, settings.worker_name(i))
+        for i in range(settings.num_workers)
+    ]
+    return wait_for_workers(settings, workers)
+
+
+def start(settings: Settings) -> dict[str, Any]:
+    """Create (or find) the queue, the index owner and num_workers workers; wait until every
+    worker has loaded its model. Raises ModelLoadError with the worker's own message."""
+    queue = start_queue(settings)
+    start_index(settings)
+    reports = start_workers(settings)
+    return {"workers": reports, "queue": ray.get(queue.stats.remote())}
+
+
+def wait_for_workers(settings: Settings, workers: list[Any]) -> list[dict[str, Any]]:
+    try:
+        return ray.get(
+            [w.report.remote() for w in workers], timeout=settings.worker_start_timeout_s
+        )
+    except ray.exceptions.GetTimeoutError:
+        raise ModelLoadError(
+            f"workers did not load their model within {settings.worker_start_timeout_s}s "
+            "(RAYLENS_WORKER_START_TIMEOUT_S); are the requested CPUs/GPUs available? "
+            f"cluster has {ray.cluster_resources()}"
+        ) from None
+    except ray.exceptions.RayActorError as exc:
+        for w in workers:
+            ray.kill(w, no_restart=True)
+        raise ModelLoadError(_creation_error(exc)) from None
+
+
+def _creation_error(exc: Exception) -> str:
+    """The worker's own error line out of Ray's actor-died text."""
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        for marker in ("ModelLoadError: ", "SettingsError: "):
+            if marker in line:
+                return line.split(marker, 1)[1]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "worker failed to start: " + (lines[-1] if lines else text)
+
+
+def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Drain and remove the workers, then the queue and the index actor."""
+    stopped: dict[str, Any] = {"workers": 0}
+    workers = worker_handles(settings)
+    drains = [w.stop.remote(timeout_s) for w in workers]
+    try:
+        ray.get(drains, timeout=timeout_s + 10)
+    except Exception as exc:  # a dead worker needs no draining; its leases expire
+        log.warning("draining workers: %s", exc)
+    for w in workers:
+        ray.kill(w, no_restart=True)
+        stopped["workers"] += 1
+    for name in (settings.queue_actor_name, settings.index_actor_name):
+        try:
+            ray.kill(_actor(name, settings), no_restart=True)
+            stopped[name] = True
+        except ValueError:
+            stopped[name] = False
+    return stopped
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Queue depth per lane, job counts per state, each worker's loaded-model report."""
+    queue = queue_handle(settings)
+    reports = []
+    for w in worker_handles(settings):
+        try:
+            reports.append(ray.get(w.report.remote(), timeout=10))
+        except Exception as exc:
+            reports.append({"error": f"{type(exc).__name__}: {exc}"[:500]})
+    out: dict[str, Any] = {"queue": ray.get(queue.stats.remote()), "workers": reports}
+    index = index_handle(settings)
+    try:
+        if index is not None:
+            out["index"] = ray.get(index.info.remote(), timeout=30)
+        else:
+            out["index"] = VectorIndex(settings).info()
+    except (RaylensError, ray.exceptions.RayError) as exc:
+        out["index"] = {"error": str(exc)[:500]}
+    out["at"] = time.time()
+    return out
+
+
+def search_text(settings: Settings, text: str, top_k: int = 10) -> list[dict[str, Any]]:
+    """Embed text on a worker (beside its batch loop, not behind the backlog), then query."""
+    workers = worker_handles(settings)
+    if not workers:
+        raise StoreUnavailable("no raylens workers are running; start them with `raylens up`")
+    vector = ray.get(workers[0].embed_texts.remote([text]))[0]
+    index = index_handle(settings)
+    if index is not None:
+        return ray.get(index.search.remote(vector, top_k))
+    return VectorIndex(settings).search(vector, top_k)

@@ -1,0 +1,139 @@
+"""One exception hierarchy for raylens, mapped 1:1 to job error codes and HTTP statuses.
+
+    RaylensError                      (code, http_status, message)
+    ├── SettingsError                 settings_invalid      500  a RAYLENS_* variable is wrong
+    ├── ModelLoadError                model_load_failed     503  the model could not be loaded
+    ├── InputError                    (job fails at once, never retried)
+    │   ├── EmptyInput                empty_input           422
+    │   ├── TooLarge                  too_large             413
+    │   ├── UnsupportedFormat         unsupported_format    415
+    │   ├── TruncatedImage            truncated_image       422
+    │   ├── CorruptImage              corrupt_image         422
+    │   ├── DecompressionBomb         decompression_bomb    413
+    │   └── SourceMissing             source_missing        422
+    ├── QueueFull                     queue_full            429
+    ├── StoreUnavailable              store_unavailable     503
+    ├── IndexUnavailable              index_unavailable     503  (on a job: counted as an attempt)
+    ├── JobNotFound                   not_found             404
+    └── InvalidTransition             invalid_transition    409
+
+Codes that only appear on failed jobs (no exception class of their own):
+    dead_letter        the job used up max_attempts (lease expiries or model errors)
+    model_error        inference raised for this input (counted as an attempt)
+    lease_expired      the worker holding the job died or hung (counted as an attempt)
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    """The closed set of error codes a job or an API response can carry."""
+
+    SETTINGS_INVALID = "settings_invalid"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    EMPTY_INPUT = "empty_input"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TRUNCATED_IMAGE = "truncated_image"
+    CORRUPT_IMAGE = "corrupt_image"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    SOURCE_MISSING = "source_missing"
+    QUEUE_FULL = "queue_full"
+    STORE_UNAVAILABLE = "store_unavailable"
+    NOT_FOUND = "not_found"
+    INVALID_TRANSITION = "invalid_transition"
+    DEAD_LETTER = "dead_letter"
+    MODEL_ERROR = "model_error"
+    INDEX_UNAVAILABLE = "index_unavailable"
+    LEASE_EXPIRED = "lease_expired"
+    INTERNAL = "internal"
+
+
+class RaylensError(Exception):
+    """Base of every error raylens raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code.value, "message": self.message}
+
+    def __reduce__(self):  # keep the subclass and message across Ray's pickling
+        return (type(self), (self.message,))
+
+
+class SettingsError(RaylensError):
+    code = ErrorCode.SETTINGS_INVALID
+
+
+class ModelLoadError(RaylensError):
+    code = ErrorCode.MODEL_LOAD_FAILED
+    http_status = 503
+
+
+class InputError(RaylensError):
+    """The input itself is bad: the job fails at once with this code and is never retried."""
+
+    http_status = 422
+
+
+class EmptyInput(InputError):
+    code = ErrorCode.EMPTY_INPUT
+
+
+class TooLarge(InputError):
+    code = ErrorCode.TOO_LARGE
+    http_status = 413
+
+
+class UnsupportedFormat(InputError):
+    code = ErrorCode.UNSUPPORTED_FORMAT
+    http_status = 415
+
+
+class TruncatedImage(InputError):
+    code = ErrorCode.TRUNCATED_IMAGE
+
+
+class CorruptImage(InputError):
+    code = ErrorCode.CORRUPT_IMAGE
+
+
+class DecompressionBomb(InputError):
+    code = ErrorCode.DECOMPRESSION_BOMB
+    http_status = 413
+
+
+class SourceMissing(InputError):
+    code = ErrorCode.SOURCE_MISSING
+
+
+class QueueFull(RaylensError):
+    code = ErrorCode.QUEUE_FULL
+    http_status = 429
+
+
+class StoreUnavailable(RaylensError):
+    code = ErrorCode.STORE_UNAVAILABLE
+    http_status = 503
+
+
+class IndexUnavailable(RaylensError):
+    code = ErrorCode.INDEX_UNAVAILABLE
+    http_status = 503
+
+
+class JobNotFound(RaylensError):
+    code = ErrorCode.NOT_FOUND
+    http_status = 404
+
+
+class InvalidTransition(RaylensError):
+    code = ErrorCode.INVALID_TRANSITION
+    http_status = 409

@@ -1,0 +1,101 @@
+"""End to end through the console script, as a user runs it: up --detach, ingest, status, search."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _images import write_images
+
+pytestmark = pytest.mark.integration
+RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, tiny_model) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYLENS_", "RAY_ADDRESS"))}
+    env.update(
+        RAYLENS_DATA_DIR=str(tmp_path / "data"),
+        RAYLENS_CLIP_MODEL=tiny_model.name,
+        RAYLENS_CLIP_PRETRAINED=str(tiny_model.checkpoint_path),
+        RAYLENS_CLIP_MODEL_CONFIG=str(tiny_model.config_path),
+        RAYLENS_RAY_PORT=str(_free_port()),
+        RAYLENS_DASHBOARD_PORT=str(_free_port()),
+        RAYLENS_WORKER_NUM_CPUS="1",
+        RAYLENS_INGEST_POLL_S="0.2",
+    )
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(RAYLENS + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, cli_env) -> None:
+    write_images(tmp_path / "photos", 20)
+    up = _run(["up", "--detach"], cli_env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "raylens is up" in up.stderr
+
+        ingest = _run(["ingest", str(tmp_path / "photos"), "--json", "--no-progress"], cli_env)
+        assert ingest.returncode == 0, ingest.stderr
+        summary = json.loads(ingest.stdout.strip().splitlines()[-1])
+        assert {k: summary[k] for k in ("submitted", "done", "failed", "skipped")} == {
+            "submitted": 20, "done": 20, "failed": 0, "skipped": 0}
+
+        again = _run(["ingest", str(tmp_path / "photos"), "--json", "--no-progress"], cli_env)
+        assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 20
+
+        status = _run(["status", "--json"], cli_env)
+        assert status.returncode == 0, status.stderr
+        st = json.loads(status.stdout)
+        assert st["queue"]["jobs"]["done"] == 20
+        assert st["queue"]["depth"] == {"interactive": 0, "normal": 0, "bulk": 0}
+        assert st["index"]["points"] == 20
+        (worker,) = st["workers"]
+        assert worker["load_count"] == 1 and worker["device"] == "cpu" and worker["dim"] > 0
+
+        search = _run(["search", "a colourful pattern", "--top-k", "5", "--json"], cli_env)
+        assert search.returncode == 0, search.stderr
+        hits = json.loads(search.stdout)["hits"]
+        assert len(hits) == 5
+        assert all(Path(h["payload"]["source"]).parent.parent == tmp_path / "photos"
+                   or Path(h["payload"]["source"]).parent == tmp_path / "photos" for h in hits)
+        assert hits == sorted(hits, key=lambda h: -h["score"])
+    finally:
+        down = _run(["down"], cli_env)
+    assert down.returncode == 0, down.stderr
+
+
+def test_cli_up_fails_at_once_naming_the_setting_when_the_checkpoint_is_missing(
+    tmp_path: Path, cli_env
+) -> None:
+    cli_env["RAYLENS_CLIP_PRETRAINED"] = str(tmp_path / "missing.pt")
+
+    up = _run(["up", "--detach"], cli_env, timeout=180)
+
+    assert up.returncode == 1
+    assert "RAYLENS_CLIP_PRETRAINED" in up.stderr
+    assert "Traceback" not in up.stderr
+
+
+def test_cli_exits_2_naming_the_variable_when_a_setting_is_invalid(cli_env) -> None:
+    cli_env["RAYLENS_MAX_BATCH_SIZE"] = "0"
+
+    res = _run(["status"], cli_env, timeout=60)
+
+    assert res.returncode == 2
+    assert "RAYLENS_MAX_BATCH_SIZE" in res.stderr and "Traceback" not in res.stderr

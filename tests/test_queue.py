@@ -1,0 +1,91 @@
+"""Integration: the queue actor alone (real Ray, real stores), leased by hand like a worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from _images import write_images
+from raylens.cluster import intake, system
+from raylens.cluster.jobs import JobState, Lane
+from raylens.errors import ErrorCode, QueueFull
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def queue_for(ray_cluster):
+    started = []
+
+    def make(settings):
+        started.append(settings)
+        return system.start_queue(settings)
+
+    yield make
+    for s in started:
+        system.stop(s, timeout_s=1)
+
+
+def _specs(tmp_path: Path, n: int, lane: Lane = Lane.BULK):
+    return [intake.spec_for_path(p, lane) for p in write_images(tmp_path / "imgs", n)]
+
+
+def test_enqueue_refuses_with_queue_full_when_depth_would_pass_the_cap(
+    tmp_path, settings_for, queue_for
+) -> None:
+    settings = settings_for(queue_max_depth=5)
+    queue = queue_for(settings)
+    specs = _specs(tmp_path, 8)
+    ray.get(queue.submit.remote(specs[:4]))
+
+    with pytest.raises(QueueFull) as info:
+        ray.get(queue.submit.remote(specs[4:6]))
+
+    assert "RAYLENS_QUEUE_MAX_DEPTH=5" in info.value.message
+    stats = ray.get(queue.stats.remote())
+    assert sum(stats["depth"].values()) == 4
+    assert stats["jobs"]["queued"] == 4  # nothing written for the refused batch
+
+
+def test_job_is_dead_lettered_when_its_lease_expires_max_attempts_times(
+    tmp_path, settings_for, queue_for
+) -> None:
+    settings = settings_for(lease_timeout_s=0.5, lease_check_interval_s=0.1, max_attempts=3)
+    queue = queue_for(settings)
+    job_id = ray.get(queue.submit.remote(_specs(tmp_path, 1)))[0].job_id
+
+    for attempt in range(1, 4):
+        leased = ray.get(queue.lease.remote("hung-worker", 1, 5.0))
+        assert [j.id for j in leased] == [job_id] and leased[0].attempts == attempt
+        # never ack: the reaper re-queues (or dead-letters) it after the lease deadline
+    deadline = time.monotonic() + 10
+    while (job := ray.get(queue.states.remote([job_id]))[0]).state is not JobState.FAILED:
+        assert time.monotonic() < deadline, job.state
+        time.sleep(0.1)
+
+    assert job.error_code is ErrorCode.DEAD_LETTER
+    assert "3 attempts" in (job.error_message or "")
+    assert [t.state for t in job.history].count(JobState.QUEUED) == 3
+    assert ray.get(queue.lease.remote("w", 1, 0.3)) == []
+
+    assert ray.get(queue.retry.remote([job_id])) == [job_id]
+    assert ray.get(queue.states.remote([job_id]))[0].state is JobState.QUEUED
+
+
+def test_late_ack_is_ignored_when_the_job_already_finished(
+    tmp_path, settings_for, queue_for
+) -> None:
+    settings = settings_for()
+    queue = queue_for(settings)
+    job_id = ray.get(queue.submit.remote(_specs(tmp_path, 1)))[0].job_id
+    ray.get(queue.lease.remote("w1", 1, 5.0))
+    ray.get(queue.ack.remote("w1", [(job_id, {"n": 1})], []))
+
+    counts = ray.get(queue.ack.remote("w2", [(job_id, {"n": 2})], []))
+
+    job = ray.get(queue.states.remote([job_id]))[0]
+    assert counts["done"] == 0
+    assert job.state is JobState.DONE and job.result == {"n": 1}
