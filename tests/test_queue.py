@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import ray
 
-from _images import write_images
 from raylens.cluster import intake, system
 from raylens.cluster.jobs import JobState, Lane
 from raylens.errors import ErrorCode, QueueFull
+
+from _images import write_images
 
 pytestmark = pytest.mark.integration
 

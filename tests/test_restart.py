@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from _images import image_bytes, write_images
-from _system_fixtures import start_ray, tiny_settings, wait_terminal
 from raylens.cluster import intake, system
 from raylens.cluster.jobs import JobState, Lane, SourceKind
 from raylens.cluster.payloads import open_payload_store
+
+from _images import image_bytes, write_images
+from _system_fixtures import start_ray, tiny_settings, wait_terminal
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import ray
 
-from _images import bad_inputs, write_images
-from _system_fixtures import wait_terminal
 from raylens.cluster import intake, system
 from raylens.cluster.jobs import JobState, Lane
+
+from _images import bad_inputs, write_images
+from _system_fixtures import wait_terminal
 
 pytestmark = pytest.mark.integration
 

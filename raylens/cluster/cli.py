@@ -43,7 +43,9 @@ def _start_local_ray(settings: Settings) -> None:
         "--node-ip-address=127.0.0.1",
         "--disable-usage-stats",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # A new session: Ctrl+C in the terminal reaches `raylens up` (which drains and stops Ray
+    # in order), not the Ray daemons directly.
+    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     if proc.returncode != 0:
         raise RaylensError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,8 @@ class JobQueue:
                 f"RAYLENS_QUEUE_MAX_DEPTH={self.settings.queue_max_depth}"
             )
         now = time.time()
-        jobs = [Job.new(spec, self.model_id, now=now) for spec in specs]
+        # A microsecond apart, so a rebuilt queue restores submission order within a batch.
+        jobs = [Job.new(spec, self.model_id, now=now + i * 1e-6) for i, spec in enumerate(specs)]
         stored = await self._io_call(self.store.create_or_get, jobs)
         out = []
         for job, created in stored:
@@ -129,19 +130,24 @@ class JobQueue:
     async def retry(self, job_ids: Sequence[str]) -> list[str]:
         """Re-queue failed jobs (attempts reset); returns the ids that were re-queued."""
         self._ensure_started()
-        jobs = [j for j in await self._io_call(self.store.get_many, list(job_ids)) if j]
-        moved = [
-            j.moved(JobState.QUEUED, attempts=0, note="retry")
-            for j in jobs
-            if j.state is JobState.FAILED
-        ]
-        if moved:
-            await self._io_call(self.store.put, moved)
+        moved = await self._io_call(self._requeue_failed, list(job_ids))
         for job in moved:
             self.lanes[job.lane].append(job.id)
             self.lane_of[job.id] = job.lane
         self._notify()
         return [j.id for j in moved]
+
+    def _requeue_failed(self, job_ids: list[str]) -> list[Job]:
+        moved = []
+        for job in self.store.get_many(job_ids):
+            if job is None or job.state is not JobState.FAILED:
+                continue
+            current = self.store.find_by_content(job.content_key)
+            if current is not None and current.id != job.id:
+                continue  # the content was submitted again as a newer job; that one counts
+            moved.append(job.moved(JobState.QUEUED, attempts=0, note="retry"))
+        self.store.put(moved)
+        return moved
 
     # ---- workers ------------------------------------------------------------------------------
     def _pop(self, n: int) -> list[str]:

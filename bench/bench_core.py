@@ -1,0 +1,142 @@
+"""Core benchmark: the raw limit (decode + forward, no queue, no Ray) vs `raylens ingest`.
+
+Both run in one invocation, on the same generated images, the same architecture (ViT-B-32 by
+default, random weights: RAYLENS_CLIP_PRETRAINED=none) and the same number of torch threads.
+
+    uv run python bench/bench_core.py [--images 192] [--threads 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# (width, height) mix: small web images and 2-12 megapixel camera photos.
+SIZES = [(320, 240), (640, 480), (800, 600), (1024, 768), (1600, 1200), (3000, 2000), (4000, 3000)]
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n distinct JPEGs (camera-like noise + gradients so they do not compress to nothing)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        small = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        p = folder / f"photo_{i:05d}.jpg"
+        p.write_bytes(buf.getvalue())
+        paths.append(p)
+    return paths
+
+
+def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int]) -> dict:
+    """Decode + preprocess + forward in one process, sequentially, at each batch size."""
+    from raylens.actors.clip import ClipEmbedder
+    from raylens.actors.transforms import decode_image
+
+    emb = ClipEmbedder(model, "none", device="auto", threads=threads)
+    data = [p.read_bytes() for p in paths]  # file reads are not what we measure
+    rows = {}
+    for bs in batch_sizes:
+        t0 = time.perf_counter()
+        for i in range(0, len(data), bs):
+            pix = np.stack([
+                decode_image(d, emb.image_size, max_pixels=200_000_000, max_bytes=1 << 30).pixels
+                for d in data[i : i + bs]
+            ])
+            emb.embed_images(pix)
+        rows[bs] = len(data) / (time.perf_counter() - t0)
+    best = max(rows, key=lambda b: rows[b])
+    return {"images_per_s": rows[best], "batch_size": best, "by_batch_size": rows,
+            "device": emb.device, "dtype": str(emb.dtype)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raylens_ingest(folder: Path, model: str, threads: int, batch: int, data_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYLENS_")}
+    env.update(
+        RAYLENS_DATA_DIR=str(data_dir),
+        RAYLENS_CLIP_MODEL=model,
+        RAYLENS_CLIP_PRETRAINED="none",
+        RAYLENS_WORKER_NUM_CPUS=str(threads),
+        RAYLENS_TORCH_THREADS=str(threads),
+        RAYLENS_MAX_BATCH_SIZE=str(batch),
+        RAYLENS_RAY_PORT=str(_free_port()),
+        RAYLENS_DASHBOARD_PORT=str(_free_port()),
+    )
+    cli = [sys.executable, "-m", "raylens.cluster.cli"]
+    up = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True)
+    if up.returncode != 0:
+        raise SystemExit(f"raylens up failed:\n{up.stderr}")
+    try:
+        t0 = time.perf_counter()
+        res = subprocess.run([*cli, "ingest", str(folder), "--json", "--no-progress"],
+                             env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise SystemExit(f"raylens ingest failed:\n{res.stderr}")
+        summary = json.loads(res.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run([*cli, "down"], env=env, capture_output=True, text=True)
+    n = summary["done"]
+    return {"images_per_s": n / summary["seconds"], "seconds": summary["seconds"],
+            "process_wall_s": wall, "images_per_s_incl_process_start": n / wall,
+            "done": n, "failed": summary["failed"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--batch-sizes", default="8,16,32")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="raylens-bench-") as tmp:
+        folder = Path(tmp) / "images"
+        paths = make_images(folder, args.images)
+        mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        raw = raw_limit(paths, args.model, args.threads, sizes)
+        ours = raylens_ingest(folder, args.model, args.threads, raw["batch_size"],
+                              Path(tmp) / "data")
+    ratio = ours["images_per_s"] / raw["images_per_s"]
+    out = {"model": args.model, "device": raw["device"], "dtype": raw["dtype"],
+           "images": args.images, "mean_megapixels": round(mp, 2), "threads": args.threads,
+           "raw": raw, "raylens_ingest": ours, "ratio": ratio}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{args.images} JPEGs (mean {mp:.1f} MP), {args.model} random weights, "
+              f"{raw['device']} {raw['dtype']}, {args.threads} threads")
+        for bs, v in raw["by_batch_size"].items():
+            print(f"  raw limit  batch {bs:>3}: {v:8.2f} images/s")
+        print(f"  raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:8.2f} images/s")
+        print(f"  raylens ingest:                {ours['images_per_s']:8.2f} images/s "
+              f"({ours['seconds']:.1f}s; {ours['images_per_s_incl_process_start']:.2f} images/s "
+              "counting the CLI's own start-up)")
+        print(f"  ratio raylens / raw:           {ratio:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Filesystem payload store: one fsync'd file per content hash under the data dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from raylens.cluster.payloads import PayloadStore
+from raylens.errors import SourceMissing, StoreUnavailable
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_key(key: str) -> bool:
+    """True for a sha256 hex key; anything else (a path, '..') never reaches a file name."""
+    return _SHA256_HEX.fullmatch(key) is not None
+
+
+def key_for(data: bytes, sha256: str | None = None) -> str:
+    """The sha256 hex of data; raises ValueError when the caller's claimed sha256 differs."""
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and sha256.lower() != actual:
+        raise ValueError(f"payload sha256 mismatch: given {sha256}, content hashes to {actual}")
+    return actual
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable (the file's own fsync does not)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FsPayloadStore(PayloadStore):
+    """Payloads as files `root/ab/cdef...` named by their sha256 hex.
+
+    A put writes a temporary file in the target folder, fsyncs it, renames it into place and
+    fsyncs the folder, so a reader sees either no file or the whole file, and an acknowledged
+    upload survives a crash. Any number of processes (workers on every node, given a shared
+    filesystem) may read and write at once.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / key[2:]
+
+    def _mkdir(self, folder: Path) -> None:
+        if folder.is_dir():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(self.root)  # the new shard folder's entry must survive a crash as well
+
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        key = key_for(data, sha256)
+        path = self._path(key)
+        try:
+            # Same content, same name: an existing whole file is this payload already. Its size
+            # is checked so a file truncated by something outside raylens gets rewritten.
+            if path.is_file() and path.stat().st_size == len(data):
+                return key
+            self._mkdir(path.parent)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[2:10]}.", suffix=".tmp")
+            try:
+                os.fchmod(fd, 0o644)  # mkstemp makes 0600; workers may run as another user
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot store payload {key} at {path}: {exc}") from exc
+        return key
+
+    def get(self, key: str) -> bytes:
+        if not is_key(key):
+            raise SourceMissing(f"payload key {key!r} is not a sha256 hex digest")
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise SourceMissing(f"payload {key} not found under {self.root}") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read payload {key} at {path}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return is_key(key) and self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        if not is_key(key):
+            raise ValueError(f"payload key {key!r} is not a sha256 hex digest")
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot delete payload {key} under {self.root}: {exc}") from exc
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own file."""

@@ -1,0 +1,84 @@
+"""Redis payload store: upload bytes as raw Redis strings, on a binary-safe client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from raylens.cluster.payloads import PayloadStore
+from raylens.cluster.payloads_fs import is_key, key_for
+from raylens.cluster.store_redis import (
+    CONNECT_TIMEOUT_S,
+    RETRIES,
+    SOCKET_TIMEOUT_S,
+    redacted_url,
+    redis_client,
+    redis_errors,
+)
+from raylens.errors import SourceMissing
+
+
+class RedisPayloadStore(PayloadStore):
+    """Payloads under `{prefix}:payload:{sha256}`, written once with SET NX.
+
+    The client never decodes replies (decode_responses=False): payloads are arbitrary bytes,
+    and a text-decoding client is exactly what broke the old setup. Durability is the server's
+    AOF; nothing is sent until the first call.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "raylens",
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+        retries: int = RETRIES,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._r = redis_client(
+            url,
+            connect_timeout_s=connect_timeout_s,
+            socket_timeout_s=socket_timeout_s,
+            retries=retries,
+        )
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._r
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:payload:{key}"
+
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        key = key_for(data, sha256)
+        # NX: content-addressed, so an existing value is these bytes already; never rewrite it.
+        with redis_errors(self.url, f"put payload {key}"):
+            self._r.set(self._key(key), data, nx=True)
+        return key
+
+    def get(self, key: str) -> bytes:
+        if not is_key(key):
+            raise SourceMissing(f"payload key {key!r} is not a sha256 hex digest")
+        with redis_errors(self.url, f"get payload {key}"):
+            data: Any = self._r.get(self._key(key))
+        if data is None:
+            raise SourceMissing(f"payload {key} not found in Redis at {redacted_url(self.url)}")
+        return data  # bytes: the client never decodes
+
+    def exists(self, key: str) -> bool:
+        if not is_key(key):
+            return False
+        with redis_errors(self.url, f"check payload {key}"):
+            return bool(self._r.exists(self._key(key)))
+
+    def delete(self, key: str) -> None:
+        if not is_key(key):
+            raise ValueError(f"payload key {key!r} is not a sha256 hex digest")
+        with redis_errors(self.url, f"delete payload {key}"):
+            self._r.delete(self._key(key))
+
+    def close(self) -> None:
+        self._r.close()

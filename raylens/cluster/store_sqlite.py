@@ -1,0 +1,259 @@
+"""SQLite job store: the embedded default, one WAL-mode file in the data dir."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from raylens.cluster.jobs import Job, JobState
+from raylens.cluster.store import JobStore
+from raylens.errors import StoreUnavailable
+
+SCHEMA_VERSION = 1
+
+# Pages and rebuilds order by (created_at, id), exactly like the Redis store's sorted sets (score,
+# then member), so both backends page the same way; the indexes serve exactly those orders.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    lane        TEXT NOT NULL,
+    content_key TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    data        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
+CREATE TABLE IF NOT EXISTS content (
+    content_key TEXT PRIMARY KEY,
+    job_id      TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+UPSERT_JOB = """
+INSERT INTO jobs (id, state, lane, content_key, created_at, updated_at, data)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    state = excluded.state, lane = excluded.lane, content_key = excluded.content_key,
+    created_at = excluded.created_at, updated_at = excluded.updated_at, data = excluded.data
+"""
+
+
+def _row(job: Job) -> tuple[str, str, str, str, float, float, str]:
+    return (
+        job.id,
+        job.state.value,
+        job.lane.value,
+        job.content_key,
+        job.created_at,
+        job.updated_at,
+        job.to_json().decode(),
+    )
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    """An opaque page cursor: the (created_at, id) of the last job of the previous page."""
+    return base64.urlsafe_b64encode(f"{created_at!r}|{job_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(created_at), job_id
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise ValueError(f"invalid job list cursor {cursor!r}") from None
+
+
+class SqliteJobStore(JobStore):
+    """Job records in one SQLite file (WAL, synchronous=FULL), shareable by several processes.
+
+    One connection per instance, guarded by a lock so any thread may call it. Writers take the
+    database write lock up front (BEGIN IMMEDIATE) and wait up to `busy_timeout_s` for another
+    process (the queue actor, the CLI) to release it before raising StoreUnavailable.
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the folder of job store {self.path}: {exc}"
+            ) from exc
+        with self._errors("open"):
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is one transaction.
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        with self._lock, self._errors("open"):
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            # WAL lets the CLI read while the queue actor writes; it is a property of the file.
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # FULL fsyncs the WAL on every commit: an acknowledged job survives a power cut,
+            # not only a process crash (NORMAL's guarantee in WAL mode).
+            self._db.execute("PRAGMA synchronous = FULL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"job store {self.path} has schema version {version}; this raylens knows "
+                    f"up to {SCHEMA_VERSION}. Upgrade raylens or point RAYLENS_DATA_DIR elsewhere"
+                )
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn sqlite's 'locked', 'unable to open', 'disk I/O' ... into StoreUnavailable."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"job store {self.path} unavailable ({action}): {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # integrity / programming errors are bugs
+                raise
+            raise StoreUnavailable(f"job store {self.path} unusable ({action}): {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(action):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            finally:
+                # After an error, or a COMMIT that failed (disk full, I/O), never leave the
+                # shared connection inside a half-done transaction.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+
+    def _query(self, action: str, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock, self._errors(action):
+            return self._db.execute(sql, params).fetchall()
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def create_or_get(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        out: list[tuple[Job, bool]] = []
+        if not jobs:
+            return out
+        with self._transaction("create_or_get") as db:
+            for job in jobs:
+                existing = db.execute(
+                    "SELECT j.id, j.state, j.data FROM content c JOIN jobs j ON j.id = c.job_id "
+                    "WHERE c.content_key = ?",
+                    (job.content_key,),
+                ).fetchone()
+                # Same id: this very job was stored by an earlier, retried call; still "created".
+                if existing is not None and existing[0] != job.id:
+                    if existing[1] != JobState.FAILED.value:
+                        out.append((Job.from_json(existing[2]), False))
+                        continue
+                db.execute(UPSERT_JOB, _row(job))
+                db.execute(
+                    "INSERT OR REPLACE INTO content (content_key, job_id) VALUES (?, ?)",
+                    (job.content_key, job.id),
+                )
+                out.append((job, True))
+        return out
+
+    def put(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        with self._transaction("put") as db:
+            db.executemany(UPSERT_JOB, [_row(job) for job in jobs])
+            # A job put without create_or_get still becomes findable by content; an existing
+            # mapping (possibly to a newer job) is left alone.
+            db.executemany(
+                "INSERT OR IGNORE INTO content (content_key, job_id) VALUES (?, ?)",
+                [(job.content_key, job.id) for job in jobs],
+            )
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query("get", "SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_json(rows[0][0]) if rows else None
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        found: dict[str, Job] = {}
+        ids = list(dict.fromkeys(job_ids))
+        # Chunked to stay under SQLite's bound-parameter limit (999 on old builds).
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, data in self._query(
+                "get_many", f"SELECT id, data FROM jobs WHERE id IN ({marks})", chunk
+            ):
+                found[job_id] = Job.from_json(data)
+        return [found.get(job_id) for job_id in job_ids]
+
+    def find_by_content(self, content_key: str) -> Job | None:
+        rows = self._query(
+            "find_by_content",
+            "SELECT j.data FROM content c JOIN jobs j ON j.id = c.job_id WHERE c.content_key = ?",
+            (content_key,),
+        )
+        return Job.from_json(rows[0][0]) if rows else None
+
+    def iter_state(self, state: JobState, batch: int = 1000) -> Iterator[Job]:
+        # Keyset pages, lock released between pages so writers are never starved by a reader.
+        after: tuple[float, str] | None = None
+        while True:
+            where = "WHERE state = ?"
+            params: list[object] = [state.value]
+            if after is not None:
+                where += " AND (created_at, id) > (?, ?)"
+                params.extend(after)
+            rows = self._query(
+                "iter_state",
+                f"SELECT created_at, id, data FROM jobs {where} ORDER BY created_at, id LIMIT ?",
+                [*params, batch],
+            )
+            for _, _, data in rows:
+                yield Job.from_json(data)
+            if len(rows) < batch:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    def list(
+        self, state: JobState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where: list[str] = []
+        params: list[object] = []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if cursor is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(decode_cursor(cursor))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            "list",
+            f"SELECT created_at, id, data FROM jobs {clause} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?",
+            [*params, limit + 1],  # one extra row tells whether a next page exists
+        )
+        jobs = [Job.from_json(data) for _, _, data in rows[:limit]]
+        more = len(rows) > limit
+        return jobs, encode_cursor(rows[limit - 1][0], rows[limit - 1][1]) if more else None
+
+    def counts(self) -> dict[JobState, int]:
+        rows = self._query("counts", "SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        found = {state: n for state, n in rows}
+        return {state: found.get(state.value, 0) for state in JobState}
+
+    def ping(self) -> None:
+        self._query("ping", "SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
