@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from abc import ABC, abstractmethod
 
 from raylens.cluster.settings import Settings
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_key(key: str) -> bool:
+    """True for a sha256 hex key; anything else (a path, '..') never reaches a file name."""
+    return _SHA256_HEX.fullmatch(key) is not None
+
+
+def key_for(data: bytes, sha256: str | None = None) -> str:
+    """The sha256 hex of data; raises ValueError when the caller's claimed sha256 differs."""
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and sha256.lower() != actual:
+        raise ValueError(f"payload sha256 mismatch: given {sha256}, content hashes to {actual}")
+    return actual
 
 
 class PayloadStore(ABC):

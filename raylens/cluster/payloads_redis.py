@@ -6,8 +6,7 @@ from typing import Any
 
 import redis
 
-from raylens.cluster.payloads import PayloadStore
-from raylens.cluster.payloads_fs import is_key, key_for
+from raylens.cluster.payloads import PayloadStore, is_key, key_for
 from raylens.cluster.store_redis import (
     CONNECT_TIMEOUT_S,
     RETRIES,

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 
 from raylens.cluster.jobs import Job, JobState
 from raylens.cluster.settings import Settings
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    """An opaque page cursor: the (created_at, id) of the last job of the previous page."""
+    return base64.urlsafe_b64encode(f"{created_at!r}|{job_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(created_at), job_id
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise ValueError(f"invalid job list cursor {cursor!r}") from None
 
 
 class JobStore(ABC):

@@ -22,8 +22,7 @@ from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 from redis.retry import Retry
 
 from raylens.cluster.jobs import Job, JobState
-from raylens.cluster.store import JobStore
-from raylens.cluster.store_sqlite import decode_cursor, encode_cursor
+from raylens.cluster.store import JobStore, decode_cursor, encode_cursor
 from raylens.errors import SettingsError, StoreUnavailable
 
 CONNECT_TIMEOUT_S = 2.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -10,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from raylens.cluster.jobs import Job, JobState
-from raylens.cluster.store import JobStore
+from raylens.cluster.store import JobStore, decode_cursor, encode_cursor
 from raylens.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
@@ -54,19 +53,6 @@ def _row(job: Job) -> tuple[str, str, str, str, float, float, str]:
         job.updated_at,
         job.to_json().decode(),
     )
-
-
-def encode_cursor(created_at: float, job_id: str) -> str:
-    """An opaque page cursor: the (created_at, id) of the last job of the previous page."""
-    return base64.urlsafe_b64encode(f"{created_at!r}|{job_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return float(created_at), job_id
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise ValueError(f"invalid job list cursor {cursor!r}") from None
 
 
 class SqliteJobStore(JobStore):
