@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from raylens.actors.clip import model_id_for
+from raylens.actors.model_id import model_id_for
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.queue import JobQueue
 from raylens.cluster.settings import Settings
