@@ -111,24 +111,26 @@ def test_every_job_ends_done_when_a_worker_is_killed_mid_batch(
 def test_nothing_is_lost_when_the_queue_actor_is_killed_during_work(
     tmp_path: Path, settings_for, running
 ) -> None:
-    settings = settings_for(max_batch_size=4)
+    settings = settings_for(max_batch_size=2)
     running(settings)
     write_images(tmp_path / "imgs", 160)
     queue = system.queue_handle(settings)
     specs = [intake.spec_for_path(p, Lane.BULK) for p in sorted((tmp_path / "imgs").rglob("*.*"))]
     ids = [r.job_id for r in intake.submit(queue, specs, settings)]
-    time.sleep(0.5)
 
+    killed_at = time.time()
     ray.kill(queue, no_restart=False)  # Ray restarts it; __init__ rebuilds from the store
 
     deadline = time.monotonic() + 60
-    while True:
+    while True:  # until the restarted instance answers (the kill itself is asynchronous)
         try:
             stats = ray.get(queue.stats.remote(), timeout=10)
-            break
+            if stats["started_at"] > killed_at:
+                break
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            pass
+        assert time.monotonic() < deadline, "queue actor did not come back"
+        time.sleep(0.2)
     assert stats["rebuilt"]["queued"] + stats["rebuilt"]["running"] > 0
     jobs = wait_terminal(queue, ids, timeout_s=240)
     assert all(j.state is JobState.DONE for j in jobs)
