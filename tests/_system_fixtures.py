@@ -41,7 +41,7 @@ def tiny_settings(data_dir: Path, tiny_model: Any, **overrides: Any) -> Settings
 
 def start_ray(num_cpus: int = 4) -> None:
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  namespace="raylens-tests")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +20,17 @@ from raylens.cluster.settings import Settings, load_settings
 from raylens.errors import RaylensError, SettingsError
 
 MARKER = "ray-started-by-raylens"
+
+
+def client_auth() -> None:
+    """Ray >= 2.60 turns on token auth for `ray start --head`; a driver sends the token only
+    when RAY_AUTH_MODE=token. Opt in when the token file exists and the user chose nothing. Ray reads the variable
+    when it is imported, so this runs before anything imports ray."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    if token.is_file() or os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _ray_bin() -> str:
@@ -228,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    client_auth()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
