@@ -95,12 +95,16 @@ def raylens_ingest(folder: Path, model: str, threads: int, batch: int, data_dir:
         if res.returncode != 0:
             raise SystemExit(f"raylens ingest failed:\n{res.stderr}")
         summary = json.loads(res.stdout.strip().splitlines()[-1])
+        st = subprocess.run([*cli, "status", "--json"], env=env, capture_output=True, text=True)
+        workers = json.loads(st.stdout)["workers"] if st.returncode == 0 else []
     finally:
         subprocess.run([*cli, "down"], env=env, capture_output=True, text=True)
     n = summary["done"]
     return {"images_per_s": n / summary["seconds"], "seconds": summary["seconds"],
             "process_wall_s": wall, "images_per_s_incl_process_start": n / wall,
-            "done": n, "failed": summary["failed"]}
+            "done": n, "failed": summary["failed"],
+            "stage_seconds": [w.get("seconds") for w in workers],
+            "batches": sum(w.get("batches", 0) for w in workers)}
 
 
 def main() -> int:
@@ -134,6 +138,9 @@ def main() -> int:
         print(f"  raylens ingest:                {ours['images_per_s']:8.2f} images/s "
               f"({ours['seconds']:.1f}s; {ours['images_per_s_incl_process_start']:.2f} images/s "
               "counting the CLI's own start-up)")
+        for st in ours["stage_seconds"]:
+            print("  raylens worker stage seconds:  " + ", ".join(
+                f"{k} {v:.1f}" for k, v in (st or {}).items()) + f" ({ours['batches']} batches)")
         print(f"  ratio raylens / raw:           {ratio:8.3f}")
     return 0
 

@@ -154,9 +154,11 @@ def ingest(
     seen: set[str] = set()
     last_poll = time.monotonic()
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="raylens-hash") as pool:
-        chunk = settings.ingest_chunk
-        for i in range(0, len(files), chunk):
-            specs = list(pool.map(lambda p: spec_for_path(p, lane), files[i : i + chunk]))
+        # The first chunk is one batch, so workers start while the rest is still being hashed.
+        bounds = _chunks(len(files), min(settings.max_batch_size, settings.ingest_chunk),
+                         settings.ingest_chunk)
+        for i, j in bounds:
+            specs = list(pool.map(lambda p: spec_for_path(p, lane), files[i:j]))
             results = submit(queue, specs, settings,
                              on_wait=lambda m: bar.set_postfix_str("queue full, waiting"))
             for res in results:
@@ -183,6 +185,14 @@ def ingest(
     summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds else 0.0
     summary.complete = not pending
     return summary
+
+
+def _chunks(n: int, first: int, rest: int) -> list[tuple[int, int]]:
+    out, i, size = [], 0, first
+    while i < n:
+        out.append((i, min(n, i + size)))
+        i, size = i + size, rest
+    return out
 
 
 def _collect(
@@ -222,5 +232,6 @@ def _wait(
     while pending:
         if settings.ingest_timeout_s and time.monotonic() - t0 > settings.ingest_timeout_s:
             return
-        time.sleep(settings.ingest_poll_s)
+        # Each poll reads every pending record: poll big backlogs less often.
+        time.sleep(settings.ingest_poll_s * max(1.0, len(pending) / 2000))
         _collect(queue, pending, summary, bar, settings)
