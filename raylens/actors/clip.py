@@ -32,14 +32,15 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
-def _hub_host() -> str:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # Hugging Face's own knob
-    return urlsplit(endpoint).hostname or "huggingface.co"
+def _hub_host() -> tuple[str, int]:
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))  # HF's own knob
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return endpoint.hostname or "huggingface.co", port
 
 
-def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
+def _reachable(where: tuple[str, int], timeout_s: float = 3.0) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
+        with socket.create_connection(where, timeout=timeout_s):
             return True
     except OSError:
         return False
@@ -150,7 +151,7 @@ class ClipEmbedder:
         if not _reachable(host):
             # Fail at once: the hub client would otherwise retry for most of a minute.
             raise ModelLoadError(
-                f"the {pretrained!r} weights for {model_name} are not cached and {host} cannot "
+                f"the {pretrained!r} weights for {model_name} are not cached and {host[0]} cannot "
                 "be reached to download them. Set RAYLENS_CLIP_PRETRAINED to a local checkpoint "
                 "path (or to none for random weights, benchmarks only)"
             )

@@ -40,7 +40,8 @@ def connect(settings: Settings, address: str | None = None) -> None:
         return
     address = resolve_address(settings, address)
     try:
-        ray.init(address=address, namespace=settings.namespace, log_to_driver=False)
+        ray.init(address=address, namespace=settings.namespace, log_to_driver=False,
+                 logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise StoreUnavailable(
             f"no Ray cluster at {address!r} ({exc}); start one with `raylens up` "
