@@ -54,15 +54,24 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
     for bs in batch_sizes:
         t0 = time.perf_counter()
         for i in range(0, len(data), bs):
-            pix = np.stack([
-                decode_image(d, emb.image_size, max_pixels=200_000_000, max_bytes=1 << 30).pixels
-                for d in data[i : i + bs]
-            ])
+            pix = np.stack(
+                [
+                    decode_image(
+                        d, emb.image_size, max_pixels=200_000_000, max_bytes=1 << 30
+                    ).pixels
+                    for d in data[i : i + bs]
+                ]
+            )
             emb.embed_images(pix)
         rows[bs] = len(data) / (time.perf_counter() - t0)
     best = max(rows, key=lambda b: rows[b])
-    return {"images_per_s": rows[best], "batch_size": best, "by_batch_size": rows,
-            "device": emb.device, "dtype": str(emb.dtype)}
+    return {
+        "images_per_s": rows[best],
+        "batch_size": best,
+        "by_batch_size": rows,
+        "device": emb.device,
+        "dtype": str(emb.dtype),
+    }
 
 
 def _free_port() -> int:
@@ -89,8 +98,12 @@ def raylens_ingest(folder: Path, model: str, threads: int, batch: int, data_dir:
         raise SystemExit(f"raylens up failed:\n{up.stderr}")
     try:
         t0 = time.perf_counter()
-        res = subprocess.run([*cli, "ingest", str(folder), "--json", "--no-progress"],
-                             env=env, capture_output=True, text=True)
+        res = subprocess.run(
+            [*cli, "ingest", str(folder), "--json", "--no-progress"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t0
         if res.returncode != 0:
             raise SystemExit(f"raylens ingest failed:\n{res.stderr}")
@@ -100,11 +113,16 @@ def raylens_ingest(folder: Path, model: str, threads: int, batch: int, data_dir:
     finally:
         subprocess.run([*cli, "down"], env=env, capture_output=True, text=True)
     n = summary["done"]
-    return {"images_per_s": n / summary["seconds"], "seconds": summary["seconds"],
-            "process_wall_s": wall, "images_per_s_incl_process_start": n / wall,
-            "done": n, "failed": summary["failed"],
-            "stage_seconds": [w.get("seconds") for w in workers],
-            "batches": sum(w.get("batches", 0) for w in workers)}
+    return {
+        "images_per_s": n / summary["seconds"],
+        "seconds": summary["seconds"],
+        "process_wall_s": wall,
+        "images_per_s_incl_process_start": n / wall,
+        "done": n,
+        "failed": summary["failed"],
+        "stage_seconds": [w.get("seconds") for w in workers],
+        "batches": sum(w.get("batches", 0) for w in workers),
+    }
 
 
 def main() -> int:
@@ -121,26 +139,42 @@ def main() -> int:
         mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         raw = raw_limit(paths, args.model, args.threads, sizes)
-        ours = raylens_ingest(folder, args.model, args.threads, raw["batch_size"],
-                              Path(tmp) / "data")
+        ours = raylens_ingest(
+            folder, args.model, args.threads, raw["batch_size"], Path(tmp) / "data"
+        )
     ratio = ours["images_per_s"] / raw["images_per_s"]
-    out = {"model": args.model, "device": raw["device"], "dtype": raw["dtype"],
-           "images": args.images, "mean_megapixels": round(mp, 2), "threads": args.threads,
-           "raw": raw, "raylens_ingest": ours, "ratio": ratio}
+    out = {
+        "model": args.model,
+        "device": raw["device"],
+        "dtype": raw["dtype"],
+        "images": args.images,
+        "mean_megapixels": round(mp, 2),
+        "threads": args.threads,
+        "raw": raw,
+        "raylens_ingest": ours,
+        "ratio": ratio,
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{args.images} JPEGs (mean {mp:.1f} MP), {args.model} random weights, "
-              f"{raw['device']} {raw['dtype']}, {args.threads} threads")
+        print(
+            f"{args.images} JPEGs (mean {mp:.1f} MP), {args.model} random weights, "
+            f"{raw['device']} {raw['dtype']}, {args.threads} threads"
+        )
         for bs, v in raw["by_batch_size"].items():
             print(f"  raw limit  batch {bs:>3}: {v:8.2f} images/s")
         print(f"  raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:8.2f} images/s")
-        print(f"  raylens ingest:                {ours['images_per_s']:8.2f} images/s "
-              f"({ours['seconds']:.1f}s; {ours['images_per_s_incl_process_start']:.2f} images/s "
-              "counting the CLI's own start-up)")
+        print(
+            f"  raylens ingest:                {ours['images_per_s']:8.2f} images/s "
+            f"({ours['seconds']:.1f}s; {ours['images_per_s_incl_process_start']:.2f} images/s "
+            "counting the CLI's own start-up)"
+        )
         for st in ours["stage_seconds"]:
-            print("  raylens worker stage seconds:  " + ", ".join(
-                f"{k} {v:.1f}" for k, v in (st or {}).items()) + f" ({ours['batches']} batches)")
+            print(
+                "  raylens worker stage seconds:  "
+                + ", ".join(f"{k} {v:.1f}" for k, v in (st or {}).items())
+                + f" ({ours['batches']} batches)"
+            )
         print(f"  ratio raylens / raw:           {ratio:8.3f}")
     return 0
 

@@ -41,8 +41,13 @@ def tiny_settings(data_dir: Path, tiny_model: Any, **overrides: Any) -> Settings
 
 def start_ray(num_cpus: int = 4) -> None:
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 namespace="raylens-tests")
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace="raylens-tests",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,8 @@ def wait_terminal(queue: Any, ids: Sequence[str], timeout_s: float = 180) -> lis
             return jobs
         if time.monotonic() > deadline:
             states = [j.state.value if j else None for j in jobs]
-            pytest.fail(f"jobs not terminal after {timeout_s}s: "
-                        f"{ {s: states.count(s) for s in set(states)} }")
+            pytest.fail(
+                f"jobs not terminal after {timeout_s}s: "
+                f"{ {s: states.count(s) for s in set(states)} }"
+            )
         time.sleep(0.2)

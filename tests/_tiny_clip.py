@@ -38,8 +38,13 @@ def write_tiny_model(folder: Path, seed: int = 1234) -> TinyModel:
     model = open_clip.create_model(TINY_NAME, pretrained=None)
     checkpoint = folder / f"{TINY_NAME}.pt"
     torch.save(model.state_dict(), checkpoint)
-    return TinyModel(TINY_NAME, config_path, checkpoint, TINY_CONFIG["embed_dim"],
-                     TINY_CONFIG["vision_cfg"]["image_size"])
+    return TinyModel(
+        TINY_NAME,
+        config_path,
+        checkpoint,
+        TINY_CONFIG["embed_dim"],
+        TINY_CONFIG["vision_cfg"]["image_size"],
+    )
 
 
 @pytest.fixture(scope="session")

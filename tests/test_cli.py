@@ -54,7 +54,11 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         assert ingest.returncode == 0, ingest.stderr
         summary = json.loads(ingest.stdout.strip().splitlines()[-1])
         assert {k: summary[k] for k in ("submitted", "done", "failed", "skipped")} == {
-            "submitted": 20, "done": 20, "failed": 0, "skipped": 0}
+            "submitted": 20,
+            "done": 20,
+            "failed": 0,
+            "skipped": 0,
+        }
 
         again = _run(["ingest", str(tmp_path / "photos"), "--json", "--no-progress"], cli_env)
         assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 20
@@ -72,8 +76,11 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         assert search.returncode == 0, search.stderr
         hits = json.loads(search.stdout)["hits"]
         assert len(hits) == 5
-        assert all(Path(h["payload"]["source"]).parent.parent == tmp_path / "photos"
-                   or Path(h["payload"]["source"]).parent == tmp_path / "photos" for h in hits)
+        assert all(
+            Path(h["payload"]["source"]).parent.parent == tmp_path / "photos"
+            or Path(h["payload"]["source"]).parent == tmp_path / "photos"
+            for h in hits
+        )
         assert hits == sorted(hits, key=lambda h: -h["score"])
     finally:
         down = _run(["down"], cli_env)

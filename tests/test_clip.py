@@ -7,23 +7,29 @@ import time
 import numpy as np
 import pytest
 
-from _images import image_bytes
 from raylens.actors import clip
 from raylens.actors.clip import ClipEmbedder
 from raylens.actors.model_id import model_id_for
 from raylens.actors.transforms import decode_image
 from raylens.errors import ModelLoadError
 
+from _images import image_bytes
+
 
 @pytest.fixture(scope="module")
 def embedder(tiny_model) -> ClipEmbedder:
-    return ClipEmbedder(tiny_model.name, str(tiny_model.checkpoint_path),
-                        model_config=tiny_model.config_path)
+    return ClipEmbedder(
+        tiny_model.name, str(tiny_model.checkpoint_path), model_config=tiny_model.config_path
+    )
 
 
 def _pixels(e: ClipEmbedder, seeds) -> np.ndarray:
-    return np.stack([decode_image(image_bytes(s), e.image_size, max_pixels=10**8,
-                                  max_bytes=10**8).pixels for s in seeds])
+    return np.stack(
+        [
+            decode_image(image_bytes(s), e.image_size, max_pixels=10**8, max_bytes=10**8).pixels
+            for s in seeds
+        ]
+    )
 
 
 def test_embedder_reports_what_it_loaded_when_given_a_checkpoint(embedder, tiny_model) -> None:
@@ -97,5 +103,10 @@ def test_embedder_fails_fast_naming_the_setting_when_weights_cannot_be_downloade
 
 def test_embedder_refuses_fp16_when_running_on_cpu(tiny_model) -> None:
     with pytest.raises(ModelLoadError, match="RAYLENS_CLIP_PRECISION"):
-        ClipEmbedder(tiny_model.name, str(tiny_model.checkpoint_path), device="cpu",
-                     precision="fp16", model_config=tiny_model.config_path)
+        ClipEmbedder(
+            tiny_model.name,
+            str(tiny_model.checkpoint_path),
+            device="cpu",
+            precision="fp16",
+            model_config=tiny_model.config_path,
+        )

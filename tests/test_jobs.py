@@ -27,8 +27,12 @@ def test_job_records_every_transition_with_its_time_when_it_moves() -> None:
 
 @pytest.mark.parametrize(
     ("start", "to"),
-    [(JobState.QUEUED, JobState.DONE), (JobState.DONE, JobState.QUEUED),
-     (JobState.DONE, JobState.FAILED), (JobState.FAILED, JobState.DONE)],
+    [
+        (JobState.QUEUED, JobState.DONE),
+        (JobState.DONE, JobState.QUEUED),
+        (JobState.DONE, JobState.FAILED),
+        (JobState.FAILED, JobState.DONE),
+    ],
 )
 def test_job_refuses_the_move_when_the_transition_is_not_allowed(start, to) -> None:
     job = _job().model_copy(update={"state": start})
@@ -37,16 +41,20 @@ def test_job_refuses_the_move_when_the_transition_is_not_allowed(start, to) -> N
 
 
 def test_failed_job_carries_code_and_message_when_it_fails() -> None:
-    job = _job().moved(JobState.RUNNING, attempts=1).moved(
-        JobState.FAILED, error=(ErrorCode.TRUNCATED_IMAGE, "cut at 512 bytes"))
+    job = (
+        _job()
+        .moved(JobState.RUNNING, attempts=1)
+        .moved(JobState.FAILED, error=(ErrorCode.TRUNCATED_IMAGE, "cut at 512 bytes"))
+    )
     again = Job.from_json(job.to_json())
     assert again == job
     assert again.error_code is ErrorCode.TRUNCATED_IMAGE and again.error_message
 
 
 def test_content_key_differs_when_the_model_differs() -> None:
-    spec = JobSpec(source_kind=SourceKind.UPLOAD, source=SHA, sha256=SHA, size_bytes=1,
-                   lane=Lane.INTERACTIVE)
+    spec = JobSpec(
+        source_kind=SourceKind.UPLOAD, source=SHA, sha256=SHA, size_bytes=1, lane=Lane.INTERACTIVE
+    )
     assert spec.content_key("a") != spec.content_key("b")
     assert spec.content_key("a") == spec.content_key("a")
 

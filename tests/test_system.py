@@ -1,4 +1,4 @@
-"""Integration: real local Ray, SQLite store, Qdrant local mode, tiny OpenCLIP through the real path."""
+"""Integration: real local Ray, SQLite store, Qdrant local mode, tiny OpenCLIP (real path)."""
 
 from __future__ import annotations
 
@@ -100,9 +100,7 @@ def test_every_job_ends_done_when_a_worker_is_killed_mid_batch(
     retried = [j for j in jobs if j.attempts >= 2]
     assert retried, "the killed worker held leases; their jobs must show a second attempt"
     assert all(j.attempts <= settings.max_attempts for j in jobs)
-    assert all(
-        [t.state for t in j.history].count(JobState.RUNNING) == j.attempts for j in retried
-    )
+    assert all([t.state for t in j.history].count(JobState.RUNNING) == j.attempts for j in retried)
     report = ray.get(worker.report.remote())
     assert report["pid"] != pid_before and report["load_count"] == 1
     assert ray.get(system.index_handle(settings).count.remote()) == 240

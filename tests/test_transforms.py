@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _images import image_bytes
 from raylens.actors import transforms
 from raylens.actors.transforms import decode_image, sniff_format
 from raylens.errors import (
@@ -20,6 +19,8 @@ from raylens.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
+
+from _images import image_bytes
 
 SIZE = 32
 
@@ -140,10 +141,19 @@ def test_decode_uses_draft_mode_when_the_jpeg_is_much_larger_than_the_model_inpu
 
 def _oriented(orientation: int) -> bytes:
     """The same scene stored rotated/flipped, with the EXIF tag that undoes it."""
-    base = Image.fromarray(np.kron(np.arange(12).reshape(3, 4) * 20, np.ones((10, 10)))
-                           .astype(np.uint8)).convert("RGB")
-    undo = {1: None, 2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM,
-            5: Image.TRANSPOSE, 6: Image.ROTATE_90, 7: Image.TRANSVERSE, 8: Image.ROTATE_270}
+    base = Image.fromarray(
+        np.kron(np.arange(12).reshape(3, 4) * 20, np.ones((10, 10))).astype(np.uint8)
+    ).convert("RGB")
+    undo = {
+        1: None,
+        2: Image.FLIP_LEFT_RIGHT,
+        3: Image.ROTATE_180,
+        4: Image.FLIP_TOP_BOTTOM,
+        5: Image.TRANSPOSE,
+        6: Image.ROTATE_90,
+        7: Image.TRANSVERSE,
+        8: Image.ROTATE_270,
+    }
     stored = base if undo[orientation] is None else base.transpose(undo[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -160,8 +170,14 @@ def test_decode_gives_the_same_picture_when_exif_orientation_is_1_to_8(orientati
 
 def test_sniff_format_names_each_supported_format_when_given_its_bytes() -> None:
     im = Image.new("RGB", (8, 8))
-    for fmt, name in [("JPEG", "jpeg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"),
-                      ("BMP", "bmp"), ("TIFF", "tiff")]:
+    for fmt, name in [
+        ("JPEG", "jpeg"),
+        ("PNG", "png"),
+        ("GIF", "gif"),
+        ("WEBP", "webp"),
+        ("BMP", "bmp"),
+        ("TIFF", "tiff"),
+    ]:
         assert sniff_format(_encode(im, fmt)) == name
     assert sniff_format(b"hello") is None
 
@@ -182,6 +198,7 @@ def test_normalise_batch_matches_torchvision_when_given_uint8_pixels() -> None:
 
     px = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8)
     out = transforms.normalise_batch(px, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), torch.float32)
-    expect = (px.permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.5, 0.4, 0.3])
-              .view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    expect = (
+        px.permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    ) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
     assert out.shape == (2, 3, 4, 4) and torch.allclose(out, expect, atol=1e-6)

@@ -1,4 +1,4 @@
-"""ClipEmbedder: OpenCLIP loaded once, batch of uint8 images (or texts) in, unit float32 vectors out.
+"""ClipEmbedder: OpenCLIP loaded once; uint8 image batches (or texts) in, unit vectors out.
 
 A plain class, testable without Ray; the cluster's Worker actor wraps it.
 """
@@ -120,14 +120,21 @@ class ClipEmbedder:
             t1 = time.perf_counter()
             self.embed_images(np.zeros((2, self.image_size, self.image_size, 3), np.uint8))
             self.warmup_seconds = time.perf_counter() - t1
-        log.info("loaded %s on %s (%s) in %.1fs", self.model_id, self.device, self.dtype,
-                 self.load_seconds)
+        log.info(
+            "loaded %s on %s (%s) in %.1fs",
+            self.model_id,
+            self.device,
+            self.dtype,
+            self.load_seconds,
+        )
 
     @staticmethod
     def _resolve_weights(open_clip: Any, model_name: str, pretrained: str) -> str | None:
         if pretrained.lower() == "none":
-            msg = (f"RAYLENS_CLIP_PRETRAINED=none: {model_name} has RANDOM weights (seed "
-                   f"{RANDOM_SEED}); its vectors are meaningless. Benchmarks and smoke runs only.")
+            msg = (
+                f"RAYLENS_CLIP_PRETRAINED=none: {model_name} has RANDOM weights (seed "
+                f"{RANDOM_SEED}); its vectors are meaningless. Benchmarks and smoke runs only."
+            )
             warnings.warn(msg, stacklevel=3)
             log.warning(msg)
             torch.manual_seed(RANDOM_SEED)  # every worker process gets identical weights
@@ -136,8 +143,10 @@ class ClipEmbedder:
         if path.is_file():
             return str(path)
         if _looks_like_path(pretrained):
-            raise ModelLoadError(f"checkpoint {pretrained} does not exist; set "
-                                 "RAYLENS_CLIP_PRETRAINED to a readable checkpoint file")
+            raise ModelLoadError(
+                f"checkpoint {pretrained} does not exist; set "
+                "RAYLENS_CLIP_PRETRAINED to a readable checkpoint file"
+            )
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in tags:
             raise ModelLoadError(
@@ -160,9 +169,11 @@ class ClipEmbedder:
     @staticmethod
     def _load_error(model_name: str, pretrained: str, exc: Exception) -> ModelLoadError:
         if _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
-            return ModelLoadError(f"cannot load checkpoint {pretrained} into {model_name}: "
-                                  f"{type(exc).__name__}: {exc}; check RAYLENS_CLIP_PRETRAINED "
-                                  "and RAYLENS_CLIP_MODEL")
+            return ModelLoadError(
+                f"cannot load checkpoint {pretrained} into {model_name}: "
+                f"{type(exc).__name__}: {exc}; check RAYLENS_CLIP_PRETRAINED "
+                "and RAYLENS_CLIP_MODEL"
+            )
         return ModelLoadError(
             f"the {pretrained!r} weights for {model_name} could not be obtained "
             f"({type(exc).__name__}: {str(exc)[:300]}). Set RAYLENS_CLIP_PRETRAINED to a local "

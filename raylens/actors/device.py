@@ -23,11 +23,14 @@ def select_device(preference: str = "auto") -> str:
         return "mps" if _mps_available() else "cpu"
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}
     if preference not in available:
-        raise ModelLoadError(f"unknown device {preference!r}; set RAYLENS_CLIP_DEVICE to "
-                             "auto, cuda, mps or cpu")
+        raise ModelLoadError(
+            f"unknown device {preference!r}; set RAYLENS_CLIP_DEVICE to auto, cuda, mps or cpu"
+        )
     if not available[preference]:
-        raise ModelLoadError(f"RAYLENS_CLIP_DEVICE={preference} but no {preference} device is "
-                             "available in this worker; use auto or cpu")
+        raise ModelLoadError(
+            f"RAYLENS_CLIP_DEVICE={preference} but no {preference} device is "
+            "available in this worker; use auto or cpu"
+        )
     return preference
 
 
@@ -36,9 +39,12 @@ def select_dtype(device: str, precision: str = "auto") -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device == "cuda" else torch.float32
     if precision not in _DTYPES:
-        raise ModelLoadError(f"unknown precision {precision!r}; set RAYLENS_CLIP_PRECISION to "
-                             "auto, fp32, fp16 or bf16")
+        raise ModelLoadError(
+            f"unknown precision {precision!r}; set RAYLENS_CLIP_PRECISION to "
+            "auto, fp32, fp16 or bf16"
+        )
     if precision == "fp16" and device == "cpu":
-        raise ModelLoadError("RAYLENS_CLIP_PRECISION=fp16 is not supported on cpu; use fp32 "
-                             "or bf16 (or auto)")
+        raise ModelLoadError(
+            "RAYLENS_CLIP_PRECISION=fp16 is not supported on cpu; use fp32 or bf16 (or auto)"
+        )
     return _DTYPES[precision]

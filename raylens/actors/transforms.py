@@ -42,8 +42,14 @@ _KNOWN_OTHER: tuple[tuple[bytes, str], ...] = (
     (b"<html", "an HTML page"),
     (b"PK\x03\x04", "a ZIP archive"),
 )
-_TRUNCATION_HINTS = ("truncated", "premature end", "end of file", "not enough data",
-                     "broken data stream", "unexpected end")
+_TRUNCATION_HINTS = (
+    "truncated",
+    "premature end",
+    "end of file",
+    "not enough data",
+    "broken data stream",
+    "unexpected end",
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ def _resize_crop(im: Image.Image, size: int) -> Image.Image:
     w, h = im.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.BICUBIC)
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return im.crop((left, top, left + size, top + size))
 
@@ -110,8 +116,9 @@ def decode_image(data: bytes, size: int, *, max_pixels: int, max_bytes: int) -> 
         raise TooLarge(f"input has {len(data)} bytes; limit RAYLENS_MAX_INPUT_BYTES={max_bytes}")
     fmt = sniff_format(data)
     if fmt is None:
-        raise UnsupportedFormat(f"not a supported image ({_describe(data)}); accepted: "
-                                "jpeg, png, gif, webp, bmp, tiff")
+        raise UnsupportedFormat(
+            f"not a supported image ({_describe(data)}); accepted: jpeg, png, gif, webp, bmp, tiff"
+        )
     try:
         return _decode(data, size, max_pixels, fmt)
     except InputError:
@@ -119,7 +126,9 @@ def decode_image(data: bytes, size: int, *, max_pixels: int, max_bytes: int) -> 
     except Exception as exc:  # Pillow raises many types; each input fails alone, with a code
         text = str(exc)
         if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            raise DecompressionBomb(f"{text}; limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}") from None
+            raise DecompressionBomb(
+                f"{text}; limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}"
+            ) from None
         if any(h in text.lower() for h in _TRUNCATION_HINTS) or isinstance(exc, EOFError):
             raise TruncatedImage(f"{fmt} data is truncated: {text or type(exc).__name__}") from None
         raise CorruptImage(f"cannot decode {fmt}: {type(exc).__name__}: {text}") from None
@@ -131,8 +140,9 @@ def _decode(data: bytes, size: int, max_pixels: int, fmt: str) -> DecodedImage:
         im = Image.open(io.BytesIO(data))
         w, h = im.size
         if w * h > max_pixels:
-            raise DecompressionBomb(f"{w}x{h} = {w * h} pixels; limit "
-                                    f"RAYLENS_MAX_IMAGE_PIXELS={max_pixels}")
+            raise DecompressionBomb(
+                f"{w}x{h} = {w * h} pixels; limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}"
+            )
         if im.format == "JPEG" and min(w, h) >= 2 * size:
             # Decode at 1/2, 1/4 or 1/8 scale, still >= size on the short side: far fewer pixels.
             im.draft("RGB", (size, size))
@@ -140,7 +150,7 @@ def _decode(data: bytes, size: int, max_pixels: int, fmt: str) -> DecodedImage:
         im.load()
         before = im.size
         try:
-            im = ImageOps.exif_transpose(im)
+            im = ImageOps.exif_transpose(im)  # type: ignore[assignment]
         except Exception:  # corrupt EXIF: keep the pixels as stored rather than fail the image
             pass
         swapped = before[0] != before[1] and im.size == (before[1], before[0])

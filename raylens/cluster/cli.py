@@ -24,8 +24,8 @@ MARKER = "ray-started-by-raylens"
 
 def client_auth() -> None:
     """Ray >= 2.60 turns on token auth for `ray start --head`; a driver sends the token only
-    when RAY_AUTH_MODE=token. Opt in when the token file exists and the user chose nothing. Ray reads the variable
-    when it is imported, so this runs before anything imports ray."""
+    when RAY_AUTH_MODE=token. Opt in when the token file exists and the user chose nothing.
+    Ray reads the variable when it is imported, so this runs before anything imports ray."""
     if "RAY_AUTH_MODE" in os.environ:
         return
     token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
@@ -48,7 +48,9 @@ def _local_cluster_running(settings: Settings) -> bool:
 def _start_local_ray(settings: Settings) -> None:
     """`ray start --head` so other processes (`raylens ingest`, `ray job submit`) can join."""
     cmd = [
-        _ray_bin(), "start", "--head",
+        _ray_bin(),
+        "start",
+        "--head",
         f"--port={settings.ray_port}",
         f"--dashboard-host={settings.dashboard_host}",
         f"--dashboard-port={settings.dashboard_port}",
@@ -79,15 +81,24 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     address = system.resolve_address(settings, args.address)
     local = address == settings.local_ray_address
     if local and not _local_cluster_running(settings):
-        print(f"starting a local Ray cluster (dashboard http://{settings.dashboard_host}:"
-              f"{settings.dashboard_port})", file=sys.stderr)
+        print(
+            f"starting a local Ray cluster (dashboard http://{settings.dashboard_host}:"
+            f"{settings.dashboard_port})",
+            file=sys.stderr,
+        )
         _start_local_ray(settings)
     system.connect(settings, address)
     if settings.random_weights:
-        print("WARNING: RAYLENS_CLIP_PRETRAINED=none: random weights, vectors are meaningless "
-              "(benchmarks and smoke runs only)", file=sys.stderr)
-    print(f"starting raylens: {settings.num_workers} worker(s), model {settings.clip_model} "
-          f"({settings.clip_pretrained})", file=sys.stderr)
+        print(
+            "WARNING: RAYLENS_CLIP_PRETRAINED=none: random weights, vectors are meaningless "
+            "(benchmarks and smoke runs only)",
+            file=sys.stderr,
+        )
+    print(
+        f"starting raylens: {settings.num_workers} worker(s), model {settings.clip_model} "
+        f"({settings.clip_pretrained})",
+        file=sys.stderr,
+    )
     try:
         info = system.start(settings)
     except RaylensError:
@@ -95,10 +106,16 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             _stop_local_ray(settings)
         raise
     for r in info["workers"]:
-        print(f"  {r['worker']}: {r['model_id']} on {r['device']} ({r['dtype']}), dim {r['dim']}, "
-              f"loaded in {r['load_seconds']:.1f}s", file=sys.stderr)
-    print(f"raylens is up; data in {settings.data_dir}; dashboard "
-          f"http://{settings.dashboard_host}:{settings.dashboard_port}", file=sys.stderr)
+        print(
+            f"  {r['worker']}: {r['model_id']} on {r['device']} ({r['dtype']}), dim {r['dim']}, "
+            f"loaded in {r['load_seconds']:.1f}s",
+            file=sys.stderr,
+        )
+    print(
+        f"raylens is up; data in {settings.data_dir}; dashboard "
+        f"http://{settings.dashboard_host}:{settings.dashboard_port}",
+        file=sys.stderr,
+    )
     if args.detach:
         return 0
     stopping = {"now": False}
@@ -116,7 +133,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     ray.shutdown()
     if local:
         _stop_local_ray(settings)
-    print(f"stopped: {stopped['workers']} worker(s); queued jobs stay in the store", file=sys.stderr)
+    print(
+        f"stopped: {stopped['workers']} worker(s); queued jobs stay in the store", file=sys.stderr
+    )
     return 0
 
 
@@ -142,16 +161,19 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     system.connect(settings, args.address)
     queue = system.queue_handle(settings)
-    summary = intake.ingest(settings, Path(args.path), queue, Lane(args.priority),
-                            progress=not args.no_progress)
+    summary = intake.ingest(
+        settings, Path(args.path), queue, Lane(args.priority), progress=not args.no_progress
+    )
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_code.items()))
-        print(f"{summary.files} files: {summary.submitted} submitted, {summary.skipped} skipped "
-              f"(already done), {summary.duplicates} duplicates; {summary.done} done, "
-              f"{summary.failed} failed{f' ({codes})' if codes else ''} in {summary.seconds:.1f}s "
-              f"({summary.images_per_s} images/s)")
+        print(
+            f"{summary.files} files: {summary.submitted} submitted, {summary.skipped} skipped "
+            f"(already done), {summary.duplicates} duplicates; {summary.done} done, "
+            f"{summary.failed} failed{f' ({codes})' if codes else ''} in {summary.seconds:.1f}s "
+            f"({summary.images_per_s} images/s)"
+        )
     return 0 if summary.complete else 3
 
 
@@ -164,19 +186,26 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(st, default=str))
         return 0
     q = st["queue"]
-    print("queue depth: " + ", ".join(f"{k} {v}" for k, v in q["depth"].items())
-          + f"; leased {q['leased']} (max depth {q['max_depth']})")
+    print(
+        "queue depth: "
+        + ", ".join(f"{k} {v}" for k, v in q["depth"].items())
+        + f"; leased {q['leased']} (max depth {q['max_depth']})"
+    )
     print("jobs: " + ", ".join(f"{k} {v}" for k, v in q["jobs"].items()))
     idx = st.get("index", {})
-    print(f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')} "
-          f"({idx.get('where', idx.get('error', ''))})")
+    print(
+        f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')} "
+        f"({idx.get('where', idx.get('error', ''))})"
+    )
     for r in st["workers"]:
         if "error" in r:
             print(f"worker: unavailable: {r['error']}")
             continue
-        print(f"{r['worker']} pid {r['pid']}: {r['model_id']} on {r['device']} ({r['dtype']}), "
-              f"dim {r['dim']}, loaded {r['load_count']}x in {r['load_seconds']:.1f}s; "
-              f"{r['batches']} batches, {r['images']} images, {r['failed_inputs']} bad inputs")
+        print(
+            f"{r['worker']} pid {r['pid']}: {r['model_id']} on {r['device']} ({r['dtype']}), "
+            f"dim {r['dim']}, loaded {r['load_count']}x in {r['load_seconds']:.1f}s; "
+            f"{r['batches']} batches, {r['images']} images, {r['failed_inputs']} bad inputs"
+        )
     return 0
 
 
@@ -206,8 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start (or join) Ray and run the queue and the workers")
-    up.add_argument("--detach", action="store_true",
-                    help="return once everything is up (stop it with `raylens down`)")
+    up.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once everything is up (stop it with `raylens down`)",
+    )
     up.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     up.set_defaults(func=cmd_up)
 
@@ -217,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="embed every image under PATH and wait until all are done")
     ing.add_argument("path", help="an image file or a folder (searched recursively)")
-    ing.add_argument("--priority", choices=[lane.value for lane in Lane], default="bulk",
-                     help="queue lane (default: bulk)")
+    ing.add_argument(
+        "--priority",
+        choices=[lane.value for lane in Lane],
+        default="bulk",
+        help="queue lane (default: bulk)",
+    )
     ing.add_argument("--json", action="store_true", help="print the summary as JSON")
     ing.add_argument("--no-progress", action="store_true", help="no progress bar")
     ing.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -241,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     client_auth()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         settings = load_settings()
         if getattr(args, "top_k", 1) < 1:

@@ -67,7 +67,8 @@ class VectorIndex:
                 if size != self.dim:
                     raise SettingsError(
                         f"Qdrant collection {self.collection!r} holds {size}-d vectors but the "
-                        f"model makes {self.dim}-d ones; set RAYLENS_QDRANT_COLLECTION to a new name"
+                        f"model makes {self.dim}-d ones; "
+                        "set RAYLENS_QDRANT_COLLECTION to a new name"
                     )
             else:
                 self.client.create_collection(
@@ -159,8 +160,13 @@ class VectorIndex:
         return ids
 
     def info(self) -> dict[str, Any]:
-        return {"collection": self.collection, "dim": self.dim, "where": self.where,
-                "points": self.count(), "at": time.time()}
+        return {
+            "collection": self.collection,
+            "dim": self.dim,
+            "where": self.where,
+            "points": self.count(),
+            "at": time.time(),
+        }
 
     def close(self) -> None:
         self.client.close()

@@ -1,4 +1,4 @@
-"""Intake: turn files and uploads into durable jobs, and follow them to the end (`raylens ingest`)."""
+"""Intake: files and uploads become durable jobs, followed to the end (`raylens ingest`)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,11 @@ def spec_for_path(path: Path, lane: Lane) -> JobSpec:
     """A path job: the file is referenced (never copied); its hash makes the dedup key."""
     sha, size = sha256_file(path)
     return JobSpec(
-        source_kind=SourceKind.PATH, source=str(path), sha256=sha, size_bytes=size, lane=lane,
+        source_kind=SourceKind.PATH,
+        source=str(path),
+        sha256=sha,
+        size_bytes=size,
+        lane=lane,
         name=path.name,
     )
 
@@ -68,7 +72,8 @@ def spec_for_upload(
         raise EmptyInput(f"upload {name or ''} is empty".replace("  ", " "))
     if len(data) > settings.max_input_bytes:
         raise TooLarge(
-            f"upload has {len(data)} bytes; limit RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
+            f"upload has {len(data)} bytes; "
+            f"limit RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
         )
     if sniff_format(data) is None:
         raise UnsupportedFormat(
@@ -76,7 +81,11 @@ def spec_for_upload(
         )
     sha = payloads.put(data)
     return JobSpec(
-        source_kind=SourceKind.UPLOAD, source=sha, sha256=sha, size_bytes=len(data), lane=lane,
+        source_kind=SourceKind.UPLOAD,
+        source=sha,
+        sha256=sha,
+        size_bytes=len(data),
+        lane=lane,
         name=name,
     )
 
@@ -100,7 +109,11 @@ def submit(
             try:
                 out += ray.get(queue.submit.remote(part))
                 break
-            except (QueueFull, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            except (
+                QueueFull,
+                ray.exceptions.RayActorError,
+                ray.exceptions.ActorUnavailableError,
+            ) as exc:
                 # Full: wait for room. Queue restarting: resubmitting is safe, since the same
                 # content returns the job already created.
                 if patience_s is not None and time.monotonic() - started > patience_s:
@@ -148,19 +161,27 @@ def ingest(
     summary = IngestSummary(path=str(root))
     files = list(discover(root))
     summary.files = len(files)
-    bar = tqdm(total=len(files), desc="ingest", unit="img", disable=not progress,
-               mininterval=0.5, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(files),
+        desc="ingest",
+        unit="img",
+        disable=not progress,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
     pending: dict[str, None] = {}  # ordered set of job ids still to finish
     seen: set[str] = set()
     last_poll = time.monotonic()
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="raylens-hash") as pool:
         # The first chunk is one batch, so workers start while the rest is still being hashed.
-        bounds = _chunks(len(files), min(settings.max_batch_size, settings.ingest_chunk),
-                         settings.ingest_chunk)
+        bounds = _chunks(
+            len(files), min(settings.max_batch_size, settings.ingest_chunk), settings.ingest_chunk
+        )
         for i, j in bounds:
             specs = list(pool.map(lambda p: spec_for_path(p, lane), files[i:j]))
-            results = submit(queue, specs, settings,
-                             on_wait=lambda m: bar.set_postfix_str("queue full, waiting"))
+            results = submit(
+                queue, specs, settings, on_wait=lambda m: bar.set_postfix_str("queue full, waiting")
+            )
             for res in results:
                 if res.job_id in seen:
                     summary.duplicates += 1

@@ -47,7 +47,7 @@ class Failure:
 
 
 class JobQueue:
-    """Priority lanes (interactive > normal > bulk), leases with deadlines, ack/nack, dead letters."""
+    """Priority lanes (interactive > normal > bulk), leases, ack/nack, dead letters."""
 
     def __init__(self, settings: Settings, model_id: str) -> None:
         self.settings = settings
@@ -324,8 +324,9 @@ class JobQueue:
             try:
                 await self.reap()
             except Exception:  # the store may be down; try again next tick, never die
-                log.exception("lease reaper failed; retrying in %ss",
-                              self.settings.lease_check_interval_s)
+                log.exception(
+                    "lease reaper failed; retrying in %ss", self.settings.lease_check_interval_s
+                )
 
     async def reap(self) -> int:
         """Re-queue (or dead-letter) every job whose lease deadline has passed."""

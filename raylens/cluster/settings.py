@@ -101,7 +101,9 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
     ingest_chunk: int = Field(default=256, ge=1, description="Jobs submitted per queue call.")
     ingest_poll_s: float = Field(
-        default=0.2, gt=0, description="How often ingest polls job states (scaled up for big backlogs)."
+        default=0.2,
+        gt=0,
+        description="How often ingest polls job states (scaled up for big backlogs).",
     )
     ingest_timeout_s: float | None = Field(
         default=None, gt=0, description="Give up waiting for an ingest after this long."

@@ -40,8 +40,12 @@ def connect(settings: Settings, address: str | None = None) -> None:
         return
     address = resolve_address(settings, address)
     try:
-        ray.init(address=address, namespace=settings.namespace, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address=address,
+            namespace=settings.namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except ConnectionError as exc:
         raise StoreUnavailable(
             f"no Ray cluster at {address!r} ({exc}); start one with `raylens up` "
@@ -102,7 +106,7 @@ def start_queue(settings: Settings) -> Any:
         .options(max_concurrency=1000, num_cpus=0, **_detached(settings, settings.queue_actor_name))
         .remote(settings, model_id)
     )
-    ray.get(queue.ping.remote())
+    ray.get(queue.ping.remote())  # type: ignore[union-attr]
     return queue
 
 
@@ -115,7 +119,7 @@ def start_index(settings: Settings) -> Any:
         .options(num_cpus=0, **_detached(settings, settings.index_actor_name))
         .remote(settings)
     )
-    ray.get(index.count.remote())
+    ray.get(index.count.remote())  # type: ignore[union-attr]
     return index
 
 

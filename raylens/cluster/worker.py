@@ -105,7 +105,9 @@ class Worker:
         self.model_id = self.embedder.model_id
         self.payloads = open_payload_store(settings)
         self.index: VectorIndex | RemoteIndex = (
-            VectorIndex(settings, self.embedder.dim) if settings.qdrant_url else RemoteIndex(settings)
+            VectorIndex(settings, self.embedder.dim)
+            if settings.qdrant_url
+            else RemoteIndex(settings)
         )
         self.stats = WorkerStats()
         self._stop = threading.Event()
@@ -176,7 +178,9 @@ class Worker:
                     fn()
                     return
                 except Exception:  # a loop must never die of one bad call; log and go on
-                    log.exception("worker %s: %s loop failed; restarting it", self.name, fn.__name__)
+                    log.exception(
+                        "worker %s: %s loop failed; restarting it", self.name, fn.__name__
+                    )
                     time.sleep(1.0)
 
         return run
@@ -198,9 +202,9 @@ class Worker:
 
     def _fetch_loop(self) -> None:
         while not self._stop.is_set():
-            wait = self.settings.lease_poll_s
+            lease_args = (self.worker_id, self.settings.max_batch_size, self.settings.lease_poll_s)
             jobs: list[Job] = self._queue_call(
-                lambda q: q.lease.remote(self.worker_id, self.settings.max_batch_size, wait),
+                lambda q: q.lease.remote(*lease_args),  # noqa: B023 (called at once)
                 forever=True,
             )
             if not jobs:
@@ -232,7 +236,7 @@ class Worker:
                 held = list(self._held)
             if held:
                 try:
-                    self._queue_call(lambda q: q.heartbeat.remote(self.worker_id, held))
+                    self._queue_call(lambda q: q.heartbeat.remote(self.worker_id, held))  # noqa: B023
                 except Exception:
                     log.warning("heartbeat failed; leases may expire and be retried")
 
@@ -318,9 +322,18 @@ class Worker:
             try:
                 self.index.upsert(ids, np.stack([v for _, _, v in ok]), payloads)
                 done = [
-                    (job.id, {"model_id": self.model_id, "dim": int(vec.shape[0]),
-                              "point_id": pid, "width": img.width, "height": img.height,
-                              "format": img.format, "worker": self.worker_id})
+                    (
+                        job.id,
+                        {
+                            "model_id": self.model_id,
+                            "dim": int(vec.shape[0]),
+                            "point_id": pid,
+                            "width": img.width,
+                            "height": img.height,
+                            "format": img.format,
+                            "worker": self.worker_id,
+                        },
+                    )
                     for (job, img, vec), pid in zip(ok, ids)
                 ]
             except RaylensError as exc:
