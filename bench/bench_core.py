@@ -80,7 +80,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def raylens_ingest(folder: Path, model: str, threads: int, batch: int, data_dir: Path) -> dict:
+def raylens_ingest(
+    folder: Path, model: str, threads: int, batch: int, data_dir: Path, decode_threads: int
+) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYLENS_")}
     env.update(
         RAYLENS_DATA_DIR=str(data_dir),
@@ -89,6 +91,7 @@ def raylens_ingest(folder: Path, model: str, threads: int, batch: int, data_dir:
         RAYLENS_WORKER_NUM_CPUS=str(threads),
         RAYLENS_TORCH_THREADS=str(threads),
         RAYLENS_MAX_BATCH_SIZE=str(batch),
+        RAYLENS_DECODE_THREADS=str(decode_threads),
         RAYLENS_RAY_PORT=str(_free_port()),
         RAYLENS_DASHBOARD_PORT=str(_free_port()),
     )
@@ -131,6 +134,12 @@ def main() -> int:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--batch-sizes", default="8,16,32")
+    ap.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="raylens decode threads per worker (default: the setting's default)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="raylens-bench-") as tmp:
@@ -139,8 +148,11 @@ def main() -> int:
         mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         raw = raw_limit(paths, args.model, args.threads, sizes)
+        from raylens.cluster.settings import Settings
+
+        decode_threads = args.decode_threads or Settings.model_fields["decode_threads"].default
         ours = raylens_ingest(
-            folder, args.model, args.threads, raw["batch_size"], Path(tmp) / "data"
+            folder, args.model, args.threads, raw["batch_size"], Path(tmp) / "data", decode_threads
         )
     ratio = ours["images_per_s"] / raw["images_per_s"]
     out = {
