@@ -63,12 +63,45 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         again = _run(["ingest", str(tmp_path / "photos"), "--json", "--no-progress"], cli_env)
         assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 20
 
+        # The cluster path: a Ray job whose entrypoint is the same CLI.
+        write_images(tmp_path / "more", 6, start=100)
+        job_env = (
+            {**cli_env, "RAY_AUTH_MODE": "token"}
+            if Path.home().joinpath(".ray", "auth_token").is_file()
+            else cli_env
+        )
+        dashboard = f"http://127.0.0.1:{cli_env['RAYLENS_DASHBOARD_PORT']}"
+        submitted = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "job",
+                "submit",
+                "--address",
+                dashboard,
+                "--",
+                "raylens",
+                "ingest",
+                str(tmp_path / "more"),
+                "--json",
+                "--no-progress",
+            ],
+            env=job_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        job_summary = json.loads(
+            next(line for line in submitted.stdout.splitlines() if line.startswith('{"path"'))
+        )
+        assert (job_summary["submitted"], job_summary["done"]) == (6, 6)
+
         status = _run(["status", "--json"], cli_env)
         assert status.returncode == 0, status.stderr
         st = json.loads(status.stdout)
-        assert st["queue"]["jobs"]["done"] == 20
+        assert st["queue"]["jobs"]["done"] == 26
         assert st["queue"]["depth"] == {"interactive": 0, "normal": 0, "bulk": 0}
-        assert st["index"]["points"] == 20
+        assert st["index"]["points"] == 26
         (worker,) = st["workers"]
         assert worker["load_count"] == 1 and worker["device"] == "cpu" and worker["dim"] > 0
 
@@ -76,11 +109,9 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         assert search.returncode == 0, search.stderr
         hits = json.loads(search.stdout)["hits"]
         assert len(hits) == 5
-        assert all(
-            Path(h["payload"]["source"]).parent.parent == tmp_path / "photos"
-            or Path(h["payload"]["source"]).parent == tmp_path / "photos"
-            for h in hits
-        )
+        ingested = {str(p) for p in tmp_path.rglob("*.*") if p.parent.name != "data"}
+        assert all(h["payload"]["source"] in ingested for h in hits)
+        assert all(h["payload"]["job_id"] and h["payload"]["model_id"] for h in hits)
         assert hits == sorted(hits, key=lambda h: -h["score"])
     finally:
         down = _run(["down"], cli_env)
