@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,43 +29,37 @@ log = logging.getLogger("raylens.clip")
 # How many models this process has loaded; the system checks it stays 1 per worker.
 _LOADS = 0
 
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_OPEN_CLIP_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# The preprocess keys a pretrained tag may set (size always comes from the model itself).
+_TAG_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
+# A TCP connect to the download host (or proxy) bounds how long an offline start takes: the
+# Hugging Face client retries each file with backoff, about 46 s for a tag before it gives up.
+_PROBE_TIMEOUT_S = 3.0
+_WARMUP_BATCH = 2
+_NO_WEIGHTS_HINT = (
+    "Set RAYLENS_CLIP_PRETRAINED to a local checkpoint path (or to none for random weights, "
+    "benchmarks only)"
+)
+
 
 def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
-
-
-def _hub_host() -> tuple[str, int]:
-    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))  # HF's own knob
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    return endpoint.hostname or "huggingface.co", port
-
-
-def _reachable(where: tuple[str, int], timeout_s: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(where, timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _cached_weights(open_clip: Any, model_name: str, tag: str) -> str | None:
-    """The weights file for a tag if the Hugging Face cache already has it."""
-    hub = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub", "").rstrip("/")
-    if not hub:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        found = try_to_load_from_cache(hub, filename)
-        if isinstance(found, str):
-            return found
-    return None
+    return os.sep in value or value.startswith("~") or value.endswith(_CHECKPOINT_SUFFIXES)
 
 
 class ClipEmbedder:
-    """One OpenCLIP model on one device. Construct once per process; it loads in __init__."""
+    """One OpenCLIP model on one device. Construct once per process: it loads in __init__.
+
+    `pretrained` is an OpenCLIP tag (e.g. "laion2b_s34b_b79k"), a local checkpoint path, or
+    "none" (random weights from a fixed seed: identical in every process, meaningless vectors).
+    Any failure to load raises ModelLoadError naming the RAYLENS_* setting to fix.
+    """
+
+    model_id: str
+    dim: int
+    image_size: int
+    device: str
+    dtype: torch.dtype
 
     def __init__(
         self,
@@ -77,110 +73,56 @@ class ClipEmbedder:
         warmup: bool = True,
     ) -> None:
         global _LOADS
-        import open_clip
+        import open_clip  # heavy: imported by the process that loads, not by its importers
 
         t0 = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
-        if model_config is not None:
-            if not Path(model_config).is_file():
-                raise ModelLoadError(f"RAYLENS_CLIP_MODEL_CONFIG={model_config} does not exist")
-            open_clip.add_model_config(str(model_config))
-        if model_name not in open_clip.list_models():
-            raise ModelLoadError(
-                f"unknown OpenCLIP model {model_name!r}; set RAYLENS_CLIP_MODEL to one of "
-                "open_clip.list_models() (e.g. ViT-B-32) or register it with "
-                "RAYLENS_CLIP_MODEL_CONFIG"
-            )
         self.model_name = model_name
         self.pretrained = pretrained
         self.device = select_device(device)
         self.dtype = select_dtype(self.device, precision)
+        _check_model_name(open_clip, model_name, model_config)
         self.model_id = model_id_for(model_name, pretrained)
-        weights = self._resolve_weights(open_clip, model_name, pretrained)
+        load_args = _weights_args(open_clip, model_name, pretrained)
         try:
-            model = open_clip.create_model(model_name, pretrained=weights, device="cpu")
-        except ModelLoadError:
-            raise
+            model = open_clip.create_model(
+                model_name,
+                device=self.device,
+                precision=_OPEN_CLIP_PRECISION[self.dtype],
+                **load_args,
+            )
+            self.tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as exc:
-            raise self._load_error(model_name, pretrained, exc) from None
-        model.eval().requires_grad_(False)
-        self.model = model.to(device=self.device, dtype=self.dtype)
+            raise _load_error(model_name, pretrained, exc) from exc
+        self.model = model.eval().requires_grad_(False)
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.dim = int(self.embed_texts(["warm-up"]).shape[1])
+        self.dim = _embed_dim(open_clip, model_name, model)
         _LOADS += 1
         self.load_seconds = time.perf_counter() - t0
         self.warmup_seconds = 0.0
-        if warmup:
+        if warmup:  # first calls allocate and pick kernels; pay that here, not on a user's job
             t1 = time.perf_counter()
-            self.embed_images(np.zeros((2, self.image_size, self.image_size, 3), np.uint8))
+            blank = np.zeros((_WARMUP_BATCH, self.image_size, self.image_size, 3), np.uint8)
+            self.embed_images(blank)
+            self.embed_texts(["a photo"])
             self.warmup_seconds = time.perf_counter() - t1
         log.info(
-            "loaded %s on %s (%s) in %.1fs",
+            "loaded %s on %s (%s, dim %d) in %.1fs, warm-up %.1fs",
             self.model_id,
             self.device,
             self.dtype,
+            self.dim,
             self.load_seconds,
-        )
-
-    @staticmethod
-    def _resolve_weights(open_clip: Any, model_name: str, pretrained: str) -> str | None:
-        if pretrained.lower() == "none":
-            msg = (
-                f"RAYLENS_CLIP_PRETRAINED=none: {model_name} has RANDOM weights (seed "
-                f"{RANDOM_SEED}); its vectors are meaningless. Benchmarks and smoke runs only."
-            )
-            warnings.warn(msg, stacklevel=3)
-            log.warning(msg)
-            torch.manual_seed(RANDOM_SEED)  # every worker process gets identical weights
-            return None
-        path = Path(pretrained).expanduser()
-        if path.is_file():
-            return str(path)
-        if _looks_like_path(pretrained):
-            raise ModelLoadError(
-                f"checkpoint {pretrained} does not exist; set "
-                "RAYLENS_CLIP_PRETRAINED to a readable checkpoint file"
-            )
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if pretrained not in tags:
-            raise ModelLoadError(
-                f"{model_name} has no pretrained tag {pretrained!r}; set RAYLENS_CLIP_PRETRAINED "
-                f"to one of {', '.join(tags) or '(none known)'}, a checkpoint path, or none"
-            )
-        cached = _cached_weights(open_clip, model_name, pretrained)
-        if cached:
-            return cached  # a file path: open_clip loads it without asking the hub again
-        host = _hub_host()
-        if not _reachable(host):
-            # Fail at once: the hub client would otherwise retry for most of a minute.
-            raise ModelLoadError(
-                f"the {pretrained!r} weights for {model_name} are not cached and {host[0]} cannot "
-                "be reached to download them. Set RAYLENS_CLIP_PRETRAINED to a local checkpoint "
-                "path (or to none for random weights, benchmarks only)"
-            )
-        return pretrained
-
-    @staticmethod
-    def _load_error(model_name: str, pretrained: str, exc: Exception) -> ModelLoadError:
-        if _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
-            return ModelLoadError(
-                f"cannot load checkpoint {pretrained} into {model_name}: "
-                f"{type(exc).__name__}: {exc}; check RAYLENS_CLIP_PRETRAINED "
-                "and RAYLENS_CLIP_MODEL"
-            )
-        return ModelLoadError(
-            f"the {pretrained!r} weights for {model_name} could not be obtained "
-            f"({type(exc).__name__}: {str(exc)[:300]}). Set RAYLENS_CLIP_PRETRAINED to a local "
-            "checkpoint path (or to none for random weights, benchmarks only)"
+            self.warmup_seconds,
         )
 
     def report(self) -> dict[str, Any]:
+        """What this process loaded and how long it took (the system checks load_count == 1)."""
         return {
             "model_id": self.model_id,
             "model_name": self.model_name,
@@ -198,8 +140,17 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (B, S, S, 3) -> L2-normalised float32 (B, dim). uint8 travels to the device
-        (4x less than float) and is normalised there."""
+        """uint8 (B, S, S, 3) with S = image_size -> L2-normalised float32 (B, dim).
+
+        uint8 travels to the device (4x fewer bytes than float32) and is normalised there.
+        """
+        s = self.image_size
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
+            raise ValueError(
+                f"embed_images wants uint8 (B, {s}, {s}, 3); got {pixels.dtype} {pixels.shape}"
+            )
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
         batch = torch.from_numpy(np.ascontiguousarray(pixels))
         if self.device == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -211,6 +162,183 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        tokens = self.tokenizer(texts).to(self.device)
+        """Texts -> L2-normalised float32 (B, dim), in the same space as the images."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        tokens = self.tokenizer(list(texts)).to(self.device)
         feats = self.model.encode_text(tokens, normalize=True)
         return feats.float().cpu().numpy()
+
+
+def _check_model_name(open_clip: Any, model_name: str, model_config: Path | None) -> None:
+    """Register an extra architecture file, then make sure the name is known."""
+    hint = ""
+    if model_config is not None:
+        path = Path(model_config).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"RAYLENS_CLIP_MODEL_CONFIG={model_config} is not a file")
+        try:
+            open_clip.add_model_config(path)
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise ModelLoadError(
+                f"RAYLENS_CLIP_MODEL_CONFIG={model_config} cannot be read: {exc}"
+            ) from exc
+        # open_clip names a config after its file and skips files missing its required keys.
+        hint = (
+            f"; RAYLENS_CLIP_MODEL_CONFIG registers {path.stem!r} if the file has embed_dim, "
+            "vision_cfg and text_cfg"
+        )
+    if model_name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown OpenCLIP model {model_name!r}: set RAYLENS_CLIP_MODEL to one of "
+            f"open_clip.list_models() (e.g. ViT-B-32){hint}"
+        )
+
+
+def _weights_args(open_clip: Any, model_name: str, pretrained: str) -> dict[str, Any]:
+    """open_clip.create_model keyword arguments for RAYLENS_CLIP_PRETRAINED, checked up front."""
+    if pretrained.lower() == "none":
+        msg = (
+            f"RAYLENS_CLIP_PRETRAINED=none: {model_name} gets RANDOM weights (seed "
+            f"{RANDOM_SEED}); its vectors are meaningless. Benchmarks and smoke runs only."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        log.warning(msg)
+        # Every worker process must build identical weights, or their vectors would not mix.
+        torch.manual_seed(RANDOM_SEED)
+        return {"pretrained": None, "pretrained_text": False, "pretrained_image": False}
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return {"pretrained": str(path)}
+    if _looks_like_path(pretrained):
+        raise ModelLoadError(
+            f"checkpoint {pretrained} does not exist or is not a file; set "
+            "RAYLENS_CLIP_PRETRAINED to a readable checkpoint file (or an OpenCLIP tag)"
+        )
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise ModelLoadError(
+            f"{model_name} has no pretrained tag {pretrained!r}; set RAYLENS_CLIP_PRETRAINED "
+            f"to one of: {', '.join(tags) or '(no tags for this model)'}; or a checkpoint "
+            "path, or none"
+        )
+    return _tag_args(model_name, pretrained, tag_cfg)
+
+
+def _tag_args(model_name: str, tag: str, tag_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Load a tag from the local cache when it is there; refuse at once when it cannot be
+    downloaded (no network), instead of letting the hub client retry for most of a minute."""
+    # Weights trained with QuickGELU (the OpenAI ones) give wrong vectors without it;
+    # open_clip itself only warns about the mismatch.
+    quick_gelu = {"force_quick_gelu": True} if tag_cfg.get("quick_gelu") else {}
+    cached = _cached_tag_file(tag_cfg)
+    if cached is not None:
+        # A file path skips the hub's online freshness check; the tag's own preprocessing
+        # (mean/std, resize mode) would be lost with it, so it is passed along explicitly.
+        preprocess = {k: tag_cfg[k] for k in _TAG_PREPROCESS_KEYS if tag_cfg.get(k) is not None}
+        log.info("%s:%s weights found in the local cache: %s", model_name, tag, cached)
+        return {"pretrained": cached, "force_preprocess_cfg": preprocess, **quick_gelu}
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"the {tag!r} weights for {model_name} could not be downloaded: HF_HUB_OFFLINE is "
+            f"set and they are not in the Hugging Face cache ({constants.HF_HUB_CACHE}). "
+            + _NO_WEIGHTS_HINT
+        )
+    host, port, via = _download_route(constants.ENDPOINT)
+    if not _reachable(host, port):
+        raise ModelLoadError(
+            f"the {tag!r} weights for {model_name} could not be downloaded: {host}:{port}{via} "
+            f"cannot be reached and they are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}). " + _NO_WEIGHTS_HINT
+        )
+    return {"pretrained": tag, **quick_gelu}
+
+
+def _cached_tag_file(tag_cfg: dict[str, Any]) -> str | None:
+    """The tag's weights file if already on disk (same file names open_clip downloads)."""
+    if tag_cfg.get("file"):
+        return str(tag_cfg["file"])
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    # "org/repo/" means the default file names; "org/repo/file.bin" names the file.
+    repo, filename = hub.rstrip("/"), ""
+    if not hub.endswith("/"):
+        repo, filename = os.path.split(hub)
+    names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    if filename:
+        stem, ext = os.path.splitext(filename)
+        names = [f"{stem}.safetensors", filename] if ext in (".bin", ".pth") else [filename]
+    for name in names:
+        try:
+            found = try_to_load_from_cache(repo, name)
+        except Exception:  # a malformed repo id: treat as not cached, open_clip will say why
+            return None
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _download_route(endpoint: str) -> tuple[str, int, str]:
+    """Host and port a download would connect to: the hub, or the proxy in front of it."""
+    url = urlsplit(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    proxies = urllib.request.getproxies()  # HTTPS_PROXY / ALL_PROXY, as the hub client uses
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        purl = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if purl.hostname:
+            default = 443 if purl.scheme == "https" else 80
+            return purl.hostname, purl.port or default, f" (proxy for {host})"
+    return host, port, ""
+
+
+def _reachable(host: str, port: int, timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection opens within timeout_s. Runs in a thread because the socket
+    timeout does not cover name resolution, which can hang when DNS itself is unreachable."""
+    ok: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                ok.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=attempt, name="raylens-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout_s + 1.0)
+    return bool(ok)
+
+
+def _embed_dim(open_clip: Any, model_name: str, model: Any) -> int:
+    cfg = open_clip.get_model_config(model_name) or {}
+    if "embed_dim" in cfg:
+        return int(cfg["embed_dim"])
+    with torch.inference_mode():  # architectures without a plain config: ask the model
+        probe = open_clip.get_tokenizer(model_name)(["x"]).to(next(model.parameters()).device)
+        return int(model.encode_text(probe).shape[-1])
+
+
+def _load_error(model_name: str, pretrained: str, exc: Exception) -> ModelLoadError:
+    detail = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if pretrained.lower() == "none":
+        return ModelLoadError(
+            f"cannot build {model_name} with random weights ({detail}); check RAYLENS_CLIP_MODEL"
+        )
+    if Path(pretrained).expanduser().is_file():
+        return ModelLoadError(
+            f"cannot load checkpoint {pretrained} into {model_name} ({detail}); check that "
+            "RAYLENS_CLIP_PRETRAINED was saved from the architecture in RAYLENS_CLIP_MODEL"
+        )
+    return ModelLoadError(
+        f"the {pretrained!r} weights for {model_name} could not be downloaded or loaded "
+        f"({detail}). " + _NO_WEIGHTS_HINT
+    )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from raylens.errors import (
     CorruptImage,
@@ -24,46 +24,71 @@ from raylens.errors import (
     UnsupportedFormat,
 )
 
+ACCEPTED = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
+
 # Magic bytes of the formats we accept (checked on content, never on the file name).
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "png"),
-    (b"GIF87a", 0, "gif"),
-    (b"GIF89a", 0, "gif"),
-    (b"BM", 0, "bmp"),
-    (b"II*\x00", 0, "tiff"),
-    (b"MM\x00*", 0, "tiff"),
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
 )
+# Pillow is only ever asked to try the plugin that matches the magic: less parser surface.
+_PIL_FORMAT = {
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "gif": "GIF",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+}
+# What rejected bytes most often are, so the error message can say so.
 _KNOWN_OTHER: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
     (b"<svg", "an SVG drawing"),
     (b"<?xml", "an XML/SVG document"),
     (b"<!doctype html", "an HTML page"),
     (b"<html", "an HTML page"),
+    (b"{", "JSON text"),
     (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
 )
+_FTYP_BRANDS: tuple[tuple[tuple[bytes, ...], str], ...] = (
+    ((b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"), "a HEIC/HEIF image"),
+    ((b"avif", b"avis"), "an AVIF image"),
+)
+# Pillow's words for "the data stopped early" (its messages vary by plugin and version).
 _TRUNCATION_HINTS = (
     "truncated",
     "premature end",
     "end of file",
     "not enough data",
-    "broken data stream",
     "unexpected end",
+    "requires a buffer",
+    "incomplete",
 )
+# Above this (long side of the resized image / size) the resize works on the crop's source box
+# only: a 1 x 60000 strip would otherwise be blown up to size x (size * 60000) pixels first.
+_MAX_STRIP_RATIO = 8
 
 
 @dataclass(frozen=True)
 class DecodedImage:
+    """An image ready for the model: a size x size RGB square plus what it was."""
+
     pixels: np.ndarray  # uint8 (size, size, 3), RGB
-    width: int  # original width after EXIF orientation
-    height: int
-    format: str
+    width: int  # original width, after EXIF orientation
+    height: int  # original height, after EXIF orientation
+    format: str  # one of ACCEPTED
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The image format from magic bytes, or None when it is not one we accept."""
-    for magic, offset, name in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
+    """The image format from magic bytes ("jpeg", "png", ...), or None if not one we accept."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
             return name
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
@@ -71,11 +96,57 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def _describe(data: bytes) -> str:
-    head = data[:64].lstrip().lower()
-    for magic, what in _KNOWN_OTHER:
-        if head.startswith(magic.lower()):
-            return what
-    return f"starts with {data[:8]!r}"
+    """A short human description of bytes that are not an accepted image."""
+    head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM or whitespace before markup
+    what = next((n for magic, n in _KNOWN_OTHER if head.lower().startswith(magic.lower())), None)
+    if what is None and data[4:8] == b"ftyp":
+        brand = data[8:12]
+        what = next((n for brands, n in _FTYP_BRANDS if brand in brands), "an MP4/MOV video")
+    snippet = head[:16] if what else data[:16]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in snippet):
+        shown = repr(snippet.decode("ascii"))
+    else:
+        shown = repr(snippet)
+    return f"looks like {what}, starts with {shown}" if what else f"starts with {shown}"
+
+
+def _is_complete(data: bytes, fmt: str) -> bool | None:
+    """Whether the bytes end where their format says a file ends (None: the format cannot tell).
+
+    Only consulted after a decode failed, to tell truncation (a cut upload) from corruption.
+    """
+    if fmt == "jpeg":
+        return data.rstrip(b"\x00\r\n")[-2:] == b"\xff\xd9"  # EOI marker
+    if fmt == "png":
+        return b"IEND" in data[-16:]
+    if fmt == "gif":
+        return data.rstrip(b"\x00")[-1:] == b";"  # GIF trailer
+    if fmt == "webp":
+        return len(data) >= 8 + int.from_bytes(data[4:8], "little")  # RIFF chunk size
+    if fmt == "bmp" and len(data) >= 6:
+        declared = int.from_bytes(data[2:6], "little")  # bfSize; some writers leave it 0
+        return False if declared > len(data) else None
+    return None
+
+
+def _wide_to_l(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale to 8-bit L, scaled by the nominal range, not clipped.
+
+    Pillow's own convert("L") clips I;16 at 255, turning most 16-bit pictures white.
+    """
+    arr = np.asarray(im, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if im.mode.startswith("I;16") or (lo >= 0.0 and 255.0 < hi <= 65535.0):
+        scaled = arr / 257.0  # 16-bit samples: 65535 -> 255
+    elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = arr * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        scaled = arr
+    elif hi > lo:
+        scaled = (arr - lo) * (255.0 / (hi - lo))  # no nominal range: stretch what is there
+    else:
+        scaled = np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -84,32 +155,44 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         return im
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if im.mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        im = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        im = _wide_to_l(im)
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, ...
 
 
 def _resize_crop(im: Image.Image, size: int) -> Image.Image:
-    """Shortest side to `size` (bicubic), then a centred size x size crop (open_clip's geometry)."""
+    """Shortest side to `size` (bicubic), then a centred size x size crop.
+
+    The same arithmetic as open_clip's default eval preprocess (torchvision Resize(size) +
+    CenterCrop(size) on a PIL image), so vectors match open_clip's own pipeline.
+    """
     w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    if max(nw, nh) > _MAX_STRIP_RATIO * size:
+        # Extreme aspect ratio: resample only the source box that becomes the crop.
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return im.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
     return im.crop((left, top, left + size, top + size))
 
 
 def decode_image(data: bytes, size: int, *, max_pixels: int, max_bytes: int) -> DecodedImage:
-    """Decode one image safely; raises only InputError subclasses, with the reason."""
+    """Decode one image into a size x size RGB square; raises only InputError subclasses.
+
+    EmptyInput, TooLarge (over max_bytes), UnsupportedFormat (magic bytes), DecompressionBomb
+    (header width x height over max_pixels, refused before any pixel is decoded),
+    TruncatedImage, CorruptImage (anything else Pillow cannot read).
+    """
     if len(data) == 0:
         raise EmptyInput("input is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -117,53 +200,64 @@ def decode_image(data: bytes, size: int, *, max_pixels: int, max_bytes: int) -> 
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedFormat(
-            f"not a supported image ({_describe(data)}); accepted: jpeg, png, gif, webp, bmp, tiff"
+            f"not a supported image ({_describe(data)}); accepted: {', '.join(ACCEPTED)}"
         )
     try:
         return _decode(data, size, max_pixels, fmt)
     except InputError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own hard cap (2x Image.MAX_IMAGE_PIXELS)
+        raise DecompressionBomb(f"{exc} (RAYLENS_MAX_IMAGE_PIXELS={max_pixels})") from None
     except Exception as exc:  # Pillow raises many types; each input fails alone, with a code
-        text = str(exc)
-        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            raise DecompressionBomb(
-                f"{text}; limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}"
-            ) from None
-        if any(h in text.lower() for h in _TRUNCATION_HINTS) or isinstance(exc, EOFError):
-            raise TruncatedImage(f"{fmt} data is truncated: {text or type(exc).__name__}") from None
-        raise CorruptImage(f"cannot decode {fmt}: {type(exc).__name__}: {text}") from None
+        raise _classify_failure(data, fmt, exc) from None
+
+
+def _classify_failure(data: bytes, fmt: str, exc: Exception) -> InputError:
+    text = str(exc) or type(exc).__name__
+    if "decompressed data too large" in text.lower():  # a zlib bomb in PNG text/ICC chunks
+        return DecompressionBomb(f"{fmt}: {text}")
+    complete = _is_complete(data, fmt)
+    hinted = isinstance(exc, EOFError) or any(h in text.lower() for h in _TRUNCATION_HINTS)
+    if complete is False or (hinted and complete is None):
+        return TruncatedImage(f"{fmt} data is truncated ({len(data)} bytes): {text}")
+    return CorruptImage(f"cannot decode {fmt}: {type(exc).__name__}: {text}")
 
 
 def _decode(data: bytes, size: int, max_pixels: int, fmt: str) -> DecodedImage:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data))
+        # Our max_pixels check below is the limit that counts; Pillow's warning (at its global
+        # MAX_IMAGE_PIXELS) is noise, and so are its per-file complaints (corrupt EXIF, ...).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        im: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])  # header only
         w, h = im.size
         if w * h > max_pixels:
             raise DecompressionBomb(
-                f"{w}x{h} = {w * h} pixels; limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}"
+                f"{fmt} header says {w}x{h} = {w * h} pixels; "
+                f"limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}"
             )
-        if im.format == "JPEG" and min(w, h) >= 2 * size:
-            # Decode at 1/2, 1/4 or 1/8 scale, still >= size on the short side: far fewer pixels.
+        if im.format in ("JPEG", "MPO") and min(w, h) >= 2 * size:
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, still >= size on the short side.
             im.draft("RGB", (size, size))
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        im.load()
-        before = im.size
+        im.load()  # frame 0 of animated GIF/WebP/TIFF
+        stored = im.size
         try:
-            im = ImageOps.exif_transpose(im)  # type: ignore[assignment]
+            im = ImageOps.exif_transpose(im)
         except Exception:  # corrupt EXIF: keep the pixels as stored rather than fail the image
             pass
-        swapped = before[0] != before[1] and im.size == (before[1], before[0])
-        full_w, full_h = (h, w) if swapped else (w, h)
-        rgb = _to_rgb(im)
-        out = _resize_crop(rgb, size)
-    return DecodedImage(np.asarray(out, dtype=np.uint8), full_w, full_h, fmt)
+        turned = stored[0] != stored[1] and im.size == (stored[1], stored[0])
+        out = _resize_crop(_to_rgb(im), size)
+    width, height = (h, w) if turned else (w, h)
+    return DecodedImage(np.asarray(out, dtype=np.uint8), width, height, fmt)
 
 
 def normalise_batch(
     pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype
 ) -> torch.Tensor:
-    """uint8 (B,H,W,3) -> normalised (B,3,H,W) in dtype, on the tensor's own device."""
+    """uint8 (B,H,W,3) -> (x/255 - mean)/std as (B,3,H,W) in dtype, on the tensor's own device.
+
+    The caller ships uint8 to the device (4x fewer bytes than float32) and normalises there.
+    """
     x = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)

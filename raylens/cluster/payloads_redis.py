@@ -4,49 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 from raylens.cluster.payloads import PayloadStore, is_key, key_for
-from raylens.cluster.store_redis import (
-    CONNECT_TIMEOUT_S,
-    RETRIES,
-    SOCKET_TIMEOUT_S,
-    redacted_url,
-    redis_client,
-    redis_errors,
-)
+from raylens.cluster.store_redis import RedisBacked, redacted_url, redis_errors
 from raylens.errors import SourceMissing
 
 
-class RedisPayloadStore(PayloadStore):
+class RedisPayloadStore(RedisBacked, PayloadStore):
     """Payloads under `{prefix}:payload:{sha256}`, written once with SET NX.
 
     The client never decodes replies (decode_responses=False): payloads are arbitrary bytes,
     and a text-decoding client is exactly what broke the old setup. Durability is the server's
     AOF; nothing is sent until the first call.
     """
-
-    def __init__(
-        self,
-        url: str,
-        prefix: str = "raylens",
-        *,
-        connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        socket_timeout_s: float = SOCKET_TIMEOUT_S,
-        retries: int = RETRIES,
-    ) -> None:
-        self.url = url
-        self.prefix = prefix
-        self._r = redis_client(
-            url,
-            connect_timeout_s=connect_timeout_s,
-            socket_timeout_s=socket_timeout_s,
-            retries=retries,
-        )
-
-    @property
-    def client(self) -> redis.Redis:
-        return self._r
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:payload:{key}"

@@ -117,13 +117,8 @@ return {1, ARGV[2]}
 """
 
 
-class RedisJobStore(JobStore):
-    """Job records in Redis, shared by every node of a cluster.
-
-    The client is created with decode_responses=False and never decodes: job JSON is parsed from
-    bytes here. Thread-safe through redis-py's connection pool. Nothing is sent to the server
-    until the first call.
-    """
+class RedisBacked:
+    """URL, key prefix and one binary-safe client, shared by the Redis job and payload stores."""
 
     def __init__(
         self,
@@ -142,12 +137,25 @@ class RedisJobStore(JobStore):
             socket_timeout_s=socket_timeout_s,
             retries=retries,
         )
-        self._create_or_get = self._r.register_script(CREATE_OR_GET)
 
-    # ---- keys -----------------------------------------------------------------------------------
     @property
     def client(self) -> redis.Redis:
         return self._r
+
+
+class RedisJobStore(RedisBacked, JobStore):
+    """Job records in Redis, shared by every node of a cluster.
+
+    The client is created with decode_responses=False and never decodes: job JSON is parsed from
+    bytes here. Thread-safe through redis-py's connection pool. Nothing is sent to the server
+    until the first call.
+    """
+
+    def __init__(self, url: str, prefix: str = "raylens", **timeouts: Any) -> None:
+        super().__init__(url, prefix, **timeouts)
+        self._create_or_get = self._r.register_script(CREATE_OR_GET)
+
+    # ---- keys -----------------------------------------------------------------------------------
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
