@@ -57,7 +57,12 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
             pix = np.stack(
                 [
                     decode_image(
-                        d, emb.image_size, max_pixels=200_000_000, max_bytes=1 << 30
+                        d,
+                        emb.image_size,
+                        max_pixels=150_000_000,
+                        max_bytes=1 << 30,
+                        resize_mode=emb.resize_mode,
+                        interpolation=emb.interpolation,
                     ).pixels
                     for d in data[i : i + bs]
                 ]

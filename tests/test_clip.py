@@ -268,7 +268,12 @@ def test_embedder_loads_a_cached_tag_without_the_network_when_the_hub_is_dead(
     shutil.copy(tiny_model.checkpoint_path, repo / "snapshots" / commit / HF_WEIGHTS_NAME)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    tag_cfg = {"hf_hub": "raylens/tiny-weights/", "mean": (0.5, 0.5, 0.5), "std": (0.25,) * 3}
+    tag_cfg = {
+        "hf_hub": "raylens/tiny-weights/",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.25, 0.25, 0.25),
+        "resize_mode": "squash",
+    }
     monkeypatch.setitem(open_clip.pretrained._PRETRAINED, tiny_model.name, {"fake": tag_cfg})
 
     t0 = time.monotonic()
@@ -276,5 +281,6 @@ def test_embedder_loads_a_cached_tag_without_the_network_when_the_hub_is_dead(
     assert time.monotonic() - t0 < 10
     assert e.model_id == "raylens-tiny:fake"
     assert e.mean == (0.5, 0.5, 0.5) and e.std == (0.25, 0.25, 0.25)
+    assert e.resize_mode == "squash" and e.interpolation == "bicubic"
     saved = torch.load(tiny_model.checkpoint_path, weights_only=True)
     assert torch.equal(saved["text_projection"], e.model.state_dict()["text_projection"])

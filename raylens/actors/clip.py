@@ -21,7 +21,7 @@ import torch
 
 from raylens.actors.device import select_device, select_dtype
 from raylens.actors.model_id import RANDOM_SEED, model_id_for
-from raylens.actors.transforms import normalise_batch
+from raylens.actors.transforms import INTERPOLATIONS, RESIZE_MODES, normalise_batch
 from raylens.errors import ModelLoadError
 
 log = logging.getLogger("raylens.clip")
@@ -60,6 +60,8 @@ class ClipEmbedder:
     image_size: int
     device: str
     dtype: torch.dtype
+    resize_mode: str  # pass to decode_image with interpolation, so pixels match the model
+    interpolation: str
 
     def __init__(
         self,
@@ -101,6 +103,14 @@ class ClipEmbedder:
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        # How decode_image must shape pixels for this model (SigLIP-style tags "squash").
+        self.resize_mode = str(cfg.get("resize_mode") or "shortest")
+        self.interpolation = str(cfg.get("interpolation") or "bicubic")
+        if self.resize_mode not in RESIZE_MODES or self.interpolation not in INTERPOLATIONS:
+            raise ModelLoadError(
+                f"{model_name} wants {self.resize_mode}/{self.interpolation} preprocessing, which "
+                "raylens does not implement; choose another RAYLENS_CLIP_MODEL or tag"
+            )
         self.dim = _embed_dim(open_clip, model_name, model)
         _LOADS += 1
         self.load_seconds = time.perf_counter() - t0
@@ -108,8 +118,15 @@ class ClipEmbedder:
         if warmup:  # first calls allocate and pick kernels; pay that here, not on a user's job
             t1 = time.perf_counter()
             blank = np.zeros((_WARMUP_BATCH, self.image_size, self.image_size, 3), np.uint8)
-            self.embed_images(blank)
-            self.embed_texts(["a photo"])
+            try:
+                self.embed_images(blank)
+                self.embed_texts(["a photo"])
+            except Exception as exc:  # e.g. an op or dtype this device lacks, or no memory
+                raise ModelLoadError(
+                    f"{self.model_id} loaded but failed its warm-up on {self.device} "
+                    f"({self.dtype}): {type(exc).__name__}: {str(exc)[:300]}; check "
+                    "RAYLENS_CLIP_DEVICE and RAYLENS_CLIP_PRECISION"
+                ) from exc
             self.warmup_seconds = time.perf_counter() - t1
         log.info(
             "loaded %s on %s (%s, dim %d) in %.1fs, warm-up %.1fs",

@@ -25,6 +25,10 @@ from raylens.errors import (
 )
 
 ACCEPTED = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
+# The eval-time geometry open_clip's pretrained configs use ("longest" appears in none).
+RESIZE_MODES = ("shortest", "squash")
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+INTERPOLATIONS = tuple(_RESAMPLE)
 
 # Magic bytes of the formats we accept (checked on content, never on the file name).
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -164,12 +168,16 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, ...
 
 
-def _resize_crop(im: Image.Image, size: int) -> Image.Image:
-    """Shortest side to `size` (bicubic), then a centred size x size crop.
+def _fit(im: Image.Image, size: int, resize_mode: str, interpolation: str) -> Image.Image:
+    """Make a size x size square the way open_clip's eval preprocess does for this model.
 
-    The same arithmetic as open_clip's default eval preprocess (torchvision Resize(size) +
-    CenterCrop(size) on a PIL image), so vectors match open_clip's own pipeline.
+    "shortest": torchvision Resize(size) + CenterCrop(size) (the default); "squash":
+    Resize((size, size)), ignoring the aspect ratio (SigLIP-style tags). Same integer
+    arithmetic as torchvision on a PIL image, so vectors match open_clip's own pipeline.
     """
+    resample = _RESAMPLE[interpolation]
+    if resize_mode == "squash":
+        return im if im.size == (size, size) else im.resize((size, size), resample)
     w, h = im.size
     if w <= h:
         nw, nh = size, int(size * h / w)
@@ -180,19 +188,32 @@ def _resize_crop(im: Image.Image, size: int) -> Image.Image:
         # Extreme aspect ratio: resample only the source box that becomes the crop.
         sx, sy = w / nw, h / nh
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return im.resize((size, size), Image.Resampling.BICUBIC, box=box)
+        return im.resize((size, size), resample, box=box)
     if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        im = im.resize((nw, nh), resample)
     return im.crop((left, top, left + size, top + size))
 
 
-def decode_image(data: bytes, size: int, *, max_pixels: int, max_bytes: int) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    size: int,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    resize_mode: str = "shortest",
+    interpolation: str = "bicubic",
+) -> DecodedImage:
     """Decode one image into a size x size RGB square; raises only InputError subclasses.
+
+    resize_mode ("shortest" or "squash") and interpolation ("bicubic" or "bilinear") come
+    from the model's preprocess config (ClipEmbedder.resize_mode / .interpolation).
 
     EmptyInput, TooLarge (over max_bytes), UnsupportedFormat (magic bytes), DecompressionBomb
     (header width x height over max_pixels, refused before any pixel is decoded),
     TruncatedImage, CorruptImage (anything else Pillow cannot read).
     """
+    if resize_mode not in RESIZE_MODES or interpolation not in _RESAMPLE:
+        raise ValueError(f"unsupported preprocessing {resize_mode!r}/{interpolation!r}")
     if len(data) == 0:
         raise EmptyInput("input is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -203,7 +224,7 @@ def decode_image(data: bytes, size: int, *, max_pixels: int, max_bytes: int) -> 
             f"not a supported image ({_describe(data)}); accepted: {', '.join(ACCEPTED)}"
         )
     try:
-        return _decode(data, size, max_pixels, fmt)
+        return _decode(data, size, max_pixels, fmt, resize_mode, interpolation)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard cap (2x Image.MAX_IMAGE_PIXELS)
@@ -223,7 +244,9 @@ def _classify_failure(data: bytes, fmt: str, exc: Exception) -> InputError:
     return CorruptImage(f"cannot decode {fmt}: {type(exc).__name__}: {text}")
 
 
-def _decode(data: bytes, size: int, max_pixels: int, fmt: str) -> DecodedImage:
+def _decode(
+    data: bytes, size: int, max_pixels: int, fmt: str, resize_mode: str, interpolation: str
+) -> DecodedImage:
     with warnings.catch_warnings():
         # Our max_pixels check below is the limit that counts; Pillow's warning (at its global
         # MAX_IMAGE_PIXELS) is noise, and so are its per-file complaints (corrupt EXIF, ...).
@@ -246,7 +269,7 @@ def _decode(data: bytes, size: int, max_pixels: int, fmt: str) -> DecodedImage:
         except Exception:  # corrupt EXIF: keep the pixels as stored rather than fail the image
             pass
         turned = stored[0] != stored[1] and im.size == (stored[1], stored[0])
-        out = _resize_crop(_to_rgb(im), size)
+        out = _fit(_to_rgb(im), size, resize_mode, interpolation)
     width, height = (h, w) if turned else (w, h)
     return DecodedImage(np.asarray(out, dtype=np.uint8), width, height, fmt)
 

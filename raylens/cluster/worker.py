@@ -8,6 +8,7 @@ so no model call can stall one; actor methods (report, embed_texts) are served w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -115,6 +116,15 @@ class Worker:
         self._held_lock = threading.Lock()
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=max(1, settings.prefetch_batches))
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "raylens-decode")
+        overlap = settings.overlap_decode == "on" or (
+            settings.overlap_decode == "auto" and self.embedder.device != "cpu"
+        )
+        # Without overlap, decode and inference take turns on the CPU (leasing, upserts and acks
+        # still overlap); with it, the lock is never contended.
+        self._cpu_turn: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if overlap else threading.Lock()
+        )
+        self.overlap = overlap
         self._threads = [
             threading.Thread(target=self._guard(self._fetch_loop), name="fetch", daemon=True),
             threading.Thread(target=self._guard(self._infer_loop), name="infer", daemon=True),
@@ -135,6 +145,7 @@ class Worker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "started_at": self.started_at,
             "alive_threads": [t.name for t in self._threads if t.is_alive()],
+            "overlap_decode": self.overlap,
             "held_leases": len(self._held),
             "batches": s.batches,
             "images": s.images,
@@ -150,12 +161,7 @@ class Worker:
         return self.embedder.embed_texts(texts)
 
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
-        img = decode_image(
-            data,
-            self.embedder.image_size,
-            max_pixels=self.settings.max_image_pixels,
-            max_bytes=self.settings.max_input_bytes,
-        )
+        img = self._decode(data)
         return self.embedder.embed_images(img.pixels[None])[0]
 
     def stop(self, timeout_s: float = 30.0) -> dict[str, int]:
@@ -211,9 +217,10 @@ class Worker:
                 continue
             with self._held_lock:
                 self._held.update(j.id for j in jobs)
-            t0 = time.perf_counter()
-            decoded = list(self._decode_pool.map(self._load_and_decode, jobs))
-            batch = Batch(jobs, decoded, time.perf_counter() - t0)
+            with self._cpu_turn:
+                t0 = time.perf_counter()
+                decoded = list(self._decode_pool.map(self._load_and_decode, jobs))
+                batch = Batch(jobs, decoded, time.perf_counter() - t0)
             while not self._stop.is_set():
                 try:
                     self._ready.put(batch, timeout=0.5)
@@ -262,15 +269,21 @@ class Worker:
                 raise SourceMissing(f"{job.source} cannot be read: {exc}") from None
         raise SourceMissing(f"job {job.id}: source kind {job.source_kind.value} not supported yet")
 
+    def _decode(self, data: bytes) -> DecodedImage:
+        """Decode with the model's own preprocess geometry (size, resize mode, interpolation)."""
+        return decode_image(
+            data,
+            self.embedder.image_size,
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_input_bytes,
+            resize_mode=self.embedder.resize_mode,
+            interpolation=self.embedder.interpolation,
+        )
+
     def _load_and_decode(self, job: Job) -> DecodedImage | Failure:
         try:
             data = self._read_source(job)
-            return decode_image(
-                data,
-                self.embedder.image_size,
-                max_pixels=self.settings.max_image_pixels,
-                max_bytes=self.settings.max_input_bytes,
-            )
+            return self._decode(data)
         except InputError as exc:
             return Failure(job.id, exc.code, exc.message)
         except RaylensError as exc:  # payload store down: try again later
@@ -294,9 +307,10 @@ class Worker:
         failures = [d for d in batch.decoded if isinstance(d, Failure)]
         good = [(j, d) for j, d in zip(batch.jobs, batch.decoded) if isinstance(d, DecodedImage)]
         done: list[tuple[str, dict[str, Any]]] = []
-        t0 = time.perf_counter()
-        vectors = self._embed_isolating([d.pixels for _, d in good]) if good else []
-        t1 = time.perf_counter()
+        with self._cpu_turn:
+            t0 = time.perf_counter()
+            vectors = self._embed_isolating([d.pixels for _, d in good]) if good else []
+            t1 = time.perf_counter()
         ok: list[tuple[Job, DecodedImage, np.ndarray]] = []
         for (job, img), vec in zip(good, vectors):
             if isinstance(vec, Exception):
