@@ -284,3 +284,9 @@ def test_embedder_loads_a_cached_tag_without_the_network_when_the_hub_is_dead(
     assert e.resize_mode == "squash" and e.interpolation == "bicubic"
     saved = torch.load(tiny_model.checkpoint_path, weights_only=True)
     assert torch.equal(saved["text_projection"], e.model.state_dict()["text_projection"])
+
+
+def test_model_id_is_the_same_when_a_tag_is_spelled_as_open_clip_allows() -> None:
+    from raylens.actors.model_id import model_id_for
+
+    assert model_id_for("ViT-B-32", "LAION2B-S34B-B79K") == "ViT-B-32:laion2b_s34b_b79k"

@@ -34,4 +34,5 @@ def model_id_for(model_name: str, pretrained: str) -> str:
     path = Path(pretrained).expanduser()
     if path.is_file():
         return f"{model_name}:{path.name}:{checkpoint_digest(path)}"
-    return f"{model_name}:{pretrained}"
+    # open_clip treats LAION2B-S34B-B79K and laion2b_s34b_b79k as the same weights; so do we.
+    return f"{model_name}:{pretrained.lower().replace('-', '_')}"

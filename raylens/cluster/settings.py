@@ -77,10 +77,9 @@ class Settings(BaseSettings):
         default=1, ge=0, le=16, description="Decoded batches kept ready while one is inferred."
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
-        default="auto",
-        description="Decode the next batch while the current one is inferred. auto = on for "
-        "cuda/mps; off on cpu, where decode threads would preempt torch's own threads and stall "
-        "every parallel op (measured: inference 25% slower on 2 cores).",
+        default="on",
+        description="Decode the next batch while the current one is inferred. 'off' makes "
+        "decoding and inference take turns on the CPU; 'auto' overlaps only on cuda/mps.",
     )
     worker_start_timeout_s: float = Field(default=600.0, gt=0)
 
