@@ -180,7 +180,10 @@ def ingest(
         for i, j in bounds:
             specs = list(pool.map(lambda p: spec_for_path(p, lane), files[i:j]))
             results = submit(
-                queue, specs, settings, on_wait=lambda m: bar.set_postfix_str("queue full, waiting")
+                queue,
+                specs,
+                settings,
+                on_wait=lambda message: bar.set_postfix_str(f"waiting: {message}"[:80]),
             )
             for res in results:
                 if res.job_id in seen:
@@ -197,7 +200,7 @@ def ingest(
                     pending[res.job_id] = None
             summary.job_ids += [r.job_id for r in results]
             if time.monotonic() - last_poll > settings.ingest_poll_s * 4:
-                _collect(queue, pending, summary, bar, settings)
+                _collect(queue, pending, summary, bar)
                 last_poll = time.monotonic()
         _wait(settings, queue, pending, summary, bar, t0)
     bar.close()
@@ -216,9 +219,7 @@ def _chunks(n: int, first: int, rest: int) -> list[tuple[int, int]]:
     return out
 
 
-def _collect(
-    queue: Any, pending: dict[str, None], summary: IngestSummary, bar: Any, settings: Settings
-) -> None:
+def _collect(queue: Any, pending: dict[str, None], summary: IngestSummary, bar: Any) -> None:
     """Move finished jobs out of pending, counting them."""
     codes: Counter[str] = Counter(summary.failed_by_code)
     ids = list(pending)
@@ -255,4 +256,4 @@ def _wait(
             return
         # Each poll reads every pending record: poll big backlogs less often.
         time.sleep(settings.ingest_poll_s * max(1.0, len(pending) / 2000))
-        _collect(queue, pending, summary, bar, settings)
+        _collect(queue, pending, summary, bar)

@@ -142,9 +142,7 @@ class Job(BaseModel):
         if to is JobState.FAILED:
             code, message = error or (ErrorCode.INTERNAL, "failed without a reason")
             update.update(error_code=code, error_message=message)
-        elif to is JobState.QUEUED:
-            # A retry or re-queue keeps the last error visible until the job ends again.
-            pass
+        # A re-queue (nack, expired lease, retry) keeps the last error visible until the job ends.
         if to is JobState.DONE:
             update.update(result=result, error_code=None, error_message=None)
         return self.model_copy(update=update)
