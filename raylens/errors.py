@@ -15,7 +15,10 @@
     ├── StoreUnavailable              store_unavailable     503
     ├── IndexUnavailable              index_unavailable     503  (on a job: counted as an attempt)
     ├── JobNotFound                   not_found             404
-    └── InvalidTransition             invalid_transition    409
+    ├── InvalidTransition             invalid_transition    409
+    ├── InvalidRequest                invalid_request       422  bad parameters of an API call
+    │   └── IdempotencyConflict       idempotency_conflict  422  a used key, other content
+    └── Unauthorized                  unauthorized          401  missing or wrong API key
 
 Codes that only appear on failed jobs (no exception class of their own):
     dead_letter        the job used up max_attempts (lease expiries or model errors)
@@ -48,6 +51,9 @@ class ErrorCode(str, Enum):
     MODEL_ERROR = "model_error"
     INDEX_UNAVAILABLE = "index_unavailable"
     LEASE_EXPIRED = "lease_expired"
+    INVALID_REQUEST = "invalid_request"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal"
 
 
@@ -137,3 +143,17 @@ class JobNotFound(RaylensError):
 class InvalidTransition(RaylensError):
     code = ErrorCode.INVALID_TRANSITION
     http_status = 409
+
+
+class InvalidRequest(RaylensError):
+    code = ErrorCode.INVALID_REQUEST
+    http_status = 422
+
+
+class IdempotencyConflict(InvalidRequest):
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+class Unauthorized(RaylensError):
+    code = ErrorCode.UNAUTHORIZED
+    http_status = 401

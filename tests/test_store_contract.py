@@ -300,6 +300,16 @@ def test_job_keeps_history_timestamps_error_and_result_when_read_back(store: Job
 
 
 # ---- backend specifics --------------------------------------------------------------------------
+def test_idempotency_record_round_trips_and_expires_after_its_ttl(store: JobStore) -> None:
+    assert store.get_idempotency("k1") is None
+    store.put_idempotency("k1", "fp-a", ["j1", "j2"], ttl_s=60)
+    store.put_idempotency("k2", "fp-b", ["j3"], ttl_s=0.05)
+    assert store.get_idempotency("k1") == ("fp-a", ["j1", "j2"])
+    time.sleep(0.2)
+    assert store.get_idempotency("k2") is None
+    assert store.get_idempotency("k1") == ("fp-a", ["j1", "j2"])
+
+
 def test_redis_store_raises_store_unavailable_when_the_server_is_unreachable() -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
     store = RedisJobStore(url)

@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from raylens.actors.transforms import sniff_format
-from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, SourceKind
+from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, Pipeline, SourceKind
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.queue import SubmitResult
 from raylens.cluster.settings import Settings
@@ -65,19 +65,26 @@ def spec_for_path(path: Path, lane: Lane) -> JobSpec:
 
 
 def spec_for_upload(
-    data: bytes, payloads: PayloadStore, settings: Settings, lane: Lane, name: str | None = None
+    data: bytes,
+    payloads: PayloadStore,
+    settings: Settings,
+    lane: Lane,
+    name: str | None = None,
+    pipeline: Pipeline = Pipeline.EMBED,
 ) -> JobSpec:
     """Validate an upload (size cap, magic bytes) and store it durably before any job exists."""
+    what = f"upload {name!r}" if name else "upload"
     if not data:
-        raise EmptyInput(f"upload {name or ''} is empty".replace("  ", " "))
+        raise EmptyInput(f"{what} is empty")
     if len(data) > settings.max_input_bytes:
         raise TooLarge(
-            f"upload has {len(data)} bytes; "
+            f"{what} has {len(data)} bytes; "
             f"limit RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
         )
     if sniff_format(data) is None:
         raise UnsupportedFormat(
-            f"upload {name or ''} is not a supported image (jpeg, png, gif, webp, bmp, tiff)"
+            f"{what} is not a supported image (jpeg, png, gif, webp, bmp, tiff); "
+            "the content is checked, not the file name"
         )
     sha = payloads.put(data)
     return JobSpec(
@@ -86,6 +93,7 @@ def spec_for_upload(
         sha256=sha,
         size_bytes=len(data),
         lane=lane,
+        pipeline=pipeline,
         name=name,
     )
 

@@ -8,6 +8,7 @@ the actor's event loop never blocks (invariant 7) and writes are serialised (sin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
@@ -19,7 +20,13 @@ from typing import Any, TypeVar
 from raylens.cluster.jobs import LANE_ORDER, Job, JobSpec, JobState, Lane
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import JobStore, open_job_store
-from raylens.errors import ErrorCode, QueueFull
+from raylens.errors import (
+    ErrorCode,
+    IdempotencyConflict,
+    InvalidRequest,
+    JobNotFound,
+    QueueFull,
+)
 
 log = logging.getLogger("raylens.queue")
 T = TypeVar("T")
@@ -36,6 +43,14 @@ class SubmitResult:
     job_id: str
     created: bool
     state: JobState
+
+
+def request_fingerprint(specs: Sequence[JobSpec]) -> str:
+    """What makes two submissions the same request: their contents and pipelines, in order."""
+    h = hashlib.sha256()
+    for spec in specs:
+        h.update(f"{spec.sha256}:{spec.pipeline.value};".encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -100,15 +115,24 @@ class JobQueue:
     def depth(self) -> int:
         return sum(len(q) for q in self.lanes.values())
 
-    async def submit(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
+    async def submit(
+        self, specs: Sequence[JobSpec], idempotency_key: str | None = None
+    ) -> list[SubmitResult]:
         """Create (or find) the jobs and queue the new ones; returns once they are durable.
 
         Raises QueueFull, writing nothing, when the queued depth would exceed queue_max_depth.
         Content already submitted (same sha256, pipeline and model) returns the existing job.
+        With an idempotency key, a repeat of the same request returns the jobs the first one
+        made (whatever their state); the same key with other content raises IdempotencyConflict.
         """
         self._ensure_started()
         if not specs:
             return []
+        fingerprint = request_fingerprint(specs)
+        if idempotency_key is not None:
+            known = await self._io_call(self._keyed_jobs, idempotency_key, fingerprint)
+            if known is not None:
+                return known
         if self.depth() + len(specs) > self.settings.queue_max_depth:
             raise QueueFull(
                 f"queue holds {self.depth()} jobs; {len(specs)} more would pass "
@@ -117,7 +141,9 @@ class JobQueue:
         now = time.time()
         # A microsecond apart, so a rebuilt queue restores submission order within a batch.
         jobs = [Job.new(spec, self.model_id, now=now + i * 1e-6) for i, spec in enumerate(specs)]
-        stored = await self._io_call(self.store.create_or_get, jobs)
+        known, stored = await self._io_call(self._create, jobs, idempotency_key, fingerprint)
+        if known is not None:
+            return known  # a concurrent twin with the same key got there first
         out = []
         for job, created in stored:
             if created:
@@ -126,6 +152,37 @@ class JobQueue:
             out.append(SubmitResult(job.id, created, job.state))
         self._notify()
         return out
+
+    def _keyed_jobs(self, key: str, fingerprint: str) -> list[SubmitResult] | None:
+        """The jobs a request with this key made before (store thread), or None if unknown."""
+        record = self.store.get_idempotency(key)
+        if record is None:
+            return None
+        if record[0] != fingerprint:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was used for a different request (other files or "
+                "pipeline); use a new key for new content"
+            )
+        jobs = self.store.get_many(record[1])
+        return [
+            SubmitResult(job_id, False, job.state if job else JobState.FAILED)
+            for job_id, job in zip(record[1], jobs)
+        ]
+
+    def _create(
+        self, jobs: list[Job], key: str | None, fingerprint: str
+    ) -> tuple[list[SubmitResult] | None, list[tuple[Job, bool]]]:
+        """create_or_get, and remember the key; on the store thread, so keyed twins serialise."""
+        if key is not None:
+            known = self._keyed_jobs(key, fingerprint)
+            if known is not None:
+                return known, []
+        stored = self.store.create_or_get(jobs)
+        if key is not None:
+            self.store.put_idempotency(
+                key, fingerprint, [job.id for job, _ in stored], self.settings.idempotency_ttl_s
+            )
+        return None, stored
 
     async def retry(self, job_ids: Sequence[str]) -> list[str]:
         """Re-queue failed jobs (attempts reset); returns the ids that were re-queued."""
@@ -351,6 +408,21 @@ class JobQueue:
     # ---- reads ----------------------------------------------------------------------------------
     async def states(self, job_ids: Sequence[str]) -> list[Job | None]:
         return await self._io_call(self.store.get_many, list(job_ids))
+
+    async def get(self, job_id: str) -> Job:
+        job = await self._io_call(self.store.get, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    async def list_jobs(
+        self, state: JobState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, and the next page's cursor (None at the end)."""
+        try:
+            return await self._io_call(self.store.list, state, limit, cursor)
+        except ValueError as exc:  # a cursor the store did not make, or a bad limit
+            raise InvalidRequest(str(exc)) from None
 
     async def stats(self) -> dict[str, Any]:
         counts = await self._io_call(self.store.counts)

@@ -114,12 +114,49 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Give up waiting for an ingest after this long."
     )
 
+    # --- HTTP ingress (Ray Serve) ----------------------------------------------------------------
+    http_host: str = Field(default="127.0.0.1", description="Address the Serve HTTP proxy binds.")
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    http_replicas: int = Field(default=1, ge=1, le=256, description="Ingress replicas.")
+    http_max_ongoing_requests: int = Field(
+        default=64, ge=1, description="Requests one ingress replica handles at once."
+    )
+    http_max_queued_requests: int = Field(
+        default=256,
+        ge=-1,
+        description="Requests waiting for a replica before Serve answers 503 (-1: no limit).",
+    )
+    http_request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Serve's end-to-end timeout for one HTTP request."
+    )
+    max_upload_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Cap on one upload request body (all files); checked while streaming.",
+    )
+    max_upload_files: int = Field(default=256, ge=1, description="Files in one upload request.")
+    api_keys: str | None = Field(
+        default=None,
+        description="Comma-separated API keys. When set, every route except /v1/healthz needs "
+        "`Authorization: Bearer <key>`.",
+    )
+    retry_after_s: int = Field(
+        default=2, ge=1, description="Retry-After (seconds) sent with 429 and 503 answers."
+    )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    search_max_top_k: int = Field(default=1000, ge=1)
+    search_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a query waits for a worker and Qdrant."
+    )
+
     @field_validator("data_dir", "clip_model_config", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("redis_url", "qdrant_url", mode="before")
+    @field_validator("redis_url", "qdrant_url", "api_keys", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -166,6 +203,10 @@ class Settings(BaseSettings):
     def local_ray_address(self) -> str:
         """Where `raylens up` starts its own head node (loopback only)."""
         return f"127.0.0.1:{self.ray_port}"
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
 
     @property
     def queue_actor_name(self) -> str:

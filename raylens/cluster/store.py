@@ -70,6 +70,16 @@ class JobStore(ABC):
         """Number of jobs in each state (every state present, zeros included)."""
 
     @abstractmethod
+    def get_idempotency(self, key: str) -> tuple[str, list[str]] | None:
+        """(request fingerprint, job ids) remembered under an Idempotency-Key, unless expired."""
+
+    @abstractmethod
+    def put_idempotency(
+        self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
+    ) -> None:
+        """Remember which jobs a keyed request made, for ttl_s seconds (overwrites)."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the backend answers."""
 

@@ -5,12 +5,14 @@ Keys (prefix defaults to "raylens"):
     {prefix}:jobs              sorted set of every job id, scored by created_at (for list())
     {prefix}:state:{state}     sorted set of the ids in that state, scored by created_at
     {prefix}:content:{key}     the id of the job registered for a content key
+    {prefix}:idem:{key}        JSON {fingerprint, job_ids} of an Idempotency-Key (expires)
 
 Durability is the server's: run it with `appendonly yes` (and `noeviction`), see ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -166,6 +168,9 @@ class RedisJobStore(RedisBacked, JobStore):
     def _content_key(self, content_key: str) -> str:
         return f"{self.prefix}:content:{content_key}"
 
+    def _idempotency_key(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
     @property
     def _all_key(self) -> str:
         return f"{self.prefix}:jobs"
@@ -215,7 +220,22 @@ class RedisJobStore(RedisBacked, JobStore):
                 pipe.setnx(self._content_key(job.content_key), job.id)
             pipe.execute()
 
+    def put_idempotency(
+        self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
+    ) -> None:
+        value = json.dumps({"fingerprint": fingerprint, "job_ids": list(job_ids)}).encode()
+        with self._errors("put_idempotency"):
+            self._r.set(self._idempotency_key(key), value, px=max(1, int(ttl_s * 1000)))
+
     # ---- reads ----------------------------------------------------------------------------------
+    def get_idempotency(self, key: str) -> tuple[str, list[str]] | None:
+        with self._errors("get_idempotency"):
+            data: Any = self._r.get(self._idempotency_key(key))
+        if data is None:
+            return None
+        record = json.loads(data)
+        return record["fingerprint"], list(record["job_ids"])
+
     def get(self, job_id: str) -> Job | None:
         with self._errors("get"):
             data = self._r.get(self._job_key(job_id))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,12 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
 CREATE TABLE IF NOT EXISTS content (
     content_key TEXT PRIMARY KEY,
     job_id      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    job_ids     TEXT NOT NULL,
+    expires_at  REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -162,7 +170,27 @@ class SqliteJobStore(JobStore):
                 [(job.content_key, job.id) for job in jobs],
             )
 
+    def put_idempotency(
+        self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
+    ) -> None:
+        now = time.time()
+        with self._transaction("put_idempotency") as db:
+            db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency (key, fingerprint, job_ids, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (key, fingerprint, json.dumps(list(job_ids)), now + ttl_s),
+            )
+
     # ---- reads ----------------------------------------------------------------------------------
+    def get_idempotency(self, key: str) -> tuple[str, list[str]] | None:
+        rows = self._query(
+            "get_idempotency",
+            "SELECT fingerprint, job_ids FROM idempotency WHERE key = ? AND expires_at >= ?",
+            (key, time.time()),
+        )
+        return (rows[0][0], json.loads(rows[0][1])) if rows else None
+
     def get(self, job_id: str) -> Job | None:
         rows = self._query("get", "SELECT data FROM jobs WHERE id = ?", (job_id,))
         return Job.from_json(rows[0][0]) if rows else None

@@ -1,0 +1,353 @@
+"""The cluster's async API for front ends (the HTTP ingress): intake, job reads, search, health.
+
+Every method is a coroutine that never blocks its caller's event loop: Ray calls are awaited,
+payload writes, hashing and actor lookups run on a small thread pool. It raises RaylensError
+subclasses only (their code and HTTP status say what went wrong) and knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import ray
+
+from raylens.actors.transforms import sniff_format
+from raylens.cluster import system
+from raylens.cluster.intake import spec_for_upload
+from raylens.cluster.jobs import Job, JobState, Lane, Pipeline
+from raylens.cluster.payloads import PayloadStore, open_payload_store
+from raylens.cluster.queue import SubmitResult
+from raylens.cluster.settings import Settings
+from raylens.errors import (
+    EmptyInput,
+    InvalidRequest,
+    InvalidTransition,
+    RaylensError,
+    StoreUnavailable,
+    TooLarge,
+    UnsupportedFormat,
+)
+
+log = logging.getLogger("raylens.api")
+T = TypeVar("T")
+
+# Payload fields a search may filter on: plain names (what the workers write), scalar values.
+FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+WORKER_REFRESH_S = 10.0
+_UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception an actor raised, out of Ray's RayTaskError wrapper."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        return exc.cause
+    return exc
+
+
+class ClusterAPI:
+    """One per ingress replica. Holds cached actor handles; safe for concurrent coroutines."""
+
+    def __init__(self, settings: Settings, io_threads: int = 8) -> None:
+        self.settings = settings
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="raylens-api-io")
+        self._payloads: PayloadStore | None = None
+        self._queue: Any = None
+        self._workers: list[Any] = []
+        self._workers_at = 0.0
+        self._next_worker = 0
+        self._index_server: Any = None  # VectorIndex when a Qdrant server is configured
+        self._dim: int | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # ---- handles ------------------------------------------------------------------------------
+    async def _queue_handle(self) -> Any:
+        if self._queue is None:
+            self._queue = await self._run(system.queue_handle, self.settings)
+        return self._queue
+
+    async def _queue_call(self, method: str, *args: Any) -> Any:
+        """Call the queue actor; a restarting or missing queue becomes StoreUnavailable (503)."""
+        for attempt in range(2):
+            queue = await self._queue_handle()
+            try:
+                return await getattr(queue, method).remote(*args)
+            except ray.exceptions.RayTaskError as exc:
+                raise _as_raylens(exc) from None
+            except _UNAVAILABLE as exc:
+                self._queue = None
+                if attempt:
+                    raise StoreUnavailable(
+                        f"the raylens queue is unavailable (restarting?): {type(exc).__name__}"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def _worker_list(self, refresh: bool = False) -> list[Any]:
+        stale = time.monotonic() - self._workers_at > WORKER_REFRESH_S
+        if refresh or stale or not self._workers:
+            self._workers = await self._run(system.worker_handles, self.settings)
+            self._workers_at = time.monotonic()
+        return self._workers
+
+    async def _on_worker(self, method: str, *args: Any) -> Any:
+        """Run a query method on a worker (round robin), beside its batch loop; skip dead ones."""
+        workers = await self._worker_list()
+        if not workers:
+            workers = await self._worker_list(refresh=True)
+        if not workers:
+            raise StoreUnavailable("no raylens workers are running; start them with `raylens up`")
+        last: BaseException | None = None
+        for _ in range(len(workers)):
+            worker = workers[self._next_worker % len(workers)]
+            self._next_worker += 1
+            try:
+                return await asyncio.wait_for(
+                    getattr(worker, method).remote(*args), timeout=self.settings.search_timeout_s
+                )
+            except ray.exceptions.RayTaskError as exc:
+                raise _as_raylens(exc) from None
+            except (*_UNAVAILABLE, asyncio.TimeoutError) as exc:
+                last = exc
+        self._workers_at = 0.0  # look the workers up again next time
+        raise StoreUnavailable(
+            f"no worker answered within {self.settings.search_timeout_s}s "
+            f"(RAYLENS_SEARCH_TIMEOUT_S): {type(last).__name__}"
+        )
+
+    # ---- intake -------------------------------------------------------------------------------
+    def _payload_store(self) -> PayloadStore:
+        if self._payloads is None:
+            self._payloads = open_payload_store(self.settings)
+        return self._payloads
+
+    async def submit_uploads(
+        self,
+        files: Sequence[tuple[str | None, bytes]],
+        lane: Lane = Lane.NORMAL,
+        pipeline: Pipeline = Pipeline.EMBED,
+        idempotency_key: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Validate and store every file, then create their jobs in one queue call.
+
+        Returns only when payloads and job records are durable. One bad file rejects the whole
+        request before any job exists (stored payloads are content-addressed and harmless).
+        """
+        if not files:
+            raise InvalidRequest("no files: send one or more file parts named 'files'")
+        if len(files) > self.settings.max_upload_files:
+            raise InvalidRequest(
+                f"{len(files)} files in one request; limit "
+                f"RAYLENS_MAX_UPLOAD_FILES={self.settings.max_upload_files}"
+            )
+
+        def validate_and_store() -> list[Any]:
+            payloads = self._payload_store()
+            return [
+                spec_for_upload(data, payloads, self.settings, lane, name, pipeline)
+                for name, data in files
+            ]
+
+        specs = await self._run(validate_and_store)
+        results: list[SubmitResult] = await self._queue_call("submit", specs, idempotency_key)
+        return [
+            {
+                "id": r.job_id,
+                "name": spec.name,
+                "sha256": spec.sha256,
+                "state": r.state.value,
+                "created": r.created,
+            }
+            for spec, r in zip(specs, results)
+        ]
+
+    # ---- jobs ---------------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> Job:
+        job: Job = await self._queue_call("get", job_id)
+        return job
+
+    async def list_jobs(
+        self, state: JobState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Job], str | None]:
+        page: tuple[list[Job], str | None] = await self._queue_call(
+            "list_jobs", state, limit, cursor
+        )
+        return page
+
+    async def retry(self, job_id: str) -> Job:
+        """Re-queue one failed job; InvalidTransition (409) when it is not failed."""
+        job = await self.get_job(job_id)
+        if job.state is not JobState.FAILED:
+            raise InvalidTransition(
+                f"job {job_id} is {job.state.value}; only failed jobs can be retried"
+            )
+        moved = await self._queue_call("retry", [job_id])
+        if job_id not in moved:
+            raise InvalidTransition(
+                f"job {job_id} was not re-queued: its content was submitted again as a newer job"
+            )
+        return await self.get_job(job_id)
+
+    # ---- search -------------------------------------------------------------------------------
+    async def search(
+        self,
+        *,
+        text: str | None = None,
+        image: bytes | None = None,
+        vector: Sequence[float] | None = None,
+        top_k: int = 10,
+        filters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Embed the query on a worker (not behind the job backlog), then ask the index."""
+        given = [name for name, v in (("text", text), ("image", image), ("vector", vector)) if v]
+        if len(given) != 1:
+            raise InvalidRequest(
+                "give exactly one of text, image or vector"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if not 1 <= top_k <= self.settings.search_max_top_k:
+            raise InvalidRequest(
+                f"top_k must be 1..{self.settings.search_max_top_k} (RAYLENS_SEARCH_MAX_TOP_K), "
+                f"got {top_k}"
+            )
+        checked = check_filters(filters)
+        t0 = time.perf_counter()
+        if text is not None:
+            query = np.asarray((await self._on_worker("embed_texts", [text]))[0])
+        elif image is not None:
+            check_image(image, self.settings)
+            query = np.asarray(await self._on_worker("embed_image_bytes", image))
+        else:
+            query = await self._check_vector(vector or [])
+        hits = await self._index_search(query, top_k, checked)
+        return {
+            "hits": [hit_out(h) for h in hits],
+            "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
+
+    async def _check_vector(self, vector: Sequence[float]) -> np.ndarray:
+        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(arr)):
+            raise InvalidRequest("vector holds NaN or infinite values")
+        if self._dim is None:
+            report = await self._on_worker("report")
+            self._dim = int(report["dim"])
+        if arr.shape[0] != self._dim:
+            raise InvalidRequest(
+                f"vector has {arr.shape[0]} values; the model makes {self._dim}-d vectors"
+            )
+        return arr
+
+    async def _index_search(
+        self, query: np.ndarray, top_k: int, filters: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        if self.settings.qdrant_url:
+            if self._index_server is None:
+                from raylens.cluster.index import VectorIndex
+
+                self._index_server = await self._run(VectorIndex, self.settings)
+            hits: list[dict[str, Any]] = await self._run(
+                self._index_server.search, query, top_k, filters
+            )
+            return hits
+        try:
+            index = await self._run(system.index_handle, self.settings)
+            return await asyncio.wait_for(
+                index.search.remote(query, top_k, filters), timeout=self.settings.search_timeout_s
+            )
+        except ray.exceptions.RayTaskError as exc:
+            raise _as_raylens(exc) from None
+        except (*_UNAVAILABLE, ValueError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"the raylens index is unavailable: {type(exc).__name__}: {exc}"[:300]
+            ) from None
+
+    # ---- health -------------------------------------------------------------------------------
+    async def ready(self) -> dict[str, Any]:
+        """Ready when the queue answers and at least one worker has its model loaded."""
+        out: dict[str, Any] = {"ready": False, "queue": "ok", "workers": []}
+        try:
+            await asyncio.wait_for(self._queue_call("ping"), timeout=5)
+        except (RaylensError, asyncio.TimeoutError) as exc:
+            out["queue"] = f"unavailable: {getattr(exc, 'message', type(exc).__name__)}"
+        try:
+            workers = await self._worker_list(refresh=True)
+        except Exception as exc:  # the GCS itself is unreachable
+            out["workers"] = [{"error": f"{type(exc).__name__}: {exc}"[:300]}]
+            return out
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(w.report.remote(), timeout=5) for w in workers),
+            return_exceptions=True,
+        )
+        for a in answers:
+            if isinstance(a, dict):
+                out["workers"].append(a)
+            else:
+                err = unwrap(a)
+                out["workers"].append({"error": f"{type(err).__name__}: {err}"[:300]})
+        loaded = any(isinstance(a, dict) and a.get("load_count", 0) >= 1 for a in answers)
+        out["ready"] = loaded and out["queue"] == "ok"
+        return out
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False)
+
+
+def _as_raylens(exc: ray.exceptions.RayTaskError) -> RaylensError:
+    cause = unwrap(exc)
+    if isinstance(cause, RaylensError):
+        return cause
+    log.error("actor call failed: %s", exc)
+    return RaylensError(f"internal error in a raylens actor: {type(cause).__name__}: {cause}")
+
+
+def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Filters are {payload field: exact value}; values must be scalars."""
+    if not filters:
+        return None
+    if not isinstance(filters, dict):
+        raise InvalidRequest("filters must be an object of {payload field: value}")
+    for key, value in filters.items():
+        if not isinstance(key, str) or not FILTER_KEY.match(key):
+            raise InvalidRequest(f"filter field {key!r} is not a payload field name")
+        if not isinstance(value, (str, int, bool)):
+            raise InvalidRequest(
+                f"filter {key!r}: value must be a string, integer or boolean, got "
+                f"{type(value).__name__}"
+            )
+    return filters
+
+
+def check_image(data: bytes, settings: Settings) -> None:
+    """Cheap checks before a query image travels to a worker."""
+    if not data:
+        raise EmptyInput("the query image is empty")
+    if len(data) > settings.max_input_bytes:
+        raise TooLarge(
+            f"the query image has {len(data)} bytes; limit "
+            f"RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
+        )
+    if sniff_format(data) is None:
+        raise UnsupportedFormat(
+            "the query image is not a supported image (jpeg, png, gif, webp, bmp, tiff)"
+        )
+
+
+def hit_out(hit: dict[str, Any]) -> dict[str, Any]:
+    payload = hit.get("payload") or {}
+    return {
+        "id": hit["id"],
+        "score": float(hit["score"]),
+        "job_id": payload.get("job_id"),
+        "source": payload.get("source"),
+        "name": payload.get("name"),
+        "sha256": payload.get("sha256"),
+        "payload": payload,
+    }

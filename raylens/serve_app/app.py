@@ -1,0 +1,392 @@
+"""The HTTP API (FastAPI): routes, auth, limits and error answers. No business logic here.
+
+Every handler is async and only awaits: the cluster API runs Ray calls, payload writes and
+hashing off the event loop, so /v1/healthz answers while workers are saturated.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raylens.cluster.api import ClusterAPI
+from raylens.cluster.jobs import JobState, Lane, Pipeline
+from raylens.cluster.settings import Settings
+from raylens.errors import ErrorCode, InvalidRequest, RaylensError, Unauthorized
+from raylens.serve_app.schemas import (
+    ErrorOut,
+    HealthOut,
+    JobOut,
+    JobsPage,
+    ReadyOut,
+    SearchOut,
+    SearchRequest,
+    SubmitOut,
+)
+from raylens.serve_app.uploads import capped, file_parts, read_multipart, text_field
+
+log = logging.getLogger("raylens.http")
+
+DESCRIPTION = """
+Images in, searchable OpenCLIP vectors out. Upload images as jobs, follow them, search by text,
+image or vector.
+
+**Errors** are always JSON `{"error": {"code": ..., "message": ...}}` with a code from one closed
+set (the same codes failed jobs carry): 401 `unauthorized`, 404 `not_found`, 409
+`invalid_transition`, 413 `too_large` (upload cap, checked while the body streams in), 415
+`unsupported_format` (content is sniffed, file names are ignored), 422 `invalid_request`,
+`idempotency_conflict`, `empty_input`, ..., 429 `queue_full` and 503 `store_unavailable` (both with
+`Retry-After`). Serve itself answers 503 when all ingress replicas are busy
+(`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) and 408 after `RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
+
+**Auth**: when `RAYLENS_API_KEYS` is set, every route except `/v1/healthz` needs
+`Authorization: Bearer <key>`. Ray's own token auth protects the dashboard and `ray job submit`.
+"""
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong API key (`unauthorized`)."},
+    422: {"model": ErrorOut, "description": "Bad parameters (`invalid_request`)."},
+    503: {
+        "model": ErrorOut,
+        "description": "Queue, store or workers unavailable (`store_unavailable`); see "
+        "Retry-After.",
+    },
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    413: {
+        "model": ErrorOut,
+        "description": "Over RAYLENS_MAX_UPLOAD_BYTES or a file over "
+        "RAYLENS_MAX_INPUT_BYTES (`too_large`).",
+    },
+    415: {
+        "model": ErrorOut,
+        "description": "A file is not a supported image (`unsupported_format`).",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "Bad parameters, an empty file (`empty_input`) or "
+        "an Idempotency-Key used for other content (`idempotency_conflict`).",
+    },
+    429: {
+        "model": ErrorOut,
+        "description": "Queue full (`queue_full`); retry after Retry-After "
+        "seconds with the same Idempotency-Key.",
+    },
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such job (`not_found`)."}
+}
+
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "One or more images (jpeg, png, gif, webp, bmp, tiff).",
+                    },
+                    "priority": {
+                        "type": "string",
+                        "enum": [lane.value for lane in Lane],
+                        "default": "normal",
+                        "description": "Queue lane.",
+                    },
+                    "pipeline": {
+                        "type": "string",
+                        "enum": [p.value for p in Pipeline],
+                        "default": "embed",
+                    },
+                },
+            }
+        }
+    },
+}
+
+SEARCH_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": SearchRequest.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary", "description": "Query image."},
+                    "top_k": {"type": "integer", "default": 10},
+                    "filters": {"type": "string", "description": "JSON object of filters."},
+                },
+            }
+        },
+    },
+}
+
+
+def error_response(exc: RaylensError, settings: Settings) -> JSONResponse:
+    headers = {}
+    if exc.http_status in (429, 503):
+        headers["Retry-After"] = str(settings.retry_after_s)
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
+
+
+def _validation_message(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise InvalidRequest(f"{field} must be one of {allowed}, got {value!r}") from None
+
+
+def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
+    """The FastAPI app of one ingress replica."""
+    api = api or ClusterAPI(settings)
+    app = FastAPI(
+        title="raylens",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "jobs", "description": "Upload images and follow their jobs."},
+            {"name": "search", "description": "Search stored vectors."},
+            {"name": "health", "description": "Liveness and readiness."},
+        ],
+    )
+    auth = [Depends(authoriser(settings))]
+    install_error_handlers(app, settings)
+    add_job_routes(app, api, settings, auth)
+    add_search_routes(app, api, settings, auth)
+    add_health_routes(app, api, auth)
+    app.state.api = api
+    return app
+
+
+def authoriser(settings: Settings) -> Any:
+    """The auth dependency: a no-op without RAYLENS_API_KEYS, else a constant-time check."""
+    keys = [k.encode() for k in settings.api_key_list]
+    bearer = HTTPBearer(auto_error=False, description="An API key from RAYLENS_API_KEYS.")
+
+    async def authorised(
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if not keys:
+            return
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise Unauthorized("send `Authorization: Bearer <api key>`")
+        given = creds.credentials.encode()
+        ok = False
+        for key in keys:  # every key compared, in constant time each
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            raise Unauthorized("the API key is not valid")
+
+    return authorised
+
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """Every error answer is {"error": {"code", "message"}}; bad input is never a 500."""
+
+    @app.exception_handler(RaylensError)
+    async def on_raylens_error(request: Request, exc: RaylensError) -> JSONResponse:
+        if exc.http_status >= 500 and exc.code is ErrorCode.INTERNAL:
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc, settings)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequest(_validation_message(list(exc.errors()))), settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_REQUEST
+        return JSONResponse(
+            {"error": {"code": code.value, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        body = {"code": ErrorCode.INTERNAL.value, "message": f"{type(exc).__name__}: {exc}"[:500]}
+        return JSONResponse({"error": body}, status_code=500)
+
+
+def add_job_routes(app: FastAPI, api: ClusterAPI, settings: Settings, auth: list[Any]) -> None:
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=SubmitOut,
+        tags=["jobs"],
+        dependencies=auth,
+        responses=UPLOAD_ERRORS,
+        openapi_extra={"requestBody": UPLOAD_BODY},
+        summary="Upload images; one job per file",
+    )
+    async def submit_jobs(
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=200,
+                description="Repeat a request safely: the same key returns the same jobs.",
+            ),
+        ] = None,
+    ) -> SubmitOut:
+        """Answers 202 only once every file and every job record is durable. The same content
+        and pipeline returns the existing job; the same Idempotency-Key returns the jobs the
+        first request made, and with other content answers 422 `idempotency_conflict`."""
+        form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_files)
+        try:
+            lane = _choice(text_field(form, "priority"), Lane, "priority", Lane.NORMAL)
+            pipeline = _choice(text_field(form, "pipeline"), Pipeline, "pipeline", Pipeline.EMBED)
+            files = await file_parts(form, "files")
+        finally:
+            await form.close()
+        jobs = await api.submit_uploads(files, lane, pipeline, idempotency_key)
+        return SubmitOut.model_validate({"jobs": jobs, "idempotency_key": idempotency_key})
+
+    @app.get(
+        "/v1/jobs/{job_id}",
+        response_model=JobOut,
+        tags=["jobs"],
+        dependencies=auth,
+        responses={**ERRORS, **NOT_FOUND},
+        summary="One job: state, lane, attempts, timestamps, error, result",
+    )
+    async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
+        return JobOut.of(await api.get_job(job_id))
+
+    @app.get(
+        "/v1/jobs",
+        response_model=JobsPage,
+        tags=["jobs"],
+        dependencies=auth,
+        responses=ERRORS,
+        summary="Page through jobs, newest first",
+    )
+    async def list_jobs(
+        state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[
+            str | None, Query(max_length=500, description="next_cursor of the previous page.")
+        ] = None,
+    ) -> JobsPage:
+        jobs, next_cursor = await api.list_jobs(state, limit, cursor)
+        return JobsPage(jobs=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+
+    @app.post(
+        "/v1/jobs/{job_id}/retry",
+        status_code=202,
+        response_model=JobOut,
+        tags=["jobs"],
+        dependencies=auth,
+        responses={
+            **ERRORS,
+            **NOT_FOUND,
+            409: {"model": ErrorOut, "description": "Not failed (`invalid_transition`)."},
+        },
+        summary="Re-queue a failed job",
+    )
+    async def retry_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
+        return JobOut.of(await api.retry(job_id))
+
+
+def add_search_routes(app: FastAPI, api: ClusterAPI, settings: Settings, auth: list[Any]) -> None:
+    @app.post(
+        "/v1/search",
+        response_model=SearchOut,
+        tags=["search"],
+        dependencies=auth,
+        responses={**UPLOAD_ERRORS},
+        openapi_extra={"requestBody": SEARCH_BODY},
+        summary="Search by text, vector (JSON) or an uploaded image (multipart)",
+    )
+    async def search(request: Request) -> SearchOut:
+        """The query is embedded on a worker beside its batch loop, so it never waits behind
+        the job backlog. Hits are best first."""
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/form-data"):
+            out = await _search_image(request)
+        else:
+            try:
+                body = SearchRequest.model_validate_json(await _small_body(request))
+            except ValidationError as exc:
+                raise InvalidRequest(_validation_message(list(exc.errors()))) from None
+            out = await api.search(
+                text=body.text, vector=body.vector, top_k=body.top_k, filters=body.filters
+            )
+        return SearchOut.model_validate(out)
+
+    async def _small_body(request: Request) -> bytes:
+        limit = 4 * 1024 * 1024  # a JSON query: text or one vector
+        chunks = []
+        async for chunk in capped(request, limit):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _search_image(request: Request) -> dict[str, Any]:
+        form = await read_multipart(request, settings.max_input_bytes + 64 * 1024, 1)
+        try:
+            images = await file_parts(form, "image")
+            top_k_text = text_field(form, "top_k")
+            filters_text = text_field(form, "filters")
+        finally:
+            await form.close()
+        if len(images) != 1:
+            raise InvalidRequest("send exactly one file part named 'image'")
+        try:
+            top_k = int(top_k_text) if top_k_text else 10
+        except ValueError:
+            raise InvalidRequest(f"top_k must be an integer, got {top_k_text!r}") from None
+        try:
+            filters = json.loads(filters_text) if filters_text else None
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"filters must be a JSON object: {exc}") from None
+        return await api.search(image=images[0][1], top_k=top_k, filters=filters)
+
+
+def add_health_routes(app: FastAPI, api: ClusterAPI, auth: list[Any]) -> None:
+    @app.get("/v1/healthz", response_model=HealthOut, tags=["health"], summary="Liveness")
+    async def healthz() -> HealthOut:
+        """Answers without touching the queue or the workers (never behind their load)."""
+        return HealthOut()
+
+    @app.get(
+        "/v1/readyz",
+        response_model=ReadyOut,
+        tags=["health"],
+        dependencies=auth,
+        responses={503: {"model": ReadyOut, "description": "Not ready; body says why."}},
+        summary="Readiness: queue answers and a worker has its model loaded",
+    )
+    async def readyz() -> JSONResponse:
+        report = await api.ready()
+        body = ReadyOut.model_validate(report).model_dump(mode="json")
+        return JSONResponse(body, status_code=200 if report["ready"] else 503)

@@ -1,0 +1,132 @@
+"""Request and response bodies of the HTTP API (they are its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, Transition
+from raylens.errors import ErrorCode
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode = Field(description="One code of the closed set shared with job errors.")
+    message: str = Field(description="What went wrong and, where possible, how to fix it.")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: `{"error": {"code", "message"}}`."""
+
+    error: ErrorDetail
+
+
+class SubmittedJob(BaseModel):
+    id: str = Field(description="Job id; poll GET /v1/jobs/{id}.")
+    name: str | None = Field(description="The uploaded file name, if the part had one.")
+    sha256: str = Field(description="sha256 of the uploaded bytes.")
+    state: JobState = Field(description="State when the answer was sent.")
+    created: bool = Field(
+        description="false when an existing job was returned (same content and pipeline, or a "
+        "repeated Idempotency-Key)."
+    )
+
+
+class SubmitOut(BaseModel):
+    jobs: list[SubmittedJob] = Field(description="One entry per uploaded file, in order.")
+    idempotency_key: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    lane: Lane = Field(description="Queue lane: interactive > normal > bulk.")
+    pipeline: Pipeline
+    name: str | None
+    source_kind: str = Field(description="upload, path or uri.")
+    sha256: str
+    size_bytes: int
+    attempts: int = Field(description="Times a worker has taken the job.")
+    created_at: float = Field(description="Unix time, seconds.")
+    updated_at: float
+    timestamps: dict[str, float] = Field(description="Last time the job entered each state.")
+    history: list[Transition] = Field(description="Every transition, oldest first.")
+    error: ErrorDetail | None = Field(
+        description="Set on failed jobs (and kept while a retried job is re-queued)."
+    )
+    result: dict[str, Any] | None = Field(
+        description="Summary once done: model_id, dim, point_id, image width and height."
+    )
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        error = None
+        if job.error_code is not None:
+            error = ErrorDetail(code=job.error_code, message=job.error_message or "")
+        return cls(
+            id=job.id,
+            state=job.state,
+            lane=job.lane,
+            pipeline=job.pipeline,
+            name=job.name,
+            source_kind=job.source_kind.value,
+            sha256=job.sha256,
+            size_bytes=job.size_bytes,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            timestamps=job.timestamps(),
+            history=job.history,
+            error=error,
+            result=job.result,
+        )
+
+
+class JobsPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class SearchRequest(BaseModel):
+    """A JSON query: exactly one of `text` or `vector` (upload an image with multipart instead)."""
+
+    model_config = {"extra": "forbid"}
+
+    text: str | None = Field(default=None, max_length=10_000, description="Text query.")
+    vector: list[float] | None = Field(
+        default=None, description="A query vector of the model's dimension."
+    )
+    top_k: int = Field(
+        default=10, ge=1, description="Number of hits (max: RAYLENS_SEARCH_MAX_TOP_K)."
+    )
+    filters: dict[str, str | int | bool] | None = Field(
+        default=None,
+        description='Exact-match filters on hit payload fields, e.g. {"source_kind": "upload"}.',
+    )
+
+
+class Hit(BaseModel):
+    id: str = Field(description="Qdrant point id.")
+    score: float = Field(description="Cosine similarity, higher is closer.")
+    job_id: str | None
+    source: str | None = Field(description="Payload key of an upload, or the file path.")
+    name: str | None
+    sha256: str | None
+    payload: dict[str, Any] = Field(description="Everything stored with the vector.")
+
+
+class SearchOut(BaseModel):
+    hits: list[Hit]
+    took_ms: float = Field(description="Time to embed the query and search, in milliseconds.")
+
+
+class HealthOut(BaseModel):
+    status: str = "ok"
+
+
+class ReadyOut(BaseModel):
+    ready: bool = Field(description="true when the queue answers and a worker has its model.")
+    queue: str
+    workers: list[dict[str, Any]] = Field(description="Each worker's loaded-model report.")
