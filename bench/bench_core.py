@@ -133,6 +133,58 @@ def raylens_ingest(
     }
 
 
+def run_core(
+    folder: Path,
+    paths: list[Path],
+    data_dir: Path,
+    model: str,
+    threads: int,
+    batch_sizes: list[int],
+    decode_threads: int | None = None,
+) -> dict:
+    """The whole core benchmark on images already made in `folder` (also used by bench_http)."""
+    from raylens.cluster.settings import Settings
+
+    mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
+    raw = raw_limit(paths, model, threads, batch_sizes)
+    decode_threads = decode_threads or Settings.model_fields["decode_threads"].default
+    ours = raylens_ingest(folder, model, threads, raw["batch_size"], data_dir, decode_threads)
+    return {
+        "model": model,
+        "device": raw["device"],
+        "dtype": raw["dtype"],
+        "images": len(paths),
+        "mean_megapixels": round(mp, 2),
+        "threads": threads,
+        "raw": raw,
+        "raylens_ingest": ours,
+        "ratio": ours["images_per_s"] / raw["images_per_s"],
+    }
+
+
+def print_core(out: dict) -> None:
+    raw, ours, ratio = out["raw"], out["raylens_ingest"], out["ratio"]
+    print(
+        f"{out['images']} JPEGs (mean {out['mean_megapixels']:.1f} MP), {out['model']} random "
+        f"weights, {raw['device']} {raw['dtype']}, {out['threads']} threads"
+    )
+    for bs, v in raw["by_batch_size"].items():
+        print(f"  raw limit  batch {bs:>3}: {v:8.2f} images/s")
+    print(f"  raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:8.2f} images/s")
+    print(
+        f"  raylens ingest:                {ours['images_per_s']:8.2f} images/s "
+        f"({ours['seconds']:.1f}s; {ours['images_per_s_incl_process_start']:.2f} images/s "
+        "counting the CLI's own start-up)"
+    )
+    for st in ours["stage_seconds"]:
+        print(
+            "  raylens worker stage seconds:  "
+            + ", ".join(f"{k} {v:.1f}" for k, v in (st or {}).items())
+            + f" ({ours['batches']} batches)"
+        )
+    print(f"  ratio raylens / raw:           {ratio:8.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=int, default=192)
@@ -150,49 +202,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="raylens-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = make_images(folder, args.images)
-        mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
         sizes = [int(b) for b in args.batch_sizes.split(",")]
-        raw = raw_limit(paths, args.model, args.threads, sizes)
-        from raylens.cluster.settings import Settings
-
-        decode_threads = args.decode_threads or Settings.model_fields["decode_threads"].default
-        ours = raylens_ingest(
-            folder, args.model, args.threads, raw["batch_size"], Path(tmp) / "data", decode_threads
+        out = run_core(
+            folder, paths, Path(tmp) / "data", args.model, args.threads, sizes, args.decode_threads
         )
-    ratio = ours["images_per_s"] / raw["images_per_s"]
-    out = {
-        "model": args.model,
-        "device": raw["device"],
-        "dtype": raw["dtype"],
-        "images": args.images,
-        "mean_megapixels": round(mp, 2),
-        "threads": args.threads,
-        "raw": raw,
-        "raylens_ingest": ours,
-        "ratio": ratio,
-    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(
-            f"{args.images} JPEGs (mean {mp:.1f} MP), {args.model} random weights, "
-            f"{raw['device']} {raw['dtype']}, {args.threads} threads"
-        )
-        for bs, v in raw["by_batch_size"].items():
-            print(f"  raw limit  batch {bs:>3}: {v:8.2f} images/s")
-        print(f"  raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:8.2f} images/s")
-        print(
-            f"  raylens ingest:                {ours['images_per_s']:8.2f} images/s "
-            f"({ours['seconds']:.1f}s; {ours['images_per_s_incl_process_start']:.2f} images/s "
-            "counting the CLI's own start-up)"
-        )
-        for st in ours["stage_seconds"]:
-            print(
-                "  raylens worker stage seconds:  "
-                + ", ".join(f"{k} {v:.1f}" for k, v in (st or {}).items())
-                + f" ({ours['batches']} batches)"
-            )
-        print(f"  ratio raylens / raw:           {ratio:8.3f}")
+        print_core(out)
     return 0
 
 

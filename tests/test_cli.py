@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from _images import write_images
@@ -33,6 +34,7 @@ def cli_env(tmp_path: Path, tiny_model) -> dict[str, str]:
         RAYLENS_CLIP_MODEL_CONFIG=str(tiny_model.config_path),
         RAYLENS_RAY_PORT=str(_free_port()),
         RAYLENS_DASHBOARD_PORT=str(_free_port()),
+        RAYLENS_HTTP_PORT=str(_free_port()),
         RAYLENS_WORKER_NUM_CPUS="1",
         RAYLENS_INGEST_POLL_S="0.2",
     )
@@ -49,6 +51,10 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
     try:
         assert up.returncode == 0, up.stderr
         assert "raylens is up" in up.stderr
+        api = f"http://127.0.0.1:{cli_env['RAYLENS_HTTP_PORT']}"
+        assert f"HTTP API {api}" in up.stderr
+        ready = httpx.get(f"{api}/v1/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
 
         ingest = _run(["ingest", str(tmp_path / "photos"), "--json", "--no-progress"], cli_env)
         assert ingest.returncode == 0, ingest.stderr

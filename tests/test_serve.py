@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,12 @@ import pytest
 import ray
 
 from raylens.cluster import intake, system
+from raylens.cluster.client import Client
 from raylens.cluster.jobs import Lane
 from raylens.cluster.settings import Settings
 from raylens.serve_app.deploy import deploy, undeploy
 
-from _images import bad_inputs, image_bytes
+from _images import bad_inputs, image_bytes, write_images
 from _redis_server import free_port
 from _system_fixtures import tiny_settings, wait_terminal
 
@@ -330,3 +332,29 @@ def test_readyz_lists_the_worker_reports_and_openapi_documents_every_route(
         "multipart/form-data",
     }
     assert httpx.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+def test_the_client_rides_out_a_503_burst_while_the_queue_is_down_and_loses_nothing(
+    served: tuple[Settings, str], tmp_path: Path
+) -> None:
+    settings, url = served
+    write_images(tmp_path / "photos", 12, start=8000)
+    ray.kill(system.queue_handle(settings), no_restart=True)
+
+    def restart_later() -> None:
+        time.sleep(3)
+        system.start_queue(settings)  # rebuilt from the store
+
+    restarter = threading.Thread(target=restart_later)
+    restarter.start()
+    try:
+        with Client(url, max_retries=40, backoff_s=0.2, max_backoff_s=1.0) as client:
+            ids = client.submit(tmp_path / "photos", batch_size=4)
+            jobs = client.wait(ids, timeout_s=180, progress=False)
+            assert client.retried["503"] >= 1, client.retried
+    finally:
+        restarter.join()
+    assert len(ids) == len(set(ids)) == 12
+    assert [j["state"] for j in jobs] == ["done"] * 12
+    listed = {j["id"] for j in Client(url).jobs(limit=1000)["jobs"]}
+    assert set(ids) <= listed

@@ -111,9 +111,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"loaded in {r['load_seconds']:.1f}s",
             file=sys.stderr,
         )
+    url = None
+    if not args.no_http:
+        url = start_http(settings)
     print(
         f"raylens is up; data in {settings.data_dir}; dashboard "
-        f"http://{settings.dashboard_host}:{settings.dashboard_port}",
+        f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+        + (f"; HTTP API {url} (docs {url}/docs)" if url else ""),
         file=sys.stderr,
     )
     if args.detach:
@@ -129,6 +133,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     while not stopping["now"]:
         time.sleep(0.5)
     print("\nstopping raylens (finishing batches in hand)...", file=sys.stderr)
+    if url:
+        from raylens.serve_app.deploy import undeploy
+
+        undeploy()
     stopped = system.stop(settings)
     ray.shutdown()
     if local:
@@ -139,11 +147,26 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def start_http(settings: Settings) -> str:
+    """The Serve ingress (imported here: the CLI's other commands do not need Serve)."""
+    from raylens.serve_app.deploy import deploy
+
+    try:
+        return deploy(settings)
+    except Exception as exc:  # e.g. the port is taken
+        raise RaylensError(
+            f"could not start the HTTP ingress on {settings.http_host}:{settings.http_port} "
+            f"({type(exc).__name__}: {exc}); set RAYLENS_HTTP_PORT or use --no-http"
+        ) from exc
+
+
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     from raylens.cluster import system
+    from raylens.serve_app.deploy import undeploy
 
     try:
         system.connect(settings, args.address)
+        undeploy()
         stopped = system.stop(settings)
         print(f"stopped {stopped['workers']} worker(s), queue and index", file=sys.stderr)
     except RaylensError as exc:
@@ -241,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="return once everything is up (stop it with `raylens down`)",
     )
     up.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    up.add_argument(
+        "--no-http",
+        action="store_true",
+        help="do not start the Serve HTTP ingress (RAYLENS_HTTP_HOST:RAYLENS_HTTP_PORT)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what `raylens up --detach` started")

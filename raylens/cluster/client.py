@@ -15,6 +15,7 @@ every retry of that request, so a retry never creates a second job.
 
 from __future__ import annotations
 
+import collections
 import json
 import mimetypes
 import os
@@ -129,6 +130,8 @@ class Client:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        # How many times each kind of transient failure was retried ("503", "unreachable", ...).
+        self.retried: collections.Counter[str] = collections.Counter()
         headers = {"Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -338,6 +341,7 @@ class Client:
                     raise error
             if attempt >= self.max_retries:
                 raise RetriesExhausted(error, attempt + 1)
+            self.retried[str(error.status or error.code)] += 1
             time.sleep(self._delay(attempt, error.retry_after_s))
             attempt += 1
 

@@ -1,0 +1,488 @@
+"""HTTP benchmark: the core figures (raw limit, `raylens ingest`) and the Serve ingress, one run.
+
+On one generated image set (bench_core's generator), one model (ViT-B-32 by default, random
+weights: RAYLENS_CLIP_PRETRAINED=none) and the same worker settings as bench_core's ingest:
+
+1. raw limit and `raylens ingest` (bench_core.run_core: the same raw figure is the reference of
+   every ratio below);
+2. HTTP upload: the images posted one per request by --clients concurrent clients
+   (asyncio + httpx) through the Ray Serve ingress, then waited for until every job is done.
+   images/s runs from the first upload to the last job's `done` timestamp; latencies are
+   request -> 202 and each job's `done - queued`;
+3. healthz: GET /v1/healthz every 50 ms while step 2 runs (the workers saturated by the backlog);
+4. search: --index-points random unit vectors upserted straight into the index actor, then
+   --search-queries sequential POST /v1/search text queries (after 10 warm-up queries).
+
+Steps 2-4 run on a Ray cluster started inside this process, in its own namespace and data dir,
+with Serve on a free port.
+
+    uv run python bench/bench_http.py [--images 192] [--clients 32] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import _free_port, make_images, print_core, raw_limit, run_core  # noqa: E402
+
+TERMINAL = ("done", "failed")
+QUERIES = [
+    "a photo of a cat",
+    "a red car parked on a street",
+    "mountains at sunset",
+    "a bowl of fruit on a table",
+    "people walking on a beach",
+    "a city skyline at night",
+    "a dog running in a park",
+    "an old wooden boat",
+    "a plate of pasta",
+    "snow on pine trees",
+]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def summary_ms(values_s: list[float]) -> dict[str, Any]:
+    ms = [v * 1000 for v in values_s]
+    return {
+        "n": len(ms),
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "max_ms": max(ms) if ms else None,
+    }
+
+
+# ---- the system under test ----------------------------------------------------------------
+
+
+def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_threads: int) -> Any:
+    """Ray in this process, raylens (queue, index, one worker) and the Serve ingress."""
+    import ray
+
+    from raylens.cluster import system
+    from raylens.cluster.settings import Settings
+    from raylens.serve_app.deploy import deploy
+
+    for key in [k for k in os.environ if k.startswith("RAYLENS_")]:
+        os.environ.pop(key)  # like bench_core's subprocess env: only what is set below
+    settings = Settings(
+        data_dir=data_dir,
+        clip_model=model,
+        clip_pretrained="none",
+        worker_num_cpus=threads,
+        torch_threads=threads,
+        max_batch_size=batch,
+        decode_threads=decode_threads,
+        namespace=f"raylens-bench-{uuid.uuid4().hex[:8]}",
+        http_port=_free_port(),
+    )
+    ray.init(
+        address="local",
+        num_cpus=max(threads, os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=settings.namespace,
+        object_store_memory=1 << 30,
+    )
+    started = system.start(settings)
+    url = deploy(settings)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the ingress at {url} never became ready")
+        time.sleep(0.5)
+    return settings, url, started["workers"][0]
+
+
+def stop_system(settings: Any) -> None:
+    import ray
+
+    from raylens.cluster import system
+    from raylens.serve_app.deploy import undeploy
+
+    try:
+        undeploy()
+        system.stop(settings, timeout_s=10)
+    finally:
+        ray.shutdown()
+
+
+# ---- 2 + 3: uploads by concurrent clients, healthz sampled meanwhile ------------------------
+
+
+class HealthSampler(threading.Thread):
+    """GET /v1/healthz every `period_s` (its own thread and connection) until stopped."""
+
+    def __init__(self, url: str, period_s: float = 0.05) -> None:
+        super().__init__(name="healthz", daemon=True)
+        self.url = url
+        self.period_s = period_s
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            next_at = time.perf_counter()
+            while not self.halt.is_set():
+                t0 = time.perf_counter()
+                try:
+                    ok = http.get("/v1/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.latencies.append(time.perf_counter() - t0)
+                else:
+                    self.errors += 1
+                next_at += self.period_s
+                self.halt.wait(max(0.0, next_at - time.perf_counter()))
+
+
+async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any]:
+    """`clients` concurrent clients, one image per POST /v1/jobs; then wait for every job."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    timeout = httpx.Timeout(300.0)
+    ids: list[str | None] = [None] * len(data)
+    latencies: list[float] = []
+    retries = 0
+    next_item = iter(range(len(data)))
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as http:
+
+        async def client() -> None:
+            nonlocal retries
+            for i in next_item:  # shared iterator: each client takes the next image
+                files = [("files", (f"photo_{i:05d}.jpg", data[i], "image/jpeg"))]
+                headers = {"Idempotency-Key": uuid.uuid4().hex}
+                t0 = time.perf_counter()
+                for attempt in range(20):
+                    resp = await http.post("/v1/jobs", files=files, headers=headers)
+                    if resp.status_code not in (429, 503) or attempt == 19:
+                        break
+                    retries += 1
+                    await asyncio.sleep(float(resp.headers.get("Retry-After", 1)))
+                if resp.status_code != 202:
+                    raise SystemExit(f"upload {i}: HTTP {resp.status_code} {resp.text[:300]}")
+                latencies.append(time.perf_counter() - t0)
+                ids[i] = resp.json()["jobs"][0]["id"]
+
+        started_at = time.time()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        uploaded_at = time.time()
+        if len(set(ids)) != len(data):
+            raise SystemExit("uploads were deduplicated: the images are not distinct")
+
+        # Jobs finish in about submission order: poll the oldest unfinished one (low load on
+        # the ingress; the throughput comes from the jobs' own `done` timestamps anyway).
+        records: list[dict[str, Any]] = []
+        for job_id in ids:
+            while True:
+                resp = await http.get(f"/v1/jobs/{job_id}")
+                resp.raise_for_status()
+                job = resp.json()
+                if job["state"] in TERMINAL:
+                    records.append(job)
+                    break
+                await asyncio.sleep(0.25)
+    done = [j for j in records if j["state"] == "done"]
+    last_done = max((j["timestamps"]["done"] for j in done), default=uploaded_at)
+    return {
+        "started_at": started_at,
+        "uploaded_at": uploaded_at,
+        "last_done_at": last_done,
+        "seconds": last_done - started_at,
+        "upload_seconds": uploaded_at - started_at,
+        "done": len(done),
+        "failed": len(records) - len(done),
+        "retries_429_503": retries,
+        "upload": summary_ms(latencies),
+        "submit_to_done": summary_ms(
+            [j["timestamps"]["done"] - j["timestamps"]["queued"] for j in done]
+        ),
+    }
+
+
+# ---- 4: search over many stored vectors ---------------------------------------------------
+
+
+def fill_index(settings: Any, report: dict[str, Any], points: int, batch: int = 1000) -> int:
+    """`points` random unit vectors with worker-like ids and payloads, straight into the index
+    actor. Returns the points in the index afterwards."""
+    import ray
+
+    from raylens.cluster.index import point_id
+
+    index = ray.get_actor(settings.index_actor_name, namespace=settings.namespace)
+    dim, model_id = int(report["dim"]), report["model_id"]
+    rng = np.random.default_rng(1)
+    for start in range(0, points, batch):
+        n = min(batch, points - start)
+        vectors = rng.standard_normal((n, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        shas = [hashlib.sha256(f"bench-http-{start + k}".encode()).hexdigest() for k in range(n)]
+        now = time.time()
+        payloads = [
+            {
+                "job_id": uuid.uuid4().hex,
+                "source": sha,
+                "source_kind": "upload",
+                "name": f"synthetic_{start + k:05d}.jpg",
+                "sha256": sha,
+                "model_id": model_id,
+                "created_at": now,
+            }
+            for k, sha in enumerate(shas)
+        ]
+        ids = [point_id(sha, model_id) for sha in shas]
+        ray.get(index.upsert.remote(ids, vectors, payloads))
+    return int(ray.get(index.count.remote()))
+
+
+def search_latency(url: str, queries: int, top_k: int = 10, warmup: int = 10) -> dict[str, Any]:
+    latencies, took, hits = [], [], []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(warmup + queries):
+            body = {"text": QUERIES[i % len(QUERIES)], "top_k": top_k}
+            t0 = time.perf_counter()
+            resp = http.post("/v1/search", json=body)
+            elapsed = time.perf_counter() - t0
+            if resp.status_code != 200:
+                raise SystemExit(f"search: HTTP {resp.status_code} {resp.text[:300]}")
+            if i >= warmup:
+                out = resp.json()
+                latencies.append(elapsed)
+                took.append(out["took_ms"])
+                hits.append(len(out["hits"]))
+    s = summary_ms(latencies)
+    return {
+        "queries": queries,
+        "warmup": warmup,
+        "top_k": top_k,
+        **s,
+        "server_took_p50_ms": pct(took, 50),
+        "min_hits": min(hits) if hits else 0,
+    }
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def run_http(
+    paths: list[Path],
+    data_dir: Path,
+    model: str,
+    threads: int,
+    batch: int,
+    decode_threads: int,
+    clients: int,
+    index_points: int,
+    search_queries: int,
+) -> dict[str, Any]:
+    data = [p.read_bytes() for p in paths]  # file reads are not what we measure
+    settings, url, report = start_system(data_dir, model, threads, batch, decode_threads)
+    try:
+        sampler = HealthSampler(url)
+        sampler.start()
+        try:
+            up = asyncio.run(upload_all(url, data, clients))
+        finally:
+            sampler.halt.set()
+            sampler.join()
+        healthz = {
+            "period_ms": sampler.period_s * 1000,
+            "errors": sampler.errors,
+            **summary_ms(sampler.latencies),
+        }
+        points = fill_index(settings, report, index_points)
+        search = {"index_points": points, **search_latency(url, search_queries)}
+    finally:
+        stop_system(settings)
+    return {
+        "worker": {
+            "num_cpus": threads,
+            "torch_threads": threads,
+            "max_batch_size": batch,
+            "decode_threads": decode_threads,
+            "device": report.get("device"),
+        },
+        "upload": up,
+        "healthz": healthz,
+        "search": search,
+    }
+
+
+def rows_of(
+    core: dict[str, Any] | None, raw: dict[str, Any], http: dict[str, Any]
+) -> list[dict[str, Any]]:
+    up = http["upload"]
+    rows = [
+        {
+            "name": f"raw limit (batch {raw['batch_size']})",
+            "images_per_s": raw["images_per_s"],
+            "p50_ms": None,
+            "p99_ms": None,
+        }
+    ]
+    if core is not None:
+        rows.append(
+            {
+                "name": "raylens ingest",
+                "images_per_s": core["raylens_ingest"]["images_per_s"],
+                "p50_ms": None,
+                "p99_ms": None,
+            }
+        )
+    rows.append(
+        {
+            "name": f"http upload, {http['clients']} clients",
+            "images_per_s": up["done"] / up["seconds"],
+            "p50_ms": up["upload"]["p50_ms"],
+            "p99_ms": up["upload"]["p99_ms"],
+            "done_p50_ms": up["submit_to_done"]["p50_ms"],
+            "done_p99_ms": up["submit_to_done"]["p99_ms"],
+        }
+    )
+    for r in rows:
+        r["ratio_to_raw"] = r["images_per_s"] / raw["images_per_s"]
+    return rows
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def print_http(out: dict[str, Any]) -> None:
+    up, hz, se = out["upload"], out["healthz"], out["search"]
+    w = out["worker"]
+    print(
+        f"HTTP ingress (Ray Serve), {out['images']} images one per request, "
+        f"{out['clients']} concurrent clients; 1 worker: {w['num_cpus']:g} CPUs, "
+        f"batch {w['max_batch_size']}, {w['decode_threads']} decode threads"
+    )
+    print(f"  {'':30} {'images/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'vs raw':>7}")
+    for r in out["rows"]:
+        print(
+            f"  {r['name']:30} {r['images_per_s']:9.2f} {fmt(r['p50_ms']):>9} "
+            f"{fmt(r['p99_ms']):>9} {r['ratio_to_raw']:7.3f}"
+        )
+    print(
+        f"    http: first upload -> last job done {up['seconds']:.1f}s (uploads took "
+        f"{up['upload_seconds']:.1f}s); p50/p99 above = request -> 202; "
+        f"{up['done']} done, {up['failed']} failed, {up['retries_429_503']} 429/503 retries"
+    )
+    print(
+        f"    http: submission -> done p50 {fmt(up['submit_to_done']['p50_ms'])} ms, "
+        f"p99 {fmt(up['submit_to_done']['p99_ms'])} ms"
+    )
+    print(
+        f"  healthz while workers are saturated ({hz['n']} samples every "
+        f"{hz['period_ms']:.0f} ms, {hz['errors']} errors): p50 {fmt(hz['p50_ms'])} ms, "
+        f"p99 {fmt(hz['p99_ms'])} ms, max {fmt(hz['max_ms'])} ms"
+    )
+    print(
+        f"  search: {se['queries']} text queries (top_k {se['top_k']}, after {se['warmup']} "
+        f"warm-up) over {se['index_points']} points: p50 {fmt(se['p50_ms'])} ms, "
+        f"p99 {fmt(se['p99_ms'])} ms (server took p50 {fmt(se['server_took_p50_ms'])} ms)"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--search-queries", type=int, default=200)
+    ap.add_argument("--index-points", type=int, default=10_000)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--batch-sizes", default="8,16,32")
+    ap.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="raylens decode threads per worker (default: the setting's default)",
+    )
+    ap.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="skip the `raylens ingest` row (measure the raw limit only, then HTTP)",
+    )
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from raylens.cluster.settings import Settings
+
+    decode_threads = args.decode_threads or Settings.model_fields["decode_threads"].default
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="raylens-bench-") as tmp:
+        folder = Path(tmp) / "images"
+        paths = make_images(folder, args.images)
+        core = None
+        if args.no_ingest:
+            raw = raw_limit(paths, args.model, args.threads, sizes)
+        else:
+            data_dir = Path(tmp) / "core-data"
+            core = run_core(
+                folder, paths, data_dir, args.model, args.threads, sizes, decode_threads
+            )
+            raw = core["raw"]
+        http = run_http(
+            paths,
+            Path(tmp) / "http-data",
+            args.model,
+            args.threads,
+            raw["batch_size"],
+            decode_threads,
+            args.clients,
+            args.index_points,
+            args.search_queries,
+        )
+    http.update(images=args.images, clients=args.clients)
+    http["rows"] = rows_of(core, raw, http)
+    out = {
+        "model": args.model,
+        "images": args.images,
+        "threads": args.threads,
+        "clients": args.clients,
+        "rows": http["rows"],
+        "http_upload": http["upload"],
+        "search": http["search"],
+        "healthz": http["healthz"],
+        "worker": http["worker"],
+        "core": core if core is not None else {"raw": raw},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        if core is not None:
+            print_core(core)
+        else:
+            print(
+                f"raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:.2f} images/s"
+            )
+        print_http(http)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
