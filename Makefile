@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
-	@echo "make bench  raw limit vs raylens ingest (ViT-B-32, random weights)"
+	@echo "make bench  raw limit vs raylens ingest vs HTTP uploads; search + healthz latency (ViT-B-32)"
 	@echo "make lint   ruff + mypy"
 
 uv:
@@ -42,7 +42,7 @@ lint: deps
 	$(UV) run --frozen mypy raylens
 
 bench: deps
-	$(UV) run --frozen python bench/bench_core.py
+	$(UV) run --frozen python bench/bench_http.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -430,6 +430,32 @@ def main() -> int:
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    # Ray and Serve print to stdout from background threads (e.g. "(raylet) Task ...
+    # graceful_shutdown failed" while Serve stops): send all of that to stderr, so stdout
+    # carries only the report (clean JSON with --json).
+    sys.stdout.flush()
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        out, core, http = measure(args)
+    finally:
+        sys.stdout.flush()
+        os.dup2(report_fd, 1)
+        os.close(report_fd)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if core is not None:
+        print_core(core)
+    else:
+        raw = out["core"]["raw"]
+        print(f"raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:.2f} images/s")
+    print_http(http)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None, dict]:
+    """Everything, on one image set: (the JSON object, the core figures, the HTTP figures)."""
     from raylens.cluster.settings import Settings
 
     decode_threads = args.decode_threads or Settings.model_fields["decode_threads"].default
@@ -471,17 +497,7 @@ def main() -> int:
         "worker": http["worker"],
         "core": core if core is not None else {"raw": raw},
     }
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        if core is not None:
-            print_core(core)
-        else:
-            print(
-                f"raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:.2f} images/s"
-            )
-        print_http(http)
-    return 0
+    return out, core, http
 
 
 if __name__ == "__main__":
