@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from raylens.cluster.jobs import Job, JobState
 from raylens.cluster.settings import Settings
 
+IdempotencyRecord = tuple[str, list[str]]  # (request fingerprint, job ids)
+
 
 def encode_cursor(created_at: float, job_id: str) -> str:
     """An opaque page cursor: the (created_at, id) of the last job of the previous page."""
@@ -70,7 +72,7 @@ class JobStore(ABC):
         """Number of jobs in each state (every state present, zeros included)."""
 
     @abstractmethod
-    def get_idempotency(self, key: str) -> tuple[str, list[str]] | None:
+    def get_idempotency(self, key: str) -> IdempotencyRecord | None:
         """(request fingerprint, job ids) remembered under an Idempotency-Key, unless expired."""
 
     @abstractmethod

@@ -24,7 +24,7 @@ from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 from redis.retry import Retry
 
 from raylens.cluster.jobs import Job, JobState
-from raylens.cluster.store import JobStore, decode_cursor, encode_cursor
+from raylens.cluster.store import IdempotencyRecord, JobStore, decode_cursor, encode_cursor
 from raylens.errors import SettingsError, StoreUnavailable
 
 CONNECT_TIMEOUT_S = 2.0
@@ -228,7 +228,7 @@ class RedisJobStore(RedisBacked, JobStore):
             self._r.set(self._idempotency_key(key), value, px=max(1, int(ttl_s * 1000)))
 
     # ---- reads ----------------------------------------------------------------------------------
-    def get_idempotency(self, key: str) -> tuple[str, list[str]] | None:
+    def get_idempotency(self, key: str) -> IdempotencyRecord | None:
         with self._errors("get_idempotency"):
             data: Any = self._r.get(self._idempotency_key(key))
         if data is None:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from raylens.cluster.jobs import Job, JobState
-from raylens.cluster.store import JobStore, decode_cursor, encode_cursor
+from raylens.cluster.store import IdempotencyRecord, JobStore, decode_cursor, encode_cursor
 from raylens.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
@@ -183,7 +183,7 @@ class SqliteJobStore(JobStore):
             )
 
     # ---- reads ----------------------------------------------------------------------------------
-    def get_idempotency(self, key: str) -> tuple[str, list[str]] | None:
+    def get_idempotency(self, key: str) -> IdempotencyRecord | None:
         rows = self._query(
             "get_idempotency",
             "SELECT fingerprint, job_ids FROM idempotency WHERE key = ? AND expires_at >= ?",

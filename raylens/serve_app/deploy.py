@@ -55,7 +55,7 @@ def build(settings: Settings) -> Any:
         # competes with workers for scheduling.
         ray_actor_options={"num_cpus": 0},
     )
-    return deployment.bind(settings)
+    return deployment.bind(settings)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, Any] | None = None) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -20,7 +20,7 @@ def too_large(size: int | str, limit: int) -> TooLarge:
     )
 
 
-async def capped(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body chunk by chunk; raises TooLarge as soon as more than limit arrived."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
