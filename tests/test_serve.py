@@ -291,17 +291,23 @@ def test_healthz_answers_promptly_while_the_workers_work_through_a_backlog(
     specs = [intake.spec_for_path(p, Lane.BULK) for p in paths]
     ids = [r.job_id for r in intake.submit(queue, specs, settings)]
     latencies = []
+    searched_during_backlog = False
     while True:
         t0 = time.perf_counter()
         resp = httpx.get(f"{url}/v1/healthz", timeout=30)
         latencies.append(time.perf_counter() - t0)
         assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+        if not searched_during_backlog:  # a query is not queued behind the bulk backlog
+            found = httpx.post(f"{url}/v1/search", json={"text": "x", "top_k": 1}, timeout=30)
+            assert found.status_code == 200, found.text
+            searched_during_backlog = ray.get(queue.stats.remote())["depth"]["bulk"] > 0
         stats = ray.get(queue.stats.remote())
         if stats["depth"]["bulk"] == 0:
             break
         time.sleep(0.05)
     assert len(latencies) >= 5, "the backlog was gone before healthz was measured under load"
     assert max(latencies) < 2.0, f"healthz took up to {max(latencies):.3f}s under load"
+    assert searched_during_backlog, "no search finished while the bulk backlog was still queued"
     jobs = wait_terminal(queue, ids)
     assert all(j.state.value == "done" for j in jobs)
 

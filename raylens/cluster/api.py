@@ -18,21 +18,17 @@ from typing import Any, TypeVar
 import numpy as np
 import ray
 
-from raylens.actors.transforms import sniff_format
 from raylens.cluster import system
-from raylens.cluster.intake import spec_for_upload
+from raylens.cluster.intake import check_upload, spec_for_upload
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline
 from raylens.cluster.payloads import PayloadStore, open_payload_store
 from raylens.cluster.queue import SubmitResult
 from raylens.cluster.settings import Settings
 from raylens.errors import (
-    EmptyInput,
     InvalidRequest,
     InvalidTransition,
     RaylensError,
     StoreUnavailable,
-    TooLarge,
-    UnsupportedFormat,
 )
 
 log = logging.getLogger("raylens.api")
@@ -222,7 +218,7 @@ class ClusterAPI:
         if text is not None:
             query = np.asarray((await self._on_worker("embed_texts", [text]))[0])
         elif image is not None:
-            check_image(image, self.settings)
+            check_upload(image, self.settings, "the query image")
             query = np.asarray(await self._on_worker("embed_image_bytes", image))
         else:
             query = await self._check_vector(vector or [])
@@ -323,21 +319,6 @@ def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
                 f"{type(value).__name__}"
             )
     return filters
-
-
-def check_image(data: bytes, settings: Settings) -> None:
-    """Cheap checks before a query image travels to a worker."""
-    if not data:
-        raise EmptyInput("the query image is empty")
-    if len(data) > settings.max_input_bytes:
-        raise TooLarge(
-            f"the query image has {len(data)} bytes; limit "
-            f"RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
-        )
-    if sniff_format(data) is None:
-        raise UnsupportedFormat(
-            "the query image is not a supported image (jpeg, png, gif, webp, bmp, tiff)"
-        )
 
 
 def hit_out(hit: dict[str, Any]) -> dict[str, Any]:

@@ -64,16 +64,8 @@ def spec_for_path(path: Path, lane: Lane) -> JobSpec:
     )
 
 
-def spec_for_upload(
-    data: bytes,
-    payloads: PayloadStore,
-    settings: Settings,
-    lane: Lane,
-    name: str | None = None,
-    pipeline: Pipeline = Pipeline.EMBED,
-) -> JobSpec:
-    """Validate an upload (size cap, magic bytes) and store it durably before any job exists."""
-    what = f"upload {name!r}" if name else "upload"
+def check_upload(data: bytes, settings: Settings, what: str) -> None:
+    """The checks every uploaded image passes first: not empty, under the cap, an image."""
     if not data:
         raise EmptyInput(f"{what} is empty")
     if len(data) > settings.max_input_bytes:
@@ -86,6 +78,18 @@ def spec_for_upload(
             f"{what} is not a supported image (jpeg, png, gif, webp, bmp, tiff); "
             "the content is checked, not the file name"
         )
+
+
+def spec_for_upload(
+    data: bytes,
+    payloads: PayloadStore,
+    settings: Settings,
+    lane: Lane,
+    name: str | None = None,
+    pipeline: Pipeline = Pipeline.EMBED,
+) -> JobSpec:
+    """Validate an upload (size cap, magic bytes) and store it durably before any job exists."""
+    check_upload(data, settings, f"upload {name!r}" if name else "upload")
     sha = payloads.put(data)
     return JobSpec(
         source_kind=SourceKind.UPLOAD,
