@@ -101,18 +101,22 @@ def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_th
         namespace=settings.namespace,
         object_store_memory=1 << 30,
     )
-    started = system.start(settings)
-    url = deploy(settings)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the ingress at {url} never became ready")
-        time.sleep(0.5)
+    try:
+        started = system.start(settings)
+        url = deploy(settings)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the ingress at {url} never became ready")
+            time.sleep(0.5)
+    except BaseException:
+        stop_system(settings)
+        raise
     return settings, url, started["workers"][0]
 
 
