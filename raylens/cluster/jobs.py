@@ -59,10 +59,10 @@ class Pipeline(str, Enum):
 
 
 class Transition(BaseModel):
-    state: JobState
-    at: float
-    attempt: int = 0
-    note: str | None = None
+    state: JobState = Field(description="The state entered.")
+    at: float = Field(description="Unix time, seconds.")
+    attempt: int = Field(default=0, description="Attempts counted when it was entered.")
+    note: str | None = Field(default=None, description="Worker id, retry, or last error.")
 
 
 class JobSpec(BaseModel):

@@ -34,21 +34,21 @@ class SubmittedJob(BaseModel):
 
 class SubmitOut(BaseModel):
     jobs: list[SubmittedJob] = Field(description="One entry per uploaded file, in order.")
-    idempotency_key: str | None = None
+    idempotency_key: str | None = Field(default=None, description="The key sent, if any.")
 
 
 class JobOut(BaseModel):
-    id: str
-    state: JobState
+    id: str = Field(description="Job id.")
+    state: JobState = Field(description="queued, running, done or failed.")
     lane: Lane = Field(description="Queue lane: interactive > normal > bulk.")
-    pipeline: Pipeline
-    name: str | None
+    pipeline: Pipeline = Field(description="What is computed: `embed` (OpenCLIP vector).")
+    name: str | None = Field(description="Original file name, if known.")
     source_kind: str = Field(description="upload, path or uri.")
-    sha256: str
-    size_bytes: int
+    sha256: str = Field(description="sha256 of the input bytes.")
+    size_bytes: int = Field(description="Size of the input in bytes.")
     attempts: int = Field(description="Times a worker has taken the job.")
     created_at: float = Field(description="Unix time, seconds.")
-    updated_at: float
+    updated_at: float = Field(description="Unix time of the last transition, seconds.")
     timestamps: dict[str, float] = Field(description="Last time the job entered each state.")
     history: list[Transition] = Field(description="Every transition, oldest first.")
     error: ErrorDetail | None = Field(
@@ -83,7 +83,7 @@ class JobOut(BaseModel):
 
 
 class JobsPage(BaseModel):
-    jobs: list[JobOut]
+    jobs: list[JobOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
@@ -110,23 +110,23 @@ class SearchRequest(BaseModel):
 class Hit(BaseModel):
     id: str = Field(description="Qdrant point id.")
     score: float = Field(description="Cosine similarity, higher is closer.")
-    job_id: str | None
+    job_id: str | None = Field(description="The job that stored this vector.")
     source: str | None = Field(description="Payload key of an upload, or the file path.")
-    name: str | None
-    sha256: str | None
+    name: str | None = Field(description="Original file name, if known.")
+    sha256: str | None = Field(description="sha256 of the input bytes.")
     payload: dict[str, Any] = Field(description="Everything stored with the vector.")
 
 
 class SearchOut(BaseModel):
-    hits: list[Hit]
+    hits: list[Hit] = Field(description="Best first.")
     took_ms: float = Field(description="Time to embed the query and search, in milliseconds.")
 
 
 class HealthOut(BaseModel):
-    status: str = "ok"
+    status: str = Field(default="ok", description="Always `ok` when the ingress answers.")
 
 
 class ReadyOut(BaseModel):
     ready: bool = Field(description="true when the queue answers and a worker has its model.")
-    queue: str
+    queue: str = Field(description="`ok`, or why the queue did not answer.")
     workers: list[dict[str, Any]] = Field(description="Each worker's loaded-model report.")
