@@ -110,7 +110,7 @@ def raylens_ingest(
     try:
         t0 = time.perf_counter()
         res = subprocess.run(
-            [*cli, "ingest", str(folder), "--json", "--no-progress"],
+            [*cli, "ingest", str(folder), "--pipeline", "embed", "--json", "--no-progress"],
             env=env,
             capture_output=True,
             text=True,

@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import _free_port, make_images, print_core, raw_limit, run_core  # noqa: E402
+from bench_media import print_media, run_media  # noqa: E402
 
 TERMINAL = ("done", "failed")
 QUERIES = [
@@ -182,7 +183,9 @@ async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any
                 headers = {"Idempotency-Key": uuid.uuid4().hex}
                 t0 = time.perf_counter()
                 for attempt in range(20):
-                    resp = await http.post("/v1/jobs", files=files, headers=headers)
+                    resp = await http.post(
+                        "/v1/jobs", files=files, data={"pipeline": "embed"}, headers=headers
+                    )
                     if resp.status_code not in (429, 503) or attempt == 19:
                         break
                     retries += 1
@@ -303,6 +306,8 @@ def run_http(
     clients: int,
     index_points: int,
     search_queries: int,
+    face_jobs: int = 24,
+    video_seconds: int = 60,
 ) -> dict[str, Any]:
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
     settings, url, report = start_system(data_dir, model, threads, batch, decode_threads)
@@ -321,6 +326,7 @@ def run_http(
         }
         points = fill_index(settings, report, index_points)
         search = {"index_points": points, **search_latency(url, search_queries)}
+        media = run_media(url, face_jobs, video_seconds) if face_jobs else None
     finally:
         stop_system(settings)
     return {
@@ -334,6 +340,7 @@ def run_http(
         "upload": up,
         "healthz": healthz,
         "search": search,
+        "media": media,
     }
 
 
@@ -432,6 +439,10 @@ def main() -> int:
         action="store_true",
         help="skip the `raylens ingest` row (measure the raw limit only, then HTTP)",
     )
+    ap.add_argument(
+        "--face-jobs", type=int, default=24, help="face photos for faces/s (0: skip faces/video)"
+    )
+    ap.add_argument("--video-seconds", type=int, default=60, help="length of the 720p test video")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     # Ray and Serve print to stdout from background threads (e.g. "(raylet) Task ...
@@ -455,6 +466,8 @@ def main() -> int:
         raw = out["core"]["raw"]
         print(f"raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:.2f} images/s")
     print_http(http)
+    if http.get("media"):
+        print_media(http["media"])
     return 0
 
 
@@ -486,6 +499,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | 
             args.clients,
             args.index_points,
             args.search_queries,
+            args.face_jobs,
+            args.video_seconds,
         )
     http.update(images=args.images, clients=args.clients)
     http["rows"] = rows_of(core, raw, http)
@@ -498,6 +513,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | 
         "http_upload": http["upload"],
         "search": http["search"],
         "healthz": http["healthz"],
+        "media": http["media"],
         "worker": http["worker"],
         "core": core if core is not None else {"raw": raw},
     }

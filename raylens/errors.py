@@ -10,6 +10,7 @@
     │   ├── TruncatedImage            truncated_image       422
     │   ├── CorruptImage              corrupt_image         422
     │   ├── DecompressionBomb         decompression_bomb    413
+    │   ├── CorruptVideo              corrupt_video         422  undecodable or no video stream
     │   └── SourceMissing             source_missing        422
     ├── QueueFull                     queue_full            429
     ├── StoreUnavailable              store_unavailable     503
@@ -51,6 +52,7 @@ class ErrorCode(str, Enum):
     MODEL_ERROR = "model_error"
     INDEX_UNAVAILABLE = "index_unavailable"
     LEASE_EXPIRED = "lease_expired"
+    CORRUPT_VIDEO = "corrupt_video"
     INVALID_REQUEST = "invalid_request"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     UNAUTHORIZED = "unauthorized"
@@ -114,6 +116,10 @@ class CorruptImage(InputError):
 class DecompressionBomb(InputError):
     code = ErrorCode.DECOMPRESSION_BOMB
     http_status = 413
+
+
+class CorruptVideo(InputError):
+    code = ErrorCode.CORRUPT_VIDEO
 
 
 class SourceMissing(InputError):

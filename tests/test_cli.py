@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from PIL import Image
 
 from _images import write_images
 
@@ -155,6 +156,25 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         assert all(h["payload"]["source"] in ingested for h in hits)
         assert all(h["payload"]["job_id"] and h["payload"]["model_id"] for h in hits)
         assert hits == sorted(hits, key=lambda h: -h["score"])
+
+        # Faces from the command line, on a real photo.
+        skdata = pytest.importorskip("skimage.data")
+        people = tmp_path / "people"
+        people.mkdir()
+        Image.fromarray(skdata.astronaut()).save(people / "astronaut.jpg", quality=92)
+        Image.fromarray(skdata.astronaut()[:, ::-1]).save(tmp_path / "flipped.jpg", quality=92)
+        ingest = _run(["ingest", str(people), "--json", "--no-progress"], cli_env)
+        assert json.loads(ingest.stdout.strip().splitlines()[-1])["done"] == 1, ingest.stderr
+        faces = _run(["faces", str(people / "astronaut.jpg"), "--json"], cli_env)
+        assert faces.returncode == 0, faces.stderr
+        found = json.loads(faces.stdout)["faces"]
+        assert found and found[0]["face_index"] == 0 and len(found[0]["box"]) == 4
+        like = _run(["search", "--face", str(tmp_path / "flipped.jpg"), "--json"], cli_env)
+        assert like.returncode == 0, like.stderr
+        top = json.loads(like.stdout)["hits"][0]
+        assert top["name"] == "astronaut.jpg" and top["distance"] < 0.6
+        no_face = _run(["search", "--face", str(tmp_path / "more" / "img_00100.jpg")], cli_env)
+        assert no_face.returncode == 1 and "no face found" in no_face.stderr
     finally:
         down = _run(["down"], cli_env)
     assert down.returncode == 0, down.stderr

@@ -87,6 +87,9 @@ class DecodedImage:
     width: int  # original width, after EXIF orientation
     height: int  # original height, after EXIF orientation
     format: str  # one of ACCEPTED
+    # With keep_side: the whole picture, aspect kept, longest side <= keep_side (for faces)
+    full: np.ndarray | None = None
+    full_scale: float = 1.0  # full-image pixels per original pixel
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -202,8 +205,12 @@ def decode_image(
     max_bytes: int,
     resize_mode: str = "shortest",
     interpolation: str = "bicubic",
+    keep_side: int | None = None,
 ) -> DecodedImage:
     """Decode one image into a size x size RGB square; raises only InputError subclasses.
+
+    keep_side: also keep the whole picture (aspect ratio kept, longest side at most keep_side)
+    in `.full`, from the same decode (face detection needs more than the model's square).
 
     resize_mode ("shortest" or "squash") and interpolation ("bicubic" or "bilinear") come
     from the model's preprocess config (ClipEmbedder.resize_mode / .interpolation).
@@ -224,7 +231,7 @@ def decode_image(
             f"not a supported image ({_describe(data)}); accepted: {', '.join(ACCEPTED)}"
         )
     try:
-        return _decode(data, size, max_pixels, fmt, resize_mode, interpolation)
+        return _decode(data, size, max_pixels, fmt, resize_mode, interpolation, keep_side)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard cap (2x Image.MAX_IMAGE_PIXELS)
@@ -245,7 +252,13 @@ def _classify_failure(data: bytes, fmt: str, exc: Exception) -> InputError:
 
 
 def _decode(
-    data: bytes, size: int, max_pixels: int, fmt: str, resize_mode: str, interpolation: str
+    data: bytes,
+    size: int,
+    max_pixels: int,
+    fmt: str,
+    resize_mode: str,
+    interpolation: str,
+    keep_side: int | None = None,
 ) -> DecodedImage:
     with warnings.catch_warnings():
         # Our max_pixels check below is the limit that counts; Pillow's warning (at its global
@@ -260,8 +273,13 @@ def _decode(
                 f"limit RAYLENS_MAX_IMAGE_PIXELS={max_pixels}"
             )
         if im.format in ("JPEG", "MPO") and min(w, h) >= 2 * size:
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, still >= size on the short side.
-            im.draft("RGB", (size, size))
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, still >= size on the short side
+            # (and, with keep_side, still >= keep_side on the long side).
+            want = (size, size)
+            if keep_side:
+                k = keep_side / max(w, h)
+                want = (max(size, int(w * k)), max(size, int(h * k)))
+            im.draft("RGB", want)
         im.load()  # frame 0 of animated GIF/WebP/TIFF
         stored = im.size
         try:
@@ -269,9 +287,43 @@ def _decode(
         except Exception:  # corrupt EXIF: keep the pixels as stored rather than fail the image
             pass
         turned = stored[0] != stored[1] and im.size == (stored[1], stored[0])
-        out = _fit(_to_rgb(im), size, resize_mode, interpolation)
+        rgb = _to_rgb(im)
+        out = _fit(rgb, size, resize_mode, interpolation)
+        full = _bounded(rgb, keep_side) if keep_side else None
     width, height = (h, w) if turned else (w, h)
-    return DecodedImage(np.asarray(out, dtype=np.uint8), width, height, fmt)
+    scale = full.shape[1] / width if full is not None else 1.0
+    return DecodedImage(np.asarray(out, dtype=np.uint8), width, height, fmt, full, scale)
+
+
+def _bounded(rgb: Image.Image, side: int) -> np.ndarray:
+    """The whole picture with its longest side at most `side` (aspect ratio kept)."""
+    if max(rgb.size) > side:
+        k = side / max(rgb.size)
+        rgb = rgb.resize(
+            (max(1, round(rgb.width * k)), max(1, round(rgb.height * k))),
+            Image.Resampling.BILINEAR,
+        )
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def prepare_rgb(
+    rgb: np.ndarray,
+    size: int,
+    *,
+    resize_mode: str = "shortest",
+    interpolation: str = "bicubic",
+    keep_side: int | None = None,
+    fmt: str = "video",
+    original: tuple[int, int] | None = None,
+) -> DecodedImage:
+    """An already decoded RGB picture (a video frame) made ready like decode_image's output.
+    original: the (width, height) the picture had before any downscaling."""
+    im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+    width, height = original or im.size
+    out = _fit(im, size, resize_mode, interpolation)
+    full = _bounded(im, keep_side) if keep_side else None
+    scale = full.shape[1] / width if full is not None else 1.0
+    return DecodedImage(np.asarray(out, dtype=np.uint8), width, height, fmt, full, scale)
 
 
 def normalise_batch(

@@ -27,6 +27,7 @@ from raylens.cluster.settings import Settings
 from raylens.errors import (
     InvalidRequest,
     InvalidTransition,
+    JobNotFound,
     RaylensError,
     StoreUnavailable,
 )
@@ -128,7 +129,7 @@ class ClusterAPI:
         self,
         files: Sequence[tuple[str | None, bytes]],
         lane: Lane = Lane.NORMAL,
-        pipeline: Pipeline = Pipeline.EMBED,
+        pipeline: Pipeline = Pipeline.BOTH,
         idempotency_key: str | None = None,
     ) -> list[dict[str, Any]]:
         """Validate and store every file, then create their jobs in one queue call.
@@ -218,7 +219,7 @@ class ClusterAPI:
         if text is not None:
             query = np.asarray((await self._on_worker("embed_texts", [text]))[0])
         elif image is not None:
-            check_upload(image, self.settings, "the query image")
+            check_upload(image, self.settings, "the query image", video=False)
             query = np.asarray(await self._on_worker("embed_image_bytes", image))
         else:
             query = await self._check_vector(vector or [])
@@ -242,21 +243,29 @@ class ClusterAPI:
         return arr
 
     async def _index_search(
-        self, query: np.ndarray, top_k: int, filters: dict[str, Any] | None
+        self,
+        query: np.ndarray,
+        top_k: int,
+        filters: dict[str, Any] | None,
+        collection: str | None = None,
     ) -> list[dict[str, Any]]:
+        hits: list[dict[str, Any]] = await self._index_call(
+            "search", query, top_k, filters, collection
+        )
+        return hits
+
+    async def _index_call(self, method: str, *args: Any) -> Any:
+        """A VectorIndex method: on the index actor (local mode) or a server client."""
         if self.settings.qdrant_url:
             if self._index_server is None:
                 from raylens.cluster.index import VectorIndex
 
                 self._index_server = await self._run(VectorIndex, self.settings)
-            hits: list[dict[str, Any]] = await self._run(
-                self._index_server.search, query, top_k, filters
-            )
-            return hits
+            return await self._run(getattr(self._index_server, method), *args)
         try:
             index = await self._run(system.index_handle, self.settings)
             return await asyncio.wait_for(
-                index.search.remote(query, top_k, filters), timeout=self.settings.search_timeout_s
+                getattr(index, method).remote(*args), timeout=self.settings.search_timeout_s
             )
         except ray.exceptions.RayTaskError as exc:
             raise _as_raylens(exc) from None
@@ -264,6 +273,61 @@ class ClusterAPI:
             raise StoreUnavailable(
                 f"the raylens index is unavailable: {type(exc).__name__}: {exc}"[:300]
             ) from None
+
+    # ---- faces --------------------------------------------------------------------------------
+    async def faces(self, image: bytes) -> list[dict[str, Any]]:
+        """The faces of one image (largest first): box, score, landmarks, vector."""
+        check_upload(image, self.settings, "the image", video=False)
+        found: list[dict[str, Any]] = await self._on_worker("faces_in_bytes", image)
+        return found
+
+    async def search_faces(
+        self,
+        *,
+        image: bytes | None = None,
+        face_id: str | None = None,
+        face_index: int | None = None,
+        top_k: int = 10,
+        max_distance: float | None = None,
+    ) -> dict[str, Any]:
+        """Faces like the largest face of an image (or its face_index), or like a stored face,
+        within max_distance (default RAYLENS_FACE_MATCH_THRESHOLD), closest first."""
+        if (image is None) == (face_id is None):
+            raise InvalidRequest("give exactly one of an image or a face_id")
+        if not 1 <= top_k <= self.settings.search_max_top_k:
+            raise InvalidRequest(f"top_k must be 1..{self.settings.search_max_top_k}, got {top_k}")
+        limit = self.settings.face_match_threshold if max_distance is None else max_distance
+        if limit <= 0:
+            raise InvalidRequest(f"max_distance must be positive, got {limit}")
+        t0 = time.perf_counter()
+        collection = self.settings.qdrant_faces_collection
+        query: dict[str, Any]
+        if image is not None:
+            found = await self.faces(image)
+            if not found:
+                raise InvalidRequest("no face found in the query image")
+            index = 0 if face_index is None else face_index
+            if not 0 <= index < len(found):
+                raise InvalidRequest(
+                    f"face_index {index} out of range: the image has {len(found)} face(s)"
+                )
+            chosen = found[index]
+            vector = np.asarray(chosen.pop("vector"), dtype=np.float32)
+            query = {"face_index": index, "faces_in_image": len(found), **chosen}
+        else:
+            point = await self._index_call("get", face_id, collection)
+            if point is None:
+                raise JobNotFound(f"no stored face with id {face_id!r}")
+            vector = point["vector"]
+            query = {"face_id": face_id, **{k: point["payload"].get(k) for k in ("box", "job_id")}}
+        hits = await self._index_search(vector, top_k, None, collection)
+        matches = [face_hit(h) for h in hits if float(h["score"]) <= limit]
+        return {
+            "query": query,
+            "max_distance": limit,
+            "hits": matches,
+            "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
 
     # ---- health -------------------------------------------------------------------------------
     async def ready(self) -> dict[str, Any]:
@@ -321,6 +385,24 @@ def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     return filters
 
 
+def face_hit(hit: dict[str, Any]) -> dict[str, Any]:
+    payload = hit.get("payload") or {}
+    return {
+        "id": hit["id"],
+        "distance": round(float(hit["score"]), 5),
+        "job_id": payload.get("job_id"),
+        "source": payload.get("source"),
+        "name": payload.get("name"),
+        "sha256": payload.get("sha256"),
+        "face_index": payload.get("face_index"),
+        "box": payload.get("box"),
+        "parent_point_id": payload.get("parent_point_id"),
+        "video_id": payload.get("video_id"),
+        "timestamp_s": payload.get("timestamp_s"),
+        "payload": payload,
+    }
+
+
 def hit_out(hit: dict[str, Any]) -> dict[str, Any]:
     payload = hit.get("payload") or {}
     return {
@@ -330,5 +412,7 @@ def hit_out(hit: dict[str, Any]) -> dict[str, Any]:
         "source": payload.get("source"),
         "name": payload.get("name"),
         "sha256": payload.get("sha256"),
+        "video_id": payload.get("video_id"),
+        "timestamp_s": payload.get("timestamp_s"),
         "payload": payload,
     }

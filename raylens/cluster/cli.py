@@ -1,4 +1,4 @@
-"""`raylens` command line: up, down, ingest, status, search."""
+"""`raylens` command line: up, down, ingest, status, search, faces."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raylens.cluster.jobs import Lane
+from raylens.cluster.jobs import Lane, Pipeline
 from raylens.cluster.settings import Settings, load_settings
-from raylens.errors import RaylensError, SettingsError
+from raylens.errors import RaylensError, SettingsError, SourceMissing
 
 MARKER = "ray-started-by-raylens"
 
@@ -185,7 +185,12 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     system.connect(settings, args.address)
     queue = system.queue_handle(settings)
     summary = intake.ingest(
-        settings, Path(args.path), queue, Lane(args.priority), progress=not args.no_progress
+        settings,
+        Path(args.path),
+        queue,
+        Lane(args.priority),
+        progress=not args.no_progress,
+        pipeline=Pipeline(args.pipeline),
     )
     if args.json:
         print(json.dumps(summary.to_dict()))
@@ -217,7 +222,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print("jobs: " + ", ".join(f"{k} {v}" for k, v in q["jobs"].items()))
     idx = st.get("index", {})
     print(
-        f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')} "
+        f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')}, "
+        f"{idx.get('faces', '?')} faces in {idx.get('faces_collection', '?')} "
         f"({idx.get('where', idx.get('error', ''))})"
     )
     for r in st["workers"]:
@@ -227,15 +233,46 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"{r['worker']} pid {r['pid']}: {r['model_id']} on {r['device']} ({r['dtype']}), "
             f"dim {r['dim']}, loaded {r['load_count']}x in {r['load_seconds']:.1f}s; "
-            f"{r['batches']} batches, {r['images']} images, {r['failed_inputs']} bad inputs"
+            f"{r['batches']} batches, {r['images']} jobs, {r.get('frames', 0)} video frames, "
+            f"{r.get('faces', 0)} faces, {r['failed_inputs']} bad inputs"
         )
     return 0
 
 
-def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
-    from raylens.cluster import system
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SourceMissing(f"cannot read {path}: {exc.strerror or exc}") from None
 
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.cluster import system
+    from raylens.cluster.api import ClusterAPI
+
+    if (args.text is None) == (args.face is None):
+        raise SettingsError("give a search text or --face PATH (one of them)")
     system.connect(settings, args.address)
+    if args.face is not None:
+        out = asyncio.run(
+            ClusterAPI(settings).search_faces(image=_read_image(args.face), top_k=args.top_k)
+        )
+        if args.json:
+            print(json.dumps(out, default=str))
+            return 0
+        q = out["query"]
+        print(f"query: face {q['face_index']} of {q['faces_in_image']} at {q['box']}")
+        if not out["hits"]:
+            print(f"no stored face within distance {out['max_distance']}")
+        for i, h in enumerate(out["hits"], 1):
+            where = f" at {h['timestamp_s']}s" if h.get("timestamp_s") is not None else ""
+            print(
+                f"{i:3d}. {h['distance']:.4f}  {h['name'] or h['source']}{where}  "
+                f"face {h['face_index']} {h['box']}  (job {h['job_id']})"
+            )
+        return 0
     hits = system.search_text(settings, args.text, args.top_k)
     if args.json:
         print(json.dumps({"query": args.text, "hits": hits}))
@@ -244,7 +281,27 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
         print("no hits (is anything ingested?)")
     for i, h in enumerate(hits, 1):
         p = h["payload"]
-        print(f"{i:3d}. {h['score']:.4f}  {p.get('source')}  (job {p.get('job_id')})")
+        where = f" at {p['timestamp_s']}s" if p.get("timestamp_s") is not None else ""
+        print(f"{i:3d}. {h['score']:.4f}  {p.get('source')}{where}  (job {p.get('job_id')})")
+    return 0
+
+
+def cmd_faces(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.cluster import system
+    from raylens.cluster.api import ClusterAPI
+
+    system.connect(settings, args.address)
+    faces = asyncio.run(ClusterAPI(settings).faces(_read_image(args.path)))
+    for face in faces:
+        face.pop("vector", None)
+    if args.json:
+        print(json.dumps({"path": args.path, "faces": faces}))
+        return 0
+    print(f"{len(faces)} face(s) in {args.path}")
+    for f in faces:
+        print(f"  face {f['face_index']}: box {f['box']}, score {f['score']}")
     return 0
 
 
@@ -275,13 +332,21 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--address", help="Ray cluster address (default: the local one)")
     down.set_defaults(func=cmd_down)
 
-    ing = sub.add_parser("ingest", help="embed every image under PATH and wait until all are done")
+    ing = sub.add_parser(
+        "ingest", help="embed every image and video under PATH and wait until all are done"
+    )
     ing.add_argument("path", help="an image file or a folder (searched recursively)")
     ing.add_argument(
         "--priority",
         choices=[lane.value for lane in Lane],
         default="bulk",
         help="queue lane (default: bulk)",
+    )
+    ing.add_argument(
+        "--pipeline",
+        choices=[p.value for p in Pipeline],
+        default="both",
+        help="embed (OpenCLIP vector), faces, or both (default)",
     )
     ing.add_argument("--json", action="store_true", help="print the summary as JSON")
     ing.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -293,12 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--address")
     st.set_defaults(func=cmd_status)
 
-    se = sub.add_parser("search", help="text-to-image search")
-    se.add_argument("text")
+    se = sub.add_parser("search", help="search by text, or by a face (--face PATH)")
+    se.add_argument("text", nargs="?", help="what to look for, in words")
+    se.add_argument(
+        "--face", metavar="PATH", help="find stored faces like the largest face in this image"
+    )
     se.add_argument("--top-k", type=int, default=10)
     se.add_argument("--json", action="store_true")
     se.add_argument("--address")
     se.set_defaults(func=cmd_search)
+
+    fa = sub.add_parser("faces", help="the faces found in one image (box, score, landmarks)")
+    fa.add_argument("path", help="an image file")
+    fa.add_argument("--json", action="store_true")
+    fa.add_argument("--address")
+    fa.set_defaults(func=cmd_faces)
     return parser
 
 

@@ -294,6 +294,37 @@ class Client:
         )
         return list(body.get("hits", []))
 
+    def search_face(
+        self,
+        image: PathLike | bytes | None = None,
+        *,
+        face_id: str | None = None,
+        face_index: int | None = None,
+        top_k: int = 10,
+        max_distance: float | None = None,
+    ) -> dict[str, Any]:
+        """Stored faces like the largest (or face_index) face of an image, or like a stored
+        face (face_id): ``{"query", "max_distance", "hits": [{id, distance, job_id, box,
+        timestamp_s, ...}]}``, closest first."""
+        if (image is None) == (face_id is None):
+            raise ValueError("give an image or a face_id")
+        if face_id is not None:
+            payload: dict[str, Any] = {"face_id": face_id, "top_k": top_k}
+            if max_distance is not None:
+                payload["max_distance"] = max_distance
+            return dict(self._request("POST", "/v1/faces/search", json=payload))
+        data = {"top_k": str(top_k)}
+        if face_index is not None:
+            data["face_index"] = str(face_index)
+        if max_distance is not None:
+            data["max_distance"] = str(max_distance)
+        item: Path | bytes = bytes(image) if isinstance(image, bytes | bytearray) else Path(image)  # type: ignore[arg-type]
+        return dict(
+            self._request(
+                "POST", "/v1/faces/search", files=[("image", _file_part(item, 0))], data=data
+            )
+        )
+
     def _search(
         self, query: dict[str, Any], top_k: int, filters: Mapping[str, Any] | None
     ) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ class VectorIndex:
         from qdrant_client import QdrantClient
 
         self.collection = settings.qdrant_collection
+        self.faces_collection = settings.qdrant_faces_collection
         self.dim = dim
         try:
             if settings.qdrant_url:
@@ -49,53 +50,72 @@ class VectorIndex:
         except Exception as exc:  # e.g. the local folder is locked by another process
             where = settings.qdrant_url or settings.qdrant_path
             raise IndexUnavailable(f"cannot open Qdrant at {where}: {exc}") from exc
-        self.ready = False
+        self._ready: dict[str, int] = {}  # collection -> vector size, once checked or created
         if dim is not None:
             self._ensure_collection(dim)
 
-    def _ensure_collection(self, dim: int) -> None:
+    @property
+    def ready(self) -> bool:
+        return self.collection in self._ready
+
+    def _distance(self, collection: str) -> Any:
+        from qdrant_client import models
+
+        # Face embeddings (dlib) are compared by Euclidean distance, image vectors by cosine.
+        if collection == self.faces_collection:
+            return models.Distance.EUCLID
+        return models.Distance.COSINE
+
+    def _ensure_collection(self, dim: int, collection: str | None = None) -> None:
         """Create the collection on first use (its size is the model's dimension)."""
         from qdrant_client import models
 
-        if self.ready and dim == self.dim:
+        collection = collection or self.collection
+        if self._ready.get(collection) == dim:
             return
-        self.dim = dim
+        if collection == self.collection:
+            self.dim = dim
         try:
-            if self.client.collection_exists(self.collection):
-                info = self.client.get_collection(self.collection)
+            if self.client.collection_exists(collection):
+                info = self.client.get_collection(collection)
                 size = info.config.params.vectors.size  # type: ignore[union-attr]
-                if size != self.dim:
+                if size != dim:
                     raise SettingsError(
-                        f"Qdrant collection {self.collection!r} holds {size}-d vectors but the "
-                        f"model makes {self.dim}-d ones; "
-                        "set RAYLENS_QDRANT_COLLECTION to a new name"
+                        f"Qdrant collection {collection!r} holds {size}-d vectors but the "
+                        f"model makes {dim}-d ones; "
+                        "set RAYLENS_QDRANT_COLLECTION (or _FACES_COLLECTION) to a new name"
                     )
             else:
                 self.client.create_collection(
-                    self.collection,
+                    collection,
                     vectors_config=models.VectorParams(
-                        size=self.dim, distance=models.Distance.COSINE
+                        size=dim, distance=self._distance(collection)
                     ),
                 )
-            self.ready = True
+            self._ready[collection] = dim
         except RaylensError:
             raise
         except Exception as exc:
             raise IndexUnavailable(f"Qdrant at {self.where}: {exc}") from exc
 
     def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+        collection: str | None = None,
     ) -> int:
         """Write a batch of points in one call; the same ids overwrite. Returns the batch size."""
         from qdrant_client import models
 
         if len(ids) == 0:
             return 0
+        collection = collection or self.collection
         vectors = np.asarray(vectors, dtype=np.float32)
-        self._ensure_collection(int(vectors.shape[1]))
+        self._ensure_collection(int(vectors.shape[1]), collection)
         try:
             self.client.upsert(
-                self.collection,
+                collection,
                 points=models.Batch(
                     ids=list(ids),
                     vectors=vectors.tolist(),
@@ -108,12 +128,18 @@ class VectorIndex:
         return len(ids)
 
     def search(
-        self, vector: np.ndarray, top_k: int = 10, filters: dict[str, Any] | None = None
+        self,
+        vector: np.ndarray,
+        top_k: int = 10,
+        filters: dict[str, Any] | None = None,
+        collection: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Nearest points by cosine similarity, best first: [{id, score, payload}]."""
+        """Nearest points, best first: [{id, score, payload}]. score is the cosine similarity
+        for images and the Euclidean distance (smaller is closer) for faces."""
         from qdrant_client import models
 
-        if not self._exists():
+        collection = collection or self.collection
+        if not self._exists(collection):
             return []
         query_filter = None
         if filters:
@@ -125,7 +151,7 @@ class VectorIndex:
             )
         try:
             res = self.client.query_points(
-                self.collection,
+                collection,
                 query=np.asarray(vector, dtype=np.float32).reshape(-1).tolist(),
                 limit=top_k,
                 query_filter=query_filter,
@@ -135,24 +161,47 @@ class VectorIndex:
             raise IndexUnavailable(f"search in Qdrant at {self.where} failed: {exc}") from exc
         return [{"id": str(p.id), "score": p.score, "payload": p.payload or {}} for p in res.points]
 
-    def _exists(self) -> bool:
+    def _exists(self, collection: str | None = None) -> bool:
+        collection = collection or self.collection
         try:
-            return self.ready or self.client.collection_exists(self.collection)
+            return collection in self._ready or self.client.collection_exists(collection)
         except Exception as exc:
             raise IndexUnavailable(f"Qdrant at {self.where}: {exc}") from exc
 
-    def count(self) -> int:
-        if not self._exists():
+    def count(self, collection: str | None = None) -> int:
+        collection = collection or self.collection
+        if not self._exists(collection):
             return 0
-        return self.client.count(self.collection, exact=True).count
+        return self.client.count(collection, exact=True).count
 
-    def point_ids(self, limit: int = 1_000_000) -> list[str]:
+    def get(self, point_id: str, collection: str | None = None) -> dict[str, Any] | None:
+        """One point with its vector and payload, or None."""
+        collection = collection or self.collection
+        if not self._exists(collection):
+            return None
+        try:
+            found = self.client.retrieve(
+                collection, ids=[point_id], with_vectors=True, with_payload=True
+            )
+        except Exception as exc:
+            raise IndexUnavailable(f"read from Qdrant at {self.where} failed: {exc}") from exc
+        if not found:
+            return None
+        p = found[0]
+        return {
+            "id": str(p.id),
+            "vector": np.asarray(p.vector, dtype=np.float32),
+            "payload": p.payload or {},
+        }
+
+    def point_ids(self, limit: int = 1_000_000, collection: str | None = None) -> list[str]:
         """Every point id (tests and audits)."""
+        collection = collection or self.collection
         ids: list[str] = []
         offset = None
-        while self._exists():
+        while self._exists(collection):
             points, offset = self.client.scroll(
-                self.collection, limit=1000, offset=offset, with_payload=False
+                collection, limit=1000, offset=offset, with_payload=False
             )
             ids.extend(str(p.id) for p in points)
             if offset is None or len(ids) >= limit:
@@ -165,6 +214,8 @@ class VectorIndex:
             "dim": self.dim,
             "where": self.where,
             "points": self.count(),
+            "faces_collection": self.faces_collection,
+            "faces": self.count(self.faces_collection),
             "at": time.time(),
         }
 

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from raylens.actors.transforms import sniff_format
+from raylens.actors.video import VIDEO_SUFFIXES, sniff_video
 from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, Pipeline, SourceKind
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.queue import SubmitResult
@@ -24,6 +25,7 @@ from raylens.errors import EmptyInput, QueueFull, SourceMissing, TooLarge, Unsup
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 )
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 _HASH_CHUNK = 1 << 20
 
 
@@ -38,7 +40,8 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 def discover(root: Path) -> Iterator[Path]:
-    """Every image file under root (by suffix), in a stable order; root may be one file."""
+    """Every image or video file under root (by suffix), in a stable order; root may be one
+    file."""
     if root.is_file():
         yield root.resolve()
         return
@@ -47,11 +50,11 @@ def discover(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if Path(name).suffix.lower() in MEDIA_SUFFIXES:
                 yield (Path(dirpath) / name).resolve()
 
 
-def spec_for_path(path: Path, lane: Lane) -> JobSpec:
+def spec_for_path(path: Path, lane: Lane, pipeline: Pipeline = Pipeline.BOTH) -> JobSpec:
     """A path job: the file is referenced (never copied); its hash makes the dedup key."""
     sha, size = sha256_file(path)
     return JobSpec(
@@ -60,23 +63,29 @@ def spec_for_path(path: Path, lane: Lane) -> JobSpec:
         sha256=sha,
         size_bytes=size,
         lane=lane,
+        pipeline=pipeline,
         name=path.name,
     )
 
 
-def check_upload(data: bytes, settings: Settings, what: str) -> None:
-    """The checks every uploaded image passes first: not empty, under the cap, an image."""
+def check_upload(data: bytes, settings: Settings, what: str, video: bool = True) -> None:
+    """The checks every upload passes first: not empty, an image (or a video, when allowed),
+    under its cap."""
     if not data:
         raise EmptyInput(f"{what} is empty")
-    if len(data) > settings.max_input_bytes:
-        raise TooLarge(
-            f"{what} has {len(data)} bytes; "
-            f"limit RAYLENS_MAX_INPUT_BYTES={settings.max_input_bytes}"
-        )
-    if sniff_format(data) is None:
+    is_video = video and sniff_format(data) is None and sniff_video(data) is not None
+    limit, name = (
+        (settings.max_video_bytes, "RAYLENS_MAX_VIDEO_BYTES")
+        if is_video
+        else (settings.max_input_bytes, "RAYLENS_MAX_INPUT_BYTES")
+    )
+    if len(data) > limit:
+        raise TooLarge(f"{what} has {len(data)} bytes; limit {name}={limit}")
+    if sniff_format(data) is None and not is_video:
         raise UnsupportedFormat(
-            f"{what} is not a supported image (jpeg, png, gif, webp, bmp, tiff); "
-            "the content is checked, not the file name"
+            f"{what} is not a supported image (jpeg, png, gif, webp, bmp, tiff)"
+            + (" or video (mp4, mov, webm, mkv)" if video else "")
+            + "; the content is checked, not the file name"
         )
 
 
@@ -86,7 +95,7 @@ def spec_for_upload(
     settings: Settings,
     lane: Lane,
     name: str | None = None,
-    pipeline: Pipeline = Pipeline.EMBED,
+    pipeline: Pipeline = Pipeline.BOTH,
 ) -> JobSpec:
     """Validate an upload (size cap, magic bytes) and store it durably before any job exists."""
     check_upload(data, settings, f"upload {name!r}" if name else "upload")
@@ -165,6 +174,7 @@ def ingest(
     queue: Any,
     lane: Lane = Lane.BULK,
     progress: bool = True,
+    pipeline: Pipeline = Pipeline.BOTH,
 ) -> IngestSummary:
     """Enqueue every image under root, skipping content already done, and wait for the end."""
     from tqdm import tqdm
@@ -190,7 +200,7 @@ def ingest(
             len(files), min(settings.max_batch_size, settings.ingest_chunk), settings.ingest_chunk
         )
         for i, j in bounds:
-            specs = list(pool.map(lambda p: spec_for_path(p, lane), files[i:j]))
+            specs = list(pool.map(lambda p: spec_for_path(p, lane, pipeline), files[i:j]))
             results = submit(
                 queue,
                 specs,

@@ -55,7 +55,19 @@ class SourceKind(str, Enum):
 
 
 class Pipeline(str, Enum):
+    """What a job computes: the OpenCLIP vector, the faces, or both."""
+
     EMBED = "embed"
+    FACES = "faces"
+    BOTH = "both"
+
+    @property
+    def embeds(self) -> bool:
+        return self in (Pipeline.EMBED, Pipeline.BOTH)
+
+    @property
+    def finds_faces(self) -> bool:
+        return self in (Pipeline.FACES, Pipeline.BOTH)
 
 
 class Transition(BaseModel):
@@ -73,7 +85,7 @@ class JobSpec(BaseModel):
     sha256: str = Field(min_length=64, max_length=64)
     size_bytes: int = Field(ge=0)
     lane: Lane = Lane.NORMAL
-    pipeline: Pipeline = Pipeline.EMBED
+    pipeline: Pipeline = Pipeline.BOTH
     name: str | None = None  # original file name of an upload, for display
 
     def content_key(self, model_id: str) -> str:
@@ -90,7 +102,7 @@ class Job(BaseModel):
     name: str | None = None
     sha256: str
     size_bytes: int = 0
-    pipeline: Pipeline = Pipeline.EMBED
+    pipeline: Pipeline = Pipeline.BOTH
     content_key: str
     attempts: int = 0
     created_at: float

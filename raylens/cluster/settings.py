@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     qdrant_api_key: str | None = None
     qdrant_collection: str = Field(default="raylens_images", min_length=1)
+    qdrant_faces_collection: str = Field(
+        default="raylens_faces", min_length=1, description="Collection of face embeddings."
+    )
     qdrant_timeout_s: float = Field(default=30.0, gt=0)
 
     # --- model ------------------------------------------------------------------------------
@@ -59,6 +62,56 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(
         default=None, ge=1, description="Torch intra-op threads per worker (default: its CPUs)."
+    )
+
+    # --- faces ------------------------------------------------------------------------------
+    faces_enabled: bool = Field(
+        default=True,
+        description="Load the face models in every worker (jobs with pipeline faces/both).",
+    )
+    face_detector: Literal["hog", "cnn"] = Field(
+        default="hog", description="dlib detector: 'hog' (fast on CPU) or 'cnn' (more accurate)."
+    )
+    face_upsample: int = Field(
+        default=1, ge=0, le=4, description="Upsampling before detection (finds smaller faces)."
+    )
+    face_min_size_px: int = Field(
+        default=20, ge=1, description="Faces smaller than this (shorter side, pixels) are dropped."
+    )
+    face_max_faces: int = Field(default=32, ge=1, le=1000, description="Largest faces kept.")
+    face_min_score: float = Field(default=0.0, description="Detector score threshold.")
+    face_max_side: int = Field(
+        default=1024,
+        ge=64,
+        le=8192,
+        description="Images are searched for faces at most this large (longest side, pixels).",
+    )
+    face_jitters: int = Field(default=1, ge=1, le=100)
+    face_match_threshold: float = Field(
+        default=0.6,
+        gt=0,
+        description="Face search returns faces within this Euclidean distance (dlib: 0.6).",
+    )
+
+    # --- video ------------------------------------------------------------------------------
+    video_every_s: float = Field(
+        default=1.0, gt=0, description="A video frame is sampled every this many seconds."
+    )
+    video_scene_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Also sample a frame when the picture changes by more than this (0..1).",
+    )
+    video_max_duration_s: float = Field(default=3600.0, gt=0)
+    video_max_frames: int = Field(
+        default=4000, ge=1, description="Sampled frames per video (an hour at 1/s fits)."
+    )
+    video_max_pixels: int = Field(
+        default=3840 * 2160, ge=1, description="Largest video resolution (width x height)."
+    )
+    max_video_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024, ge=1, description="Size cap of one video file."
     )
 
     # --- workers ----------------------------------------------------------------------------

@@ -23,7 +23,9 @@ import numpy as np
 import ray
 
 from raylens.actors.clip import ClipEmbedder
-from raylens.actors.transforms import DecodedImage, decode_image
+from raylens.actors.faces import Face, FaceBackend, FaceOptions, load_face_backend
+from raylens.actors.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
+from raylens.actors.video import VideoLimits, sample_frames, sniff_video
 from raylens.cluster.index import VectorIndex, point_id
 from raylens.cluster.jobs import Job, SourceKind
 from raylens.cluster.payloads import open_payload_store
@@ -33,6 +35,7 @@ from raylens.errors import (
     ErrorCode,
     IndexUnavailable,
     InputError,
+    ModelLoadError,
     RaylensError,
     SourceMissing,
     TooLarge,
@@ -51,9 +54,24 @@ _RETRYABLE_RAY_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @dataclass
+class Item:
+    """One picture of a job: the image itself, or one sampled frame of a video."""
+
+    image: DecodedImage
+    part: str  # "image" or "frame:<n>": part of the point id
+    meta: dict[str, Any] = field(default_factory=dict)  # frame number and timestamp
+
+
+@dataclass
+class Decoded:
+    items: list[Item]
+    video: dict[str, Any] | None = None  # what the video decoder reported
+
+
+@dataclass
 class Batch:
     jobs: list[Job]
-    decoded: list[DecodedImage | Failure]
+    decoded: list[Decoded | Failure]
     decode_s: float
 
 
@@ -63,11 +81,20 @@ class WorkerStats:
     images: int = 0
     failed_inputs: int = 0
     retryable_failures: int = 0
+    faces: int = 0
+    frames: int = 0
     decode_s: float = 0.0
     infer_s: float = 0.0
+    faces_s: float = 0.0
     write_s: float = 0.0
     last_batch_size: int = 0
     last_progress_at: float = field(default_factory=time.time)
+
+
+def _upright(rgb: np.ndarray, width: int, height: int) -> tuple[int, int]:
+    """The stored video size, turned like the frame when rotation metadata turned it."""
+    turned = (rgb.shape[1] > rgb.shape[0]) != (width > height) and width != height
+    return (height, width) if turned else (width, height)
 
 
 class RemoteIndex:
@@ -76,10 +103,16 @@ class RemoteIndex:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> int:
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict],
+        collection: str | None = None,
+    ) -> int:
         try:
             actor = ray.get_actor(self.settings.index_actor_name, namespace=self.settings.namespace)
-            return ray.get(actor.upsert.remote(list(ids), vectors, list(payloads)))
+            return ray.get(actor.upsert.remote(list(ids), vectors, list(payloads), collection))
         except IndexUnavailable:
             raise
         except Exception as exc:
@@ -104,6 +137,25 @@ class Worker:
             threads=threads,
         )
         self.model_id = self.embedder.model_id
+        self.faces: FaceBackend | None = None
+        if settings.faces_enabled:  # loaded once, like the embedding model
+            self.faces = load_face_backend(
+                FaceOptions(
+                    detector=settings.face_detector,
+                    upsample=settings.face_upsample,
+                    min_size_px=settings.face_min_size_px,
+                    max_faces=settings.face_max_faces,
+                    min_score=settings.face_min_score,
+                    jitters=settings.face_jitters,
+                )
+            )
+        self.video_limits = VideoLimits(
+            every_s=settings.video_every_s,
+            scene_threshold=settings.video_scene_threshold,
+            max_duration_s=settings.video_max_duration_s,
+            max_frames=settings.video_max_frames,
+            max_pixels=settings.video_max_pixels,
+        )
         self.payloads = open_payload_store(settings)
         self.index: VectorIndex | RemoteIndex = (
             VectorIndex(settings, self.embedder.dim)
@@ -151,9 +203,17 @@ class Worker:
             "images": s.images,
             "failed_inputs": s.failed_inputs,
             "retryable_failures": s.retryable_failures,
+            "faces": s.faces,
+            "frames": s.frames,
+            "face_model": self.faces.report() if self.faces else None,
             "last_batch_size": s.last_batch_size,
             "last_progress_at": s.last_progress_at,
-            "seconds": {"decode": s.decode_s, "infer": s.infer_s, "write": s.write_s},
+            "seconds": {
+                "decode": s.decode_s,
+                "infer": s.infer_s,
+                "faces": s.faces_s,
+                "write": s.write_s,
+            },
         }
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -163,6 +223,15 @@ class Worker:
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         img = self._decode(data)
         return self.embedder.embed_images(img.pixels[None])[0]
+
+    def faces_in_bytes(self, data: bytes) -> list[dict[str, Any]]:
+        """Query path: the faces of one image, largest first, each with its vector."""
+        if self.faces is None:
+            raise ModelLoadError("face models are off on this worker (RAYLENS_FACES_ENABLED)")
+        img = self._decode(data, keep_side=self.settings.face_max_side)
+        assert img.full is not None
+        found = self.faces.faces([img.full], [img.full_scale])[0]
+        return [{**f.summary(), "face_index": i, "vector": f.vector} for i, f in enumerate(found)]
 
     def stop(self, timeout_s: float = 30.0) -> dict[str, int]:
         """Stop leasing, finish the batch in hand, give back anything not started."""
@@ -248,19 +317,28 @@ class Worker:
                     log.warning("heartbeat failed; leases may expire and be retried")
 
     # ---- one job / one batch ------------------------------------------------------------------
-    def _read_source(self, job: Job) -> bytes:
+    def _read_source(self, job: Job) -> bytes | str:
+        """Image bytes; for a video file on a path, the path (the decoder streams it)."""
         if job.source_kind is SourceKind.UPLOAD:
             return self.payloads.get(job.source)
         if job.source_kind is SourceKind.PATH:
             try:
                 size = os.path.getsize(job.source)
-                if size > self.settings.max_input_bytes:
-                    raise TooLarge(
-                        f"{job.source} has {size} bytes; limit RAYLENS_MAX_INPUT_BYTES="
-                        f"{self.settings.max_input_bytes}"
-                    )
                 with open(job.source, "rb") as f:
-                    return f.read()
+                    head = f.read(64)
+                    if sniff_video(head) is not None:
+                        if size > self.settings.max_video_bytes:
+                            raise TooLarge(
+                                f"{job.source} has {size} bytes; limit "
+                                f"RAYLENS_MAX_VIDEO_BYTES={self.settings.max_video_bytes}"
+                            )
+                        return job.source
+                    if size > self.settings.max_input_bytes:
+                        raise TooLarge(
+                            f"{job.source} has {size} bytes; limit RAYLENS_MAX_INPUT_BYTES="
+                            f"{self.settings.max_input_bytes}"
+                        )
+                    return head + f.read()
             except FileNotFoundError:
                 raise SourceMissing(f"{job.source} no longer exists") from None
             except IsADirectoryError:
@@ -269,21 +347,73 @@ class Worker:
                 raise SourceMissing(f"{job.source} cannot be read: {exc}") from None
         raise SourceMissing(f"job {job.id}: source kind {job.source_kind.value} not supported yet")
 
-    def _decode(self, data: bytes) -> DecodedImage:
+    def _decode(self, data: bytes, keep_side: int | None = None) -> DecodedImage:
         """Decode with the model's own preprocess geometry (size, resize mode, interpolation)."""
+        max_bytes = self.settings.max_input_bytes
         return decode_image(
             data,
             self.embedder.image_size,
             max_pixels=self.settings.max_image_pixels,
-            max_bytes=self.settings.max_input_bytes,
+            max_bytes=max_bytes,
             resize_mode=self.embedder.resize_mode,
             interpolation=self.embedder.interpolation,
+            keep_side=keep_side,
         )
 
-    def _load_and_decode(self, job: Job) -> DecodedImage | Failure:
+    def _wants_faces(self, job: Job) -> bool:
+        return self.faces is not None and job.pipeline.finds_faces
+
+    def _decode_job(self, job: Job) -> Decoded:
+        source = self._read_source(job)
+        keep = self.settings.face_max_side if self._wants_faces(job) else None
+        if isinstance(source, str) or (sniff_format(source) is None and sniff_video(source)):
+            return self._decode_video(source, keep)
+        return Decoded([Item(self._decode(source, keep), "image")])
+
+    def _decode_video(self, source: bytes | str, keep_side: int | None) -> Decoded:
+        if isinstance(source, bytes) and len(source) > self.settings.max_video_bytes:
+            raise TooLarge(
+                f"video has {len(source)} bytes; limit "
+                f"RAYLENS_MAX_VIDEO_BYTES={self.settings.max_video_bytes}"
+            )
+        # Frames are kept only as large as needed: twice the model input, or up to 960 pixels
+        # when faces are wanted (a long video holds all its sampled frames at once).
+        side = max(min(keep_side or 0, 960), self.embedder.image_size * 2)
+        frames, info = sample_frames(source, self.video_limits, max_side=side)
+        items = []
+        frames.reverse()
+        while frames:
+            frame = frames.pop()  # each full-size frame is dropped once it is prepared
+            image = prepare_rgb(
+                frame.rgb,
+                self.embedder.image_size,
+                resize_mode=self.embedder.resize_mode,
+                interpolation=self.embedder.interpolation,
+                keep_side=min(keep_side, side) if keep_side else None,
+                fmt=info.container,
+                original=_upright(frame.rgb, info.width, info.height),
+            )
+            meta = {
+                "frame": frame.index,
+                "timestamp_s": round(frame.timestamp_s, 3),
+                "sampled_by": frame.reason,
+            }
+            items.append(Item(image, f"frame:{frame.index}", meta))
+        video = {
+            "container": info.container,
+            "codec": info.codec,
+            "width": info.width,
+            "height": info.height,
+            "duration_s": info.duration_s,
+            "fps": info.fps,
+            "frames_decoded": info.frames_decoded,
+            "frames_sampled": info.frames_sampled,
+        }
+        return Decoded(items, video)
+
+    def _load_and_decode(self, job: Job) -> Decoded | Failure:
         try:
-            data = self._read_source(job)
-            return self._decode(data)
+            return self._decode_job(job)
         except InputError as exc:
             return Failure(job.id, exc.code, exc.message)
         except RaylensError as exc:  # payload store down: try again later
@@ -291,78 +421,163 @@ class Worker:
         except Exception as exc:  # never let one input take the worker down
             return Failure(job.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", True)
 
-    def _embed_isolating(self, pixels: list[np.ndarray]) -> list[np.ndarray | Exception]:
-        """Embed a batch; if it raises, split it in halves so one poison input fails alone
-        (and an out-of-memory batch is retried in smaller pieces)."""
+    def _isolating(self, fn: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+        """Run a batch step; if it raises, split the batch in halves so one poison input fails
+        alone (and an out-of-memory batch is retried in smaller pieces)."""
         try:
-            return list(self.embedder.embed_images(np.stack(pixels)))
+            return fn(items)
         except Exception as exc:
-            if len(pixels) == 1:
+            if len(items) == 1:
                 return [exc]
-            mid = len(pixels) // 2
-            log.warning("batch of %d failed (%s); splitting", len(pixels), exc)
-            return self._embed_isolating(pixels[:mid]) + self._embed_isolating(pixels[mid:])
+            mid = len(items) // 2
+            log.warning("batch of %d failed (%s); splitting", len(items), exc)
+            return self._isolating(fn, items[:mid]) + self._isolating(fn, items[mid:])
+
+    def _in_chunks(self, fn: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+        size = self.settings.max_batch_size
+        out: list[Any] = []
+        for i in range(0, len(items), size):
+            out += self._isolating(fn, items[i : i + size])
+        return out
+
+    def _find_faces(self, images: list[DecodedImage]) -> list[list[Face] | Exception]:
+        assert self.faces is not None
+        backend = self.faces
+        return self._in_chunks(
+            lambda imgs: backend.faces([i.full for i in imgs], [i.full_scale for i in imgs]),
+            images,
+        )
 
     def _process(self, batch: Batch) -> None:
+        """Embed every item (image or frame) of the batch, then find faces on the items whose
+        job asks for them, upsert each collection once, and ack: one batch of face work at
+        most between two embedding batches."""
         failures = [d for d in batch.decoded if isinstance(d, Failure)]
-        good = [(j, d) for j, d in zip(batch.jobs, batch.decoded) if isinstance(d, DecodedImage)]
-        done: list[tuple[str, dict[str, Any]]] = []
+        good = [(j, d) for j, d in zip(batch.jobs, batch.decoded) if isinstance(d, Decoded)]
+        errors: dict[str, str] = {}  # job id -> first model error
+        t0 = time.perf_counter()
+        embed = [(j, it) for j, d in good if j.pipeline.embeds for it in d.items]
         with self._cpu_turn:
-            t0 = time.perf_counter()
-            vectors = self._embed_isolating([d.pixels for _, d in good]) if good else []
-            t1 = time.perf_counter()
-        ok: list[tuple[Job, DecodedImage, np.ndarray]] = []
-        for (job, img), vec in zip(good, vectors):
-            if isinstance(vec, Exception):
-                msg = f"{type(vec).__name__}: {vec}"
-                failures.append(Failure(job.id, ErrorCode.MODEL_ERROR, msg, retryable=True))
-            else:
-                ok.append((job, img, vec))
-        if ok:
-            ids = [point_id(job.sha256, self.model_id) for job, _, _ in ok]
-            now = time.time()
-            payloads = [
-                {
-                    "job_id": job.id,
-                    "source": job.source,
-                    "source_kind": job.source_kind.value,
-                    "name": job.name,
-                    "sha256": job.sha256,
-                    "model_id": self.model_id,
-                    "created_at": now,
-                }
-                for job, _, _ in ok
-            ]
-            try:
-                self.index.upsert(ids, np.stack([v for _, _, v in ok]), payloads)
-                done = [
-                    (
-                        job.id,
-                        {
-                            "model_id": self.model_id,
-                            "dim": int(vec.shape[0]),
-                            "point_id": pid,
-                            "width": img.width,
-                            "height": img.height,
-                            "format": img.format,
-                            "worker": self.worker_id,
-                        },
-                    )
-                    for (job, img, vec), pid in zip(ok, ids)
-                ]
-            except RaylensError as exc:
-                failures += [Failure(j.id, exc.code, exc.message, retryable=True) for j, _, _ in ok]
+            vectors = self._in_chunks(
+                lambda items: list(self.embedder.embed_images(np.stack(items))),
+                [it.image.pixels for _, it in embed],
+            )
+        t1 = time.perf_counter()
+        finds = [(j, it) for j, d in good if self._wants_faces(j) for it in d.items]
+        with self._cpu_turn:
+            found = self._find_faces([it.image for _, it in finds]) if finds else []
         t2 = time.perf_counter()
+        for (job, _), out in [*zip(embed, vectors), *zip(finds, found)]:
+            if isinstance(out, Exception):
+                errors.setdefault(job.id, f"{type(out).__name__}: {out}")
+        for job, _ in good:
+            if job.pipeline.finds_faces and self.faces is None:
+                if job.pipeline.embeds:
+                    continue  # both: the vector is still made; the result says faces are off
+                errors.setdefault(job.id, "face models are off (RAYLENS_FACES_ENABLED=false)")
+        failures += [
+            Failure(job_id, ErrorCode.MODEL_ERROR, msg, retryable=True)
+            for job_id, msg in errors.items()
+        ]
+        ok_jobs = [(j, d) for j, d in good if j.id not in errors]
+        done: list[tuple[str, dict[str, Any]]] = []
+        if ok_jobs:
+            try:
+                done = self._store(ok_jobs, embed, vectors, finds, found, errors)
+            except RaylensError as exc:
+                failures += [Failure(j.id, exc.code, exc.message, True) for j, _ in ok_jobs]
+        t3 = time.perf_counter()
         self._queue_call(lambda q: q.ack.remote(self.worker_id, done, failures), forever=True)
         with self._held_lock:
             self._held.difference_update(j.id for j in batch.jobs)
         s = self.stats
         s.batches += 1
         s.images += len(done)
+        s.frames += sum(len(d.items) for j, d in ok_jobs if d.video is not None)
         s.failed_inputs += sum(1 for f in failures if not f.retryable)
         s.retryable_failures += sum(1 for f in failures if f.retryable)
         s.decode_s += batch.decode_s
         s.infer_s += t1 - t0
-        s.write_s += t2 - t1
+        s.faces_s += t2 - t1
+        s.write_s += t3 - t2
         s.last_batch_size = len(batch.jobs)
         s.last_progress_at = time.time()
+
+    def _store(
+        self,
+        ok_jobs: list[tuple[Job, Decoded]],
+        embed: list[tuple[Job, Item]],
+        vectors: list[Any],
+        finds: list[tuple[Job, Item]],
+        found: list[Any],
+        errors: dict[str, str],
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Upsert image and face points (one call per collection); the results of the jobs."""
+        now = time.time()
+        results = {job.id: self._result(job, dec) for job, dec in ok_jobs}
+        ids, vecs, payloads = [], [], []
+        for (job, item), vec in zip(embed, vectors):
+            if job.id in errors:
+                continue
+            pid = point_id(job.sha256, self.model_id, item.part)
+            ids.append(pid)
+            vecs.append(vec)
+            payloads.append(self._payload(job, item, now))
+            if item.part == "image":
+                results[job.id].update(point_id=pid, dim=int(vec.shape[0]))
+        face_ids, face_vecs, face_payloads = [], [], []
+        for (job, item), faces in zip(finds, found):
+            if job.id in errors:
+                continue
+            assert self.faces is not None
+            summaries = []
+            for k, face in enumerate(faces):
+                fid = point_id(job.sha256, self.faces.model_id, f"{item.part}:face:{k}")
+                face_ids.append(fid)
+                face_vecs.append(face.vector)
+                face_payloads.append(
+                    {
+                        **self._payload(job, item, now),
+                        **face.summary(),
+                        "face_index": k,
+                        "model_id": self.faces.model_id,
+                        "parent_point_id": point_id(job.sha256, self.model_id, item.part),
+                    }
+                )
+                summaries.append({**face.summary(), "face_index": k, "point_id": fid})
+            results[job.id]["faces_found"] += len(faces)
+            if item.part == "image":
+                results[job.id]["faces"] = summaries
+        if ids:
+            self.index.upsert(ids, np.stack(vecs), payloads)
+        if face_ids:
+            self.index.upsert(
+                face_ids, np.stack(face_vecs), face_payloads, self.settings.qdrant_faces_collection
+            )
+        self.stats.faces += len(face_ids)
+        return list(results.items())
+
+    def _result(self, job: Job, dec: Decoded) -> dict[str, Any]:
+        result: dict[str, Any] = {"model_id": self.model_id, "worker": self.worker_id}
+        if dec.video is not None:
+            result.update(media="video", frames=len(dec.items), video=dec.video)
+        else:
+            img = dec.items[0].image
+            result.update(media="image", width=img.width, height=img.height, format=img.format)
+        if job.pipeline.finds_faces:
+            result["faces_found"] = 0 if self.faces else None
+        return result
+
+    def _payload(self, job: Job, item: Item, now: float) -> dict[str, Any]:
+        payload = {
+            "job_id": job.id,
+            "source": job.source,
+            "source_kind": job.source_kind.value,
+            "name": job.name,
+            "sha256": job.sha256,
+            "model_id": self.model_id,
+            "created_at": now,
+        }
+        if item.part != "image":
+            payload.update(media="video", video_id=job.id, **item.meta)
+        return payload

@@ -24,6 +24,8 @@ from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, InvalidRequest, RaylensError, Unauthorized
 from raylens.serve_app.schemas import (
     ErrorOut,
+    FaceSearchOut,
+    FaceSearchRequest,
     HealthOut,
     JobOut,
     JobsPage,
@@ -109,11 +111,33 @@ UPLOAD_BODY = {
                     "pipeline": {
                         "type": "string",
                         "enum": [p.value for p in Pipeline],
-                        "default": "embed",
+                        "default": "both",
                     },
                 },
             }
         }
+    },
+}
+
+FACE_SEARCH_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": FaceSearchRequest.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary", "description": "Query image."},
+                    "face_index": {
+                        "type": "integer",
+                        "description": "Which face of the image (largest first); default 0.",
+                    },
+                    "top_k": {"type": "integer", "default": 10},
+                    "max_distance": {"type": "number"},
+                },
+            }
+        },
     },
 }
 
@@ -163,6 +187,23 @@ def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
         raise InvalidRequest(f"{field} must be one of {allowed}, got {value!r}") from None
 
 
+async def _small_body(request: Request) -> bytes:
+    limit = 4 * 1024 * 1024  # a JSON query: text or one vector
+    chunks = []
+    async for chunk in capped(request, limit):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _number(value: str | None, kind: Any, field: str) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidRequest(f"{field} must be a number, got {value!r}") from None
+
+
 def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
     """The FastAPI app of one ingress replica."""
     api = api or ClusterAPI(settings)
@@ -180,6 +221,7 @@ def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
     install_error_handlers(app, settings)
     add_job_routes(app, api, settings, auth)
     add_search_routes(app, api, settings, auth)
+    add_face_routes(app, api, settings, auth)
     add_health_routes(app, api, auth)
     app.state.api = api
     return app
@@ -265,7 +307,7 @@ def add_job_routes(app: FastAPI, api: ClusterAPI, settings: Settings, auth: list
         form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_files)
         try:
             lane = _choice(text_field(form, "priority"), Lane, "priority", Lane.NORMAL)
-            pipeline = _choice(text_field(form, "pipeline"), Pipeline, "pipeline", Pipeline.EMBED)
+            pipeline = _choice(text_field(form, "pipeline"), Pipeline, "pipeline", Pipeline.BOTH)
             files = await file_parts(form, "files")
         finally:
             await form.close()
@@ -344,13 +386,6 @@ def add_search_routes(app: FastAPI, api: ClusterAPI, settings: Settings, auth: l
             )
         return SearchOut.model_validate(out)
 
-    async def _small_body(request: Request) -> bytes:
-        limit = 4 * 1024 * 1024  # a JSON query: text or one vector
-        chunks = []
-        async for chunk in capped(request, limit):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _search_image(request: Request) -> dict[str, Any]:
         form = await read_multipart(request, settings.max_input_bytes + 64 * 1024, 1)
         try:
@@ -370,6 +405,46 @@ def add_search_routes(app: FastAPI, api: ClusterAPI, settings: Settings, auth: l
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"filters must be a JSON object: {exc}") from None
         return await api.search(image=images[0][1], top_k=top_k, filters=filters)
+
+
+def add_face_routes(app: FastAPI, api: ClusterAPI, settings: Settings, auth: list[Any]) -> None:
+    @app.post(
+        "/v1/faces/search",
+        response_model=FaceSearchOut,
+        tags=["search"],
+        dependencies=auth,
+        responses={**UPLOAD_ERRORS, **NOT_FOUND},
+        openapi_extra={"requestBody": FACE_SEARCH_BODY},
+        summary="Find faces like the largest (or face_index) face of an image, or a stored face",
+    )
+    async def search_faces(request: Request) -> FaceSearchOut:
+        """Hits are stored faces within max_distance (RAYLENS_FACE_MATCH_THRESHOLD), closest
+        first, with their parent image or video frame. 422 when the image has no face."""
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/form-data"):
+            form = await read_multipart(request, settings.max_input_bytes + 64 * 1024, 1)
+            try:
+                images = await file_parts(form, "image")
+                fields = {k: text_field(form, k) for k in ("face_index", "top_k", "max_distance")}
+            finally:
+                await form.close()
+            if len(images) != 1:
+                raise InvalidRequest("send exactly one file part named 'image'")
+            out = await api.search_faces(
+                image=images[0][1],
+                face_index=_number(fields["face_index"], int, "face_index"),
+                top_k=_number(fields["top_k"], int, "top_k") or 10,
+                max_distance=_number(fields["max_distance"], float, "max_distance"),
+            )
+        else:
+            try:
+                body = FaceSearchRequest.model_validate_json(await _small_body(request))
+            except ValidationError as exc:
+                raise InvalidRequest(_validation_message(list(exc.errors()))) from None
+            out = await api.search_faces(
+                face_id=body.face_id, top_k=body.top_k, max_distance=body.max_distance
+            )
+        return FaceSearchOut.model_validate(out)
 
 
 def add_health_routes(app: FastAPI, api: ClusterAPI, auth: list[Any]) -> None:

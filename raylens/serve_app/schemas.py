@@ -41,7 +41,9 @@ class JobOut(BaseModel):
     id: str = Field(description="Job id.")
     state: JobState = Field(description="queued, running, done or failed.")
     lane: Lane = Field(description="Queue lane: interactive > normal > bulk.")
-    pipeline: Pipeline = Field(description="What is computed: `embed` (OpenCLIP vector).")
+    pipeline: Pipeline = Field(
+        description="What is computed: `embed` (OpenCLIP vector), `faces`, or `both`."
+    )
     name: str | None = Field(description="Original file name, if known.")
     source_kind: str = Field(description="upload, path or uri.")
     sha256: str = Field(description="sha256 of the input bytes.")
@@ -114,6 +116,10 @@ class Hit(BaseModel):
     source: str | None = Field(description="Payload key of an upload, or the file path.")
     name: str | None = Field(description="Original file name, if known.")
     sha256: str | None = Field(description="sha256 of the input bytes.")
+    video_id: str | None = Field(default=None, description="Job id of the video, for a frame.")
+    timestamp_s: float | None = Field(
+        default=None, description="Time of the frame in its video, seconds."
+    )
     payload: dict[str, Any] = Field(description="Everything stored with the vector.")
 
 
@@ -130,3 +136,37 @@ class ReadyOut(BaseModel):
     ready: bool = Field(description="true when the queue answers and a worker has its model.")
     queue: str = Field(description="`ok`, or why the queue did not answer.")
     workers: list[dict[str, Any]] = Field(description="Each worker's loaded-model report.")
+
+
+class FaceSearchRequest(BaseModel):
+    """Search by a stored face (JSON); upload an image with multipart instead."""
+
+    model_config = {"extra": "forbid"}
+
+    face_id: str = Field(max_length=64, description="Point id of a stored face.")
+    top_k: int = Field(default=10, ge=1, description="Number of hits at most.")
+    max_distance: float | None = Field(
+        default=None, gt=0, description="Default: RAYLENS_FACE_MATCH_THRESHOLD."
+    )
+
+
+class FaceHit(BaseModel):
+    id: str = Field(description="Point id of the face.")
+    distance: float = Field(description="Euclidean distance; under 0.6 usually the same person.")
+    job_id: str | None = Field(description="The job of the parent image or video.")
+    source: str | None = Field(description="Payload key of an upload, or the file path.")
+    name: str | None = Field(description="Original file name of the parent, if known.")
+    sha256: str | None = Field(description="sha256 of the parent image or video.")
+    face_index: int | None = Field(description="Index of the face in its image, largest first.")
+    box: list[float] | None = Field(description="x0, y0, x1, y1 in original image pixels.")
+    parent_point_id: str | None = Field(description="Point id of the parent image vector.")
+    video_id: str | None = Field(description="Job id of the video, for a frame.")
+    timestamp_s: float | None = Field(description="Time of the frame in its video, seconds.")
+    payload: dict[str, Any] = Field(description="Everything stored with the face.")
+
+
+class FaceSearchOut(BaseModel):
+    query: dict[str, Any] = Field(description="The face searched for (box, face_index or id).")
+    max_distance: float = Field(description="Hits are within this distance.")
+    hits: list[FaceHit] = Field(description="Closest first.")
+    took_ms: float = Field(description="Time to find the query face and search, milliseconds.")

@@ -1,0 +1,203 @@
+"""Faces and video through the whole system: HTTP upload -> worker (OpenCLIP + dlib faces,
+PyAV frames) -> Qdrant -> face and frame search. Real photos from scikit-image, a video
+encoded here from them; the ingress app runs in-process against real actors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from raylens.cluster import intake, system
+from raylens.cluster.settings import Settings
+from raylens.serve_app.app import create_app
+
+from _system_fixtures import tiny_settings
+
+skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
+pytestmark = pytest.mark.integration
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    im = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+    return np.asarray(im.resize(size, Image.Resampling.BICUBIC) if size else im)
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def video_of_photos(
+    seconds_each: int = 1, fps: int = 10, size: tuple[int, int] = (512, 384)
+) -> bytes:
+    """An mp4 showing each photo for `seconds_each` seconds, encoded with PyAV."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream(
+            "libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps
+        )
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for name in PHOTOS:
+            frame_rgb = photo(name, size)
+            for _ in range(seconds_each * fps):
+                frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+class Api:
+    """The real HTTP app in this process, on the real actors of the test cluster."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+
+    def __call__(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        async def run() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.request(method, path, timeout=120, **kw)
+
+        return asyncio.run(run())
+
+    def upload(self, name: str, data: bytes, pipeline: str = "both") -> str:
+        resp = self(
+            "POST", "/v1/jobs", files=[("files", (name, data))], data={"pipeline": pipeline}
+        )
+        assert resp.status_code == 202, resp.text
+        return resp.json()["jobs"][0]["id"]
+
+    def wait(self, job_id: str, timeout_s: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self("GET", f"/v1/jobs/{job_id}").json()
+            if job["state"] in ("done", "failed"):
+                return job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def api(
+    ray_cluster: None, tiny_model: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    settings = tiny_settings(
+        tmp_path_factory.mktemp("faces") / "data",
+        tiny_model,
+        max_image_pixels=20_000_000,
+        lease_timeout_s=60,
+    )
+    system.start(settings)
+    yield Api(settings)
+    system.stop(settings, timeout_s=5)
+
+
+def test_an_uploaded_photo_lists_its_faces_and_face_search_finds_it_after_a_flip(api: Api) -> None:
+    job = api.wait(api.upload("astronaut.jpg", jpeg(photo("astronaut"))))
+    assert job["state"] == "done", job
+    result = job["result"]
+    assert result["faces_found"] >= 1 and result["point_id"]
+    face = result["faces"][0]
+    x0, y0, x1, y1 = face["box"]
+    assert 150 < x0 < 200 and 240 < x1 < 290 and 50 < y0 < 100 and 140 < y1 < 190, face
+    assert len(face["landmarks"]) == 5 and face["point_id"]
+
+    flipped = jpeg(np.ascontiguousarray(photo("astronaut")[:, ::-1]))
+    found = api(
+        "POST", "/v1/faces/search", files={"image": ("q.jpg", flipped)}, data={"top_k": "3"}
+    )
+    assert found.status_code == 200, found.text
+    body = found.json()
+    top = body["hits"][0]
+    assert top["job_id"] == job["id"] and top["face_index"] == 0 and top["distance"] < 0.6
+    assert top["parent_point_id"] == result["point_id"] and top["name"] == "astronaut.jpg"
+    assert body["query"]["faces_in_image"] >= 1 and body["max_distance"] == 0.6
+
+    by_id = api("POST", "/v1/faces/search", json={"face_id": face["point_id"], "top_k": 1})
+    assert by_id.status_code == 200, by_id.text
+    assert by_id.json()["hits"][0]["id"] == face["point_id"]
+    assert by_id.json()["hits"][0]["distance"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_a_photo_without_people_has_zero_faces_and_cannot_be_a_face_query(api: Api) -> None:
+    coffee = jpeg(photo("coffee"))
+    job = api.wait(api.upload("coffee.jpg", coffee))
+    assert job["state"] == "done" and job["result"]["faces_found"] == 0
+    resp = api("POST", "/v1/faces/search", files={"image": ("coffee.jpg", coffee)})
+    assert resp.status_code == 422 and "no face" in resp.json()["error"]["message"]
+    missing = api("POST", "/v1/faces/search", json={"face_id": "0" * 32})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_the_pipeline_chooses_embedding_faces_or_both(api: Api) -> None:
+    pic = photo("astronaut", (400, 400))
+    embed_only = api.wait(api.upload("e.jpg", jpeg(pic), "embed"))["result"]
+    assert embed_only["point_id"] and "faces_found" not in embed_only
+    faces_only = api.wait(api.upload("f.jpg", jpeg(pic), "faces"))["result"]
+    assert "point_id" not in faces_only and faces_only["faces_found"] >= 1
+    bad = api("POST", "/v1/jobs", files=[("files", ("x.jpg", jpeg(pic)))], data={"pipeline": "ocr"})
+    assert bad.status_code == 422
+
+
+def test_a_video_is_one_job_with_frame_vectors_and_timestamps_found_by_image_text_and_face(
+    api: Api,
+) -> None:
+    clip = video_of_photos()
+    job = api.wait(api.upload("clip.mp4", clip))
+    assert job["state"] == "done", job
+    result = job["result"]
+    assert result["media"] == "video" and result["frames"] == 4
+    assert result["video"]["frames_sampled"] == 4 and result["faces_found"] >= 1
+
+    # The coffee photo is on screen from 1 s to 2 s: searching with it finds that frame.
+    hits = api(
+        "POST",
+        "/v1/search",
+        files={"image": ("q.jpg", jpeg(photo("coffee", (512, 384))))},
+        data={"top_k": "10", "filters": f'{{"video_id": "{job["id"]}"}}'},
+    ).json()["hits"]
+    assert hits[0]["video_id"] == job["id"] and hits[0]["timestamp_s"] == pytest.approx(
+        1.0, abs=0.11
+    )
+    assert sorted(h["timestamp_s"] for h in hits) == pytest.approx([0, 1, 2, 3], abs=0.11)
+
+    text = api("POST", "/v1/search", json={"text": "a photo", "top_k": 50}).json()["hits"]
+    frames = [h for h in text if h["video_id"] == job["id"]]
+    assert len(frames) == 4 and all(h["payload"]["media"] == "video" for h in frames)
+
+    faces = api(
+        "POST", "/v1/faces/search", files={"image": ("a.jpg", jpeg(photo("astronaut")))}
+    ).json()["hits"]
+    on_video = [h for h in faces if h["video_id"] == job["id"]]
+    assert on_video and on_video[0]["timestamp_s"] == pytest.approx(0.0, abs=0.11)
+
+
+def test_a_corrupt_video_fails_with_its_own_code_and_ingest_picks_up_video_files(
+    api: Api, tmp_path: Path
+) -> None:
+    clip = video_of_photos()
+    broken = clip[:40] + bytes(len(clip) // 2)
+    job = api.wait(api.upload("broken.mp4", broken))
+    assert job["state"] == "failed" and job["error"]["code"] == "corrupt_video", job
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "a.mp4").write_bytes(clip)
+    (tmp_path / "media" / "b.jpg").write_bytes(jpeg(photo("rocket")))
+    (tmp_path / "media" / "notes.txt").write_text("not media")
+    found = sorted(p.name for p in intake.discover(tmp_path / "media"))
+    assert found == ["a.mp4", "b.jpg"]
