@@ -24,6 +24,17 @@ def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(im.resize(size, Image.Resampling.BICUBIC))
 
 
+def _letterboxed(name: str, size: tuple[int, int]) -> np.ndarray:
+    """The photo scaled to fit `size` without distortion, on a black background."""
+    from skimage import data as skdata
+
+    im = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+    im.thumbnail(size, Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", size)
+    canvas.paste(im, ((size[0] - im.width) // 2, (size[1] - im.height) // 2))
+    return np.asarray(canvas)
+
+
 def _jpeg(rgb: np.ndarray, comment: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90, comment=comment.encode())
@@ -40,7 +51,7 @@ def video_bytes(seconds: int, fps: int = 25, size: tuple[int, int] = (1280, 720)
     """An H.264 mp4 cycling through the photos, 5 s each."""
     import av
 
-    frames = {name: _photo(name, size) for name in PHOTOS}
+    frames = {name: _letterboxed(name, size) for name in PHOTOS}
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", fps)
