@@ -6,13 +6,14 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help up test test-fast lint bench deps uv redis clean
+.PHONY: help up test test-fast lint bench chaos deps uv redis clean
 
 help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
 	@echo "make bench  raw limit vs raylens ingest vs HTTP uploads; search + healthz latency (ViT-B-32)"
 	@echo "make lint   ruff + mypy"
+	@echo "make chaos  fault drills at full size (load, worker kills, poison, idempotency); prints a table"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || \
@@ -32,6 +33,9 @@ up: deps
 
 test: deps redis
 	$(UV) run --frozen pytest -q -ra
+
+chaos: deps redis
+	RAYLENS_CHAOS=full $(UV) run --frozen pytest -q -ra -m chaos -p no:cacheprovider
 
 test-fast: deps redis
 	$(UV) run --frozen pytest -q -ra -m "not integration"

@@ -90,3 +90,27 @@ def test_late_ack_is_ignored_when_the_job_already_finished(
     job = ray.get(queue.states.remote([job_id]))[0]
     assert counts["done"] == 0
     assert job.state is JobState.DONE and job.result == {"n": 1}
+
+
+def test_retry_failed_requeues_only_the_failed_jobs_with_the_code_asked_for(
+    tmp_path, settings_for, queue_for
+) -> None:
+    from raylens.cluster.queue import Failure
+
+    queue = queue_for(settings_for())
+    ids = [r.job_id for r in ray.get(queue.submit.remote(_specs(tmp_path, 4)))]
+    leased = ray.get(queue.lease.remote("w", 4, 5.0))
+    assert len(leased) == 4
+    failures = [
+        Failure(ids[0], ErrorCode.TRUNCATED_IMAGE, "cut"),
+        Failure(ids[1], ErrorCode.CORRUPT_IMAGE, "bad"),
+        Failure(ids[2], ErrorCode.TRUNCATED_IMAGE, "cut"),
+    ]
+    ray.get(queue.ack.remote("w", [(ids[3], {"ok": True})], failures))
+
+    moved = ray.get(queue.retry_failed.remote(ErrorCode.TRUNCATED_IMAGE))
+    assert sorted(moved) == sorted([ids[0], ids[2]])
+    states = [j.state for j in ray.get(queue.states.remote(ids))]
+    assert states == [JobState.QUEUED, JobState.FAILED, JobState.QUEUED, JobState.DONE]
+    assert ray.get(queue.retry_failed.remote(None)) == [ids[1]]
+    assert ray.get(queue.retry_failed.remote(None)) == []

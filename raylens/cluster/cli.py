@@ -17,7 +17,7 @@ from typing import Any
 
 from raylens.cluster.jobs import Lane, Pipeline
 from raylens.cluster.settings import Settings, load_settings
-from raylens.errors import RaylensError, SettingsError, SourceMissing
+from raylens.errors import ErrorCode, RaylensError, SettingsError, SourceMissing
 
 MARKER = "ray-started-by-raylens"
 
@@ -305,6 +305,30 @@ def cmd_faces(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from raylens.cluster import system
+
+    if bool(args.ids) == bool(args.failed):
+        raise SettingsError("give job ids, or --failed [--code CODE] (one of them)")
+    if args.code and not args.failed:
+        raise SettingsError("--code goes with --failed")
+    system.connect(settings, args.address)
+    queue = system.queue_handle(settings)
+    if args.failed:
+        code = ErrorCode(args.code) if args.code else None
+        moved = ray.get(queue.retry_failed.remote(code, args.limit))
+    else:
+        moved = ray.get(queue.retry.remote(list(args.ids)))
+    if args.json:
+        print(json.dumps({"requeued": moved}))
+    else:
+        what = f" (failed with {args.code})" if args.code else ""
+        print(f"re-queued {len(moved)} failed job(s){what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raylens",
@@ -367,6 +391,25 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.add_argument("--address")
     se.set_defaults(func=cmd_search)
+
+    jobs = sub.add_parser("jobs", help="act on jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    rt = jobs_sub.add_parser(
+        "retry", help="re-queue failed jobs (dead letters included), by id or all of them"
+    )
+    rt.add_argument("ids", nargs="*", help="job ids")
+    rt.add_argument("--failed", action="store_true", help="every failed job")
+    rt.add_argument(
+        "--code",
+        choices=sorted(c.value for c in ErrorCode),
+        metavar="CODE",
+        help="with --failed: only jobs that failed with this error code, e.g. dead_letter, "
+        "model_error, lease_expired, truncated_image",
+    )
+    rt.add_argument("--limit", type=int, default=100_000, help="re-queue at most this many")
+    rt.add_argument("--json", action="store_true")
+    rt.add_argument("--address")
+    rt.set_defaults(func=cmd_jobs_retry)
 
     fa = sub.add_parser("faces", help="the faces found in one image (box, score, landmarks)")
     fa.add_argument("path", help="an image file")

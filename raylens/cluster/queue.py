@@ -194,6 +194,20 @@ class JobQueue:
         self._notify()
         return [j.id for j in moved]
 
+    async def retry_failed(self, code: ErrorCode | None = None, limit: int = 100_000) -> list[str]:
+        """Re-queue failed jobs (only those failed with `code`, when given), oldest first."""
+        ids = await self._io_call(self._failed_ids, code, limit)
+        return await self.retry(ids) if ids else []
+
+    def _failed_ids(self, code: ErrorCode | None, limit: int) -> list[str]:
+        ids = []
+        for job in self.store.iter_state(JobState.FAILED):
+            if code is None or job.error_code is code:
+                ids.append(job.id)
+                if len(ids) >= limit:
+                    break
+        return ids
+
     def _requeue_failed(self, job_ids: list[str]) -> list[Job]:
         moved = []
         for job in self.store.get_many(job_ids):

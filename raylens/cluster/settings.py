@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How long a query waits for a worker and Qdrant."
     )
 
+    # --- fault drills ----------------------------------------------------------------------
+    fault_inject: str | None = Field(
+        default=None,
+        description="Fault drills only: 'poison:<sha256 prefix>' makes inference raise for "
+        "that content; 'hang:<seconds>' stalls every inference call. Never set in production.",
+    )
+
     @field_validator("data_dir", "clip_model_config", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:

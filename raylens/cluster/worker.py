@@ -440,6 +440,23 @@ class Worker:
             out += self._isolating(fn, items[i : i + size])
         return out
 
+    def _embed_items(self, items: list[tuple[Job, Item]]) -> list[np.ndarray]:
+        poison = self._injected("poison")
+        if poison and any(job.sha256.startswith(poison) for job, _ in items):
+            raise RuntimeError(f"injected fault: poison content {poison}")
+        hang = self._injected("hang")
+        if hang:
+            time.sleep(float(hang))
+        return list(self.embedder.embed_images(np.stack([it.image.pixels for _, it in items])))
+
+    def _injected(self, kind: str) -> str | None:
+        """RAYLENS_FAULT_INJECT (fault drills only): 'poison:<sha256 prefix>', 'hang:<s>'."""
+        for spec in (self.settings.fault_inject or "").split(","):
+            name, _, value = spec.strip().partition(":")
+            if name == kind and value:
+                return value
+        return None
+
     def _find_faces(self, images: list[DecodedImage]) -> list[list[Face] | Exception]:
         assert self.faces is not None
         backend = self.faces
@@ -458,10 +475,7 @@ class Worker:
         t0 = time.perf_counter()
         embed = [(j, it) for j, d in good if j.pipeline.embeds for it in d.items]
         with self._cpu_turn:
-            vectors = self._in_chunks(
-                lambda items: list(self.embedder.embed_images(np.stack(items))),
-                [it.image.pixels for _, it in embed],
-            )
+            vectors = self._in_chunks(self._embed_items, embed)
         t1 = time.perf_counter()
         finds = [(j, it) for j, d in good if self._wants_faces(j) for it in d.items]
         with self._cpu_turn:

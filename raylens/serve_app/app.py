@@ -100,7 +100,8 @@ UPLOAD_BODY = {
                     "files": {
                         "type": "array",
                         "items": {"type": "string", "format": "binary"},
-                        "description": "One or more images (jpeg, png, gif, webp, bmp, tiff).",
+                        "description": "One or more images (jpeg, png, gif, webp, bmp, "
+                        "tiff) or videos (mp4, mov, webm, mkv).",
                     },
                     "priority": {
                         "type": "string",
@@ -112,6 +113,7 @@ UPLOAD_BODY = {
                         "type": "string",
                         "enum": [p.value for p in Pipeline],
                         "default": "both",
+                        "description": "embed (OpenCLIP vector), faces, or both.",
                     },
                 },
             }
@@ -119,45 +121,42 @@ UPLOAD_BODY = {
     },
 }
 
-FACE_SEARCH_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {"schema": FaceSearchRequest.model_json_schema()},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "binary", "description": "Query image."},
-                    "face_index": {
-                        "type": "integer",
-                        "description": "Which face of the image (largest first); default 0.",
-                    },
-                    "top_k": {"type": "integer", "default": 10},
-                    "max_distance": {"type": "number"},
-                },
-            }
-        },
-    },
-}
 
-SEARCH_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {"schema": SearchRequest.model_json_schema()},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "binary", "description": "Query image."},
-                    "top_k": {"type": "integer", "default": 10},
-                    "filters": {"type": "string", "description": "JSON object of filters."},
-                },
-            }
+def query_body(json_model: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body of a query route: a JSON model, or multipart with an image."""
+    image = {"type": "string", "format": "binary", "description": "Query image."}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": json_model.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": image,
+                        "top_k": {"type": "integer", "default": 10},
+                        **fields,
+                    },
+                }
+            },
         },
+    }
+
+
+SEARCH_BODY = query_body(
+    SearchRequest, {"filters": {"type": "string", "description": "JSON object of filters."}}
+)
+FACE_SEARCH_BODY = query_body(
+    FaceSearchRequest,
+    {
+        "face_index": {
+            "type": "integer",
+            "description": "Which face of the image (largest first); default 0.",
+        },
+        "max_distance": {"type": "number", "description": "Default: the match threshold."},
     },
-}
+)
 
 
 def error_response(exc: RaylensError, settings: Settings) -> JSONResponse:

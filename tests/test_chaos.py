@@ -1,0 +1,278 @@
+"""Fault drills: load, worker kills, poison, malformed input, idempotency; each one audited.
+
+Run on a real local Ray cluster with the Redis job and payload store, the Serve ingress and the
+tiny model. `make chaos` runs the full sizes (RAYLENS_CHAOS=full) and prints the table; `make
+test` runs the same drills at CI sizes. After every drill the audit checks: accepted = done +
+failed, nothing left queued or running, no duplicate vector points, every failure code in the
+closed set. Modelled on Ray's python/ray/tests/test_chaos.py (kill actors during work, check
+every result arrives).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+
+from raylens.cluster import intake, system
+from raylens.cluster.client import Client
+from raylens.cluster.index import VectorIndex
+from raylens.cluster.jobs import Job, JobState, Lane, Pipeline
+from raylens.cluster.settings import Settings
+from raylens.errors import ErrorCode
+from raylens.serve_app.deploy import deploy, undeploy
+
+from _chaos_table import ROWS, Row
+from _images import image_bytes, write_images
+from _redis_server import free_port
+from _system_fixtures import tiny_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+FULL = os.environ.get("RAYLENS_CHAOS") == "full"
+SIZES = {
+    "load_jobs": 2000 if FULL else 300,
+    "load_clients": 50 if FULL else 16,
+    "kill_jobs": 1000 if FULL else 300,
+    "kills": 10 if FULL else 3,
+}
+
+
+@pytest.fixture
+def drill_system(
+    ray_cluster: None, tiny_model: Any, redis_url: str, tmp_path: Path
+) -> Iterator[Any]:
+    """A fresh raylens on Redis (jobs and payloads) with the ingress; stopped afterwards."""
+    started: list[Settings] = []
+
+    def start(**overrides: Any) -> tuple[Settings, str]:
+        base: dict[str, Any] = dict(
+            redis_url=redis_url,
+            redis_prefix=f"drill-{uuid.uuid4().hex[:6]}",
+            payload_store="redis",
+            http_port=free_port(),
+            lease_timeout_s=4,
+            queue_max_depth=100_000,
+        )
+        settings = tiny_settings(
+            tmp_path / f"data{len(started)}", tiny_model, **{**base, **overrides}
+        )
+        started.append(settings)
+        system.start(settings)
+        return settings, deploy(settings)
+
+    yield start
+    undeploy()
+    for s in started:
+        system.stop(s, timeout_s=5)
+
+
+def wait_all(settings: Settings, ids: list[str], timeout_s: float = 600) -> list[Job | None]:
+    queue = system.queue_handle(settings)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs: list[Job | None] = []
+        for i in range(0, len(ids), 1000):
+            jobs += ray.get(queue.states.remote(ids[i : i + 1000]))
+        if all(j is not None and j.state.terminal for j in jobs) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.3)
+
+
+def audit(settings: Settings, row: Row, ids: list[str]) -> list[Job | None]:
+    """accepted = done + failed, nothing queued or running, no duplicate points, closed codes."""
+    unique = list(dict.fromkeys(ids))
+    jobs = wait_all(settings, unique)
+    row.accepted = len(unique)
+    row.done = sum(1 for j in jobs if j is not None and j.state is JobState.DONE)
+    codes = Counter(
+        j.error_code.value if j.error_code else "none"
+        for j in jobs
+        if j is not None and j.state is JobState.FAILED
+    )
+    row.failed = dict(codes)
+    row.lost = sum(1 for j in jobs if j is None or not j.state.terminal)
+    stats = ray.get(system.queue_handle(settings).stats.remote())
+    assert sum(stats["depth"].values()) == 0 and stats["leased"] == 0, stats
+    index = system.index_handle(settings)
+    points = ray.get(index.count.remote()) if index else VectorIndex(settings).count()
+    distinct = len({j.sha256 for j in jobs if j is not None and j.state is JobState.DONE})
+    row.duplicate_points = points - distinct
+    assert row.accepted == row.done + sum(codes.values()) + row.lost
+    assert row.lost == 0, f"{row.lost} jobs lost"
+    assert row.duplicate_points == 0, f"{points} points for {distinct} done contents"
+    assert "none" not in codes and all(ErrorCode(c) for c in codes)
+    return jobs
+
+
+def worker_pids(settings: Settings) -> dict[str, int]:
+    return {
+        r["worker"]: r["pid"]
+        for r in ray.get([w.report.remote() for w in system.worker_handles(settings)])
+    }
+
+
+def test_drill_load_many_concurrent_http_clients_all_accepted_none_lost(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    settings, url = drill_system(queue_max_depth=max(50, SIZES["load_jobs"] // 10))
+    row = Row("1 load")
+    n, clients = SIZES["load_jobs"], SIZES["load_clients"]
+    images = [image_bytes(100_000 + i, (48, 48)) for i in range(n)]
+    t0 = time.monotonic()
+    retried: Counter[str] = Counter()
+
+    def client_run(part: list[bytes]) -> list[str]:
+        with Client(url, max_retries=200, backoff_s=0.1, max_backoff_s=1.0) as c:
+            ids = [c.submit(data)[0] for data in part]
+            retried.update(c.retried)
+            return ids
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        parts = [images[i::clients] for i in range(clients)]
+        ids = [i for got in pool.map(client_run, parts) for i in got]
+    audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    cap = settings.queue_max_depth
+    row.notes = f"{clients} clients, retried {dict(retried) or 'never'} (queue cap {cap})"
+    ROWS.append(row)
+    assert row.accepted == n and row.done == n
+
+
+def test_drill_worker_kills_lose_nothing_and_workers_come_back(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    settings, _ = drill_system(num_workers=2, max_batch_size=8)
+    row = Row("2 worker SIGKILLs")
+    specs = [
+        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
+        for p in write_images(tmp_path / "imgs", SIZES["kill_jobs"])
+    ]
+    t0 = time.monotonic()
+    ids = [r.job_id for r in intake.submit(system.queue_handle(settings), specs, settings)]
+    kills, last_kill = 0, 0.0
+    while kills < SIZES["kills"]:
+        time.sleep(1.5)
+        try:
+            pids = worker_pids(settings)
+        except ray.exceptions.RayActorError:
+            continue  # one is restarting; wait for it
+        name = random.choice(sorted(pids))
+        os.kill(pids[name], signal.SIGKILL)
+        kills, last_kill = kills + 1, time.monotonic()
+    # Recovered: every worker answers with a new model loaded.
+    while True:
+        try:
+            reports = ray.get(
+                [w.report.remote() for w in system.worker_handles(settings)], timeout=30
+            )
+            if len(reports) == 2 and all(r["load_count"] == 1 for r in reports):
+                break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        time.sleep(0.2)
+    row.recover_s = time.monotonic() - last_kill
+    row.worker_restarts = kills
+    jobs = audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    attempts = Counter(j.attempts for j in jobs if j is not None)
+    within_two = sum(v for k, v in attempts.items() if k <= 2) / max(1, len(jobs))
+    row.notes = f"attempts {dict(sorted(attempts.items()))}; <=2 attempts: {within_two:.1%}"
+    ROWS.append(row)
+    assert row.done == len(specs), row
+    assert within_two >= 0.99
+
+
+def test_drill_poison_input_is_dead_lettered_alone_and_retry_failed_requeues_it(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    paths = write_images(tmp_path / "imgs", 16)
+    poison_sha, _ = intake.sha256_file(paths[5])
+    settings, _ = drill_system(fault_inject=f"poison:{poison_sha[:16]}", max_attempts=3)
+    row = Row("6 poison job")
+    t0 = time.monotonic()
+    specs = [intake.spec_for_path(p, Lane.NORMAL) for p in paths]
+    ids = [r.job_id for r in intake.submit(system.queue_handle(settings), specs, settings)]
+    jobs = audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    poison = jobs[5]
+    assert poison is not None and poison.error_code is ErrorCode.DEAD_LETTER
+    assert "injected fault" in (poison.error_message or "") and poison.attempts == 3
+    neighbours = [j for k, j in enumerate(jobs) if k != 5]
+    assert all(j is not None and j.state is JobState.DONE for j in neighbours)
+    assert max(j.attempts for j in neighbours if j is not None) <= 2
+    # The operator's way back: `raylens jobs retry --failed --code dead_letter`.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYLENS_")}
+    env.update(
+        RAYLENS_NAMESPACE=settings.namespace,
+        RAYLENS_DATA_DIR=str(settings.data_dir),
+        RAYLENS_REDIS_URL=str(settings.redis_url),
+    )
+    gcs = ray.get_runtime_context().gcs_address
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raylens.cluster.cli",
+            "jobs",
+            "retry",
+            "--failed",
+            "--code",
+            "dead_letter",
+            "--json",
+            "--address",
+            gcs,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert '"requeued": ["' + ids[5] + '"]' in cli.stdout
+    again = wait_all(settings, [ids[5]])[0]
+    assert again is not None and again.error_code is ErrorCode.DEAD_LETTER
+    row.notes = (
+        f"poison attempts {poison.attempts}, neighbours max attempts "
+        f"{max(j.attempts for j in neighbours if j is not None)}; retried by CLI, failed again"
+    )
+    ROWS.append(row)
+
+
+def test_drill_idempotency_five_concurrent_sends_and_one_after_make_one_job(
+    drill_system: Any,
+) -> None:
+    settings, url = drill_system()
+    row = Row("9 idempotency")
+    t0 = time.monotonic()
+    data, key = image_bytes(424242, (64, 64)), f"drill-{uuid.uuid4().hex}"
+
+    def send(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{url}/v1/jobs",
+            files=[("files", ("same.jpg", data))],
+            headers={"Idempotency-Key": key},
+            timeout=60,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(send, range(5)))
+    ids = [r.json()["jobs"][0]["id"] for r in answers]
+    audit(settings, row, ids)
+    after = send(5).json()["jobs"][0]
+    assert len(set(ids)) == 1 and after["id"] == ids[0] and not after["created"]
+    row.seconds = time.monotonic() - t0
+    row.notes = "6 sends, 1 job, 1 point"
+    ROWS.append(row)
