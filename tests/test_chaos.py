@@ -38,7 +38,7 @@ from raylens.serve_app.deploy import deploy, undeploy
 from _chaos_table import ROWS, Row
 from _images import image_bytes, write_images
 from _redis_server import free_port
-from _system_fixtures import tiny_settings
+from _system_fixtures import start_ray, tiny_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 FULL = os.environ.get("RAYLENS_CHAOS") == "full"
@@ -276,3 +276,74 @@ def test_drill_idempotency_five_concurrent_sends_and_one_after_make_one_job(
     row.seconds = time.monotonic() - t0
     row.notes = "6 sends, 1 job, 1 point"
     ROWS.append(row)
+
+
+def test_drill_queue_actor_kill_then_full_ray_restart_every_accepted_job_finishes(
+    drill_system: Any, tmp_path: Path, tiny_model: Any
+) -> None:
+    # Slow batches (0.3 s each) so jobs are still queued and running when Ray goes down.
+    settings, _ = drill_system(max_batch_size=8, fault_inject="hang:0.3")
+    row = Row("4 queue kill + restart")
+    t0 = time.monotonic()
+    specs = [
+        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
+        for p in write_images(tmp_path / "imgs", 120)
+    ]
+    queue = system.queue_handle(settings)
+    ids = [r.job_id for r in intake.submit(queue, specs[:60], settings)]
+    time.sleep(1.0)
+    ray.kill(queue, no_restart=False)  # the actor restarts and rebuilds itself from Redis
+    killed_at = time.monotonic()
+    ids += [r.job_id for r in intake.submit(queue, specs[60:], settings)]  # rides out restart
+    row.recover_s = time.monotonic() - killed_at
+    time.sleep(1.0)
+    # Now stop Ray entirely (every actor and the ingress die with it) and start it again.
+    ray.shutdown()
+    start_ray()
+    system.start(settings)
+    row.worker_restarts = 1
+    audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    rebuilt = ray.get(system.queue_handle(settings).stats.remote())["rebuilt"]
+    row.notes = f"queue rebuilt from Redis after the Ray restart: {rebuilt}"
+    ROWS.append(row)
+    assert row.done == len(specs)
+    assert rebuilt["queued"] + rebuilt["running"] > 0, "nothing was pending at the restart"
+
+
+def test_drill_redis_killed_and_restarted_503_while_down_then_every_acknowledged_job_finishes(
+    drill_system: Any, redis_server: Any
+) -> None:
+    settings, url = drill_system(max_batch_size=8)
+    row = Row("5 redis kill -9")
+    t0 = time.monotonic()
+    acked: list[str] = []
+    for i in range(40):
+        resp = httpx.post(
+            f"{url}/v1/jobs", files=[("files", (f"{i}.jpg", image_bytes(5000 + i)))], timeout=60
+        )
+        assert resp.status_code == 202, resp.text
+        acked.append(resp.json()["jobs"][0]["id"])
+    time.sleep(1.1)  # appendfsync everysec: what was acknowledged a second ago is on disk
+    redis_server.kill()
+    down_at = time.monotonic()
+    statuses = Counter()
+    for i in range(5):
+        resp = httpx.post(
+            f"{url}/v1/jobs", files=[("files", ("x.jpg", image_bytes(6000 + i)))], timeout=60
+        )
+        statuses[resp.status_code] += 1
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == "store_unavailable"
+        assert resp.headers["retry-after"]
+    assert httpx.get(f"{url}/v1/healthz", timeout=30).status_code == 200
+    time.sleep(2)
+    redis_server.start()
+    with Client(url, max_retries=60, backoff_s=0.2, max_backoff_s=1.0) as c:
+        acked += c.submit(image_bytes(7000))  # accepted again once Redis is back
+    row.recover_s = time.monotonic() - down_at
+    audit(settings, row, acked)
+    row.seconds = time.monotonic() - t0
+    row.notes = f"while down: {dict(statuses)} (no 500); AOF appendfsync everysec"
+    ROWS.append(row)
+    assert row.done == len(acked)
