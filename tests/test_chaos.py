@@ -347,3 +347,45 @@ def test_drill_redis_killed_and_restarted_503_while_down_then_every_acknowledged
     row.notes = f"while down: {dict(statuses)} (no 500); AOF appendfsync everysec"
     ROWS.append(row)
     assert row.done == len(acked)
+
+
+def test_drill_hung_worker_is_found_by_progress_replaced_and_its_leases_reclaimed(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    lease = 4.0
+    settings, _ = drill_system(
+        num_workers=2,
+        max_batch_size=4,
+        lease_timeout_s=lease,
+        worker_stall_timeout_s=2.0,
+        supervise_interval_s=0.5,
+        fault_inject="hang_once:600@raylens-worker-1",
+    )
+    row = Row("3 hung worker")
+    t0 = time.monotonic()
+    specs = [
+        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
+        for p in write_images(tmp_path / "imgs", 60)
+    ]
+    ids = [r.job_id for r in intake.submit(system.queue_handle(settings), specs, settings)]
+    marker = settings.data_dir / "fault-hang-once-raylens-worker-1"
+    while not marker.exists():  # worker 1 took a batch and is now stuck in inference
+        assert time.monotonic() - t0 < 60, "worker 1 never started its stuck batch"
+        time.sleep(0.05)
+    hung_at = time.monotonic()
+    sup = ray.get_actor(settings.supervisor_actor_name, namespace=settings.namespace)
+    while not ray.get(sup.report.remote())["replaced"]:
+        assert time.monotonic() - hung_at < 60, "the hung worker was never replaced"
+        time.sleep(0.1)
+    replaced = ray.get(sup.report.remote())["replaced"][0]
+    row.recover_s = time.monotonic() - hung_at
+    row.worker_restarts = 1
+    jobs = audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    row.notes = (
+        f"replaced {replaced['worker']} ({replaced['why']}), {replaced['released']} leases back"
+    )
+    ROWS.append(row)
+    assert replaced["worker"] == "raylens-worker-1" and replaced["released"] >= 1
+    assert row.recover_s <= 2 * lease, f"detected after {row.recover_s:.1f}s"
+    assert row.done == len(specs) and max(j.attempts for j in jobs if j) <= 2

@@ -388,6 +388,14 @@ class JobQueue:
         failures = [Failure(j, ErrorCode.INTERNAL, message, retryable=True) for j in mine]
         return await self.ack(worker_id, failed=failures)
 
+    async def release(self, worker_id: str, reason: str) -> int:
+        """Re-queue (attempt + 1) every job leased by this worker, now: it was replaced."""
+        mine = [j for j, lease in self.leases.items() if lease.worker_id == worker_id]
+        failures = [Failure(j, ErrorCode.LEASE_EXPIRED, reason, retryable=True) for j in mine]
+        if failures:
+            await self.ack("supervisor", failed=failures)
+        return len(failures)
+
     # ---- lease expiry ---------------------------------------------------------------------------
     async def _reap_forever(self) -> None:
         while True:

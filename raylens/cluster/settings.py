@@ -135,6 +135,15 @@ class Settings(BaseSettings):
         "decoding and inference take turns on the CPU; 'auto' overlaps only on cuda/mps.",
     )
     worker_start_timeout_s: float = Field(default=600.0, gt=0)
+    worker_stall_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A worker holding jobs without progress (a batch leased, decoded or done) "
+        "this long is stalled: it stops extending its leases and the supervisor replaces it.",
+    )
+    supervise_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the supervisor checks every worker's progress."
+    )
 
     # --- queue and jobs -----------------------------------------------------------------------
     lease_timeout_s: float = Field(default=60.0, gt=0)
@@ -208,7 +217,8 @@ class Settings(BaseSettings):
     fault_inject: str | None = Field(
         default=None,
         description="Fault drills only: 'poison:<sha256 prefix>' makes inference raise for "
-        "that content; 'hang:<seconds>' stalls every inference call. Never set in production.",
+        "that content; 'hang:<seconds>' stalls every inference call; "
+        "'hang_once:<seconds>@<worker name>' stalls that worker once. Never set in production.",
     )
 
     @field_validator("data_dir", "clip_model_config", mode="after")
@@ -275,6 +285,10 @@ class Settings(BaseSettings):
     @property
     def index_actor_name(self) -> str:
         return "raylens-index"
+
+    @property
+    def supervisor_actor_name(self) -> str:
+        return "raylens-supervisor"
 
     def worker_name(self, i: int) -> str:
         return f"raylens-worker-{i}"

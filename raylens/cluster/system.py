@@ -141,12 +141,27 @@ def start_workers(settings: Settings) -> list[dict[str, Any]]:
     return wait_for_workers(settings, workers)
 
 
+def start_supervisor(settings: Settings) -> Any:
+    """The progress-based health check of the workers (cluster/supervisor.py)."""
+    from raylens.cluster.supervisor import Supervisor
+
+    sup = (
+        ray.remote(Supervisor)
+        .options(num_cpus=0, **_detached(settings, settings.supervisor_actor_name))
+        .remote(settings)
+    )
+    ray.get(sup.ping.remote())  # type: ignore[union-attr]
+    return sup
+
+
 def start(settings: Settings) -> dict[str, Any]:
     """Create (or find) the queue, the index owner and num_workers workers; wait until every
-    worker has loaded its model. Raises ModelLoadError with the worker's own message."""
+    worker has loaded its model, then start the supervisor. Raises ModelLoadError with the
+    worker's own message."""
     queue = start_queue(settings)
     start_index(settings)
     reports = start_workers(settings)
+    start_supervisor(settings)
     return {"workers": reports, "queue": ray.get(queue.stats.remote())}
 
 
@@ -182,6 +197,10 @@ def _creation_error(exc: Exception) -> str:
 def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
     """Drain and remove the workers, then the queue and the index actor."""
     stopped: dict[str, Any] = {"workers": 0}
+    try:  # first, so it does not replace workers that are being stopped
+        ray.kill(_actor(settings.supervisor_actor_name, settings), no_restart=True)
+    except ValueError:
+        pass
     workers = worker_handles(settings)
     drains = [w.stop.remote(timeout_s) for w in workers]
     try:

@@ -208,6 +208,7 @@ class Worker:
             "face_model": self.faces.report() if self.faces else None,
             "last_batch_size": s.last_batch_size,
             "last_progress_at": s.last_progress_at,
+            "stalled_s": round(self.stalled_s(), 3),
             "seconds": {
                 "decode": s.decode_s,
                 "infer": s.infer_s,
@@ -286,10 +287,12 @@ class Worker:
                 continue
             with self._held_lock:
                 self._held.update(j.id for j in jobs)
+            self.stats.last_progress_at = time.time()  # a new batch: the stall clock restarts
             with self._cpu_turn:
                 t0 = time.perf_counter()
                 decoded = list(self._decode_pool.map(self._load_and_decode, jobs))
                 batch = Batch(jobs, decoded, time.perf_counter() - t0)
+            self.stats.last_progress_at = time.time()
             while not self._stop.is_set():
                 try:
                     self._ready.put(batch, timeout=0.5)
@@ -305,11 +308,22 @@ class Worker:
                 continue
             self._process(batch)
 
+    def stalled_s(self) -> float:
+        """Seconds without progress while holding leases (0 when idle or moving)."""
+        with self._held_lock:
+            holding = bool(self._held)
+        return max(0.0, time.time() - self.stats.last_progress_at) if holding else 0.0
+
     def _heartbeat_loop(self) -> None:
         period = self.settings.lease_timeout_s / 3
         while not self._stop.wait(period):
             with self._held_lock:
                 held = list(self._held)
+            if held and self.stalled_s() > self.settings.worker_stall_timeout_s:
+                # No progress: stop extending the leases so they expire and are retried even
+                # if nobody replaces this worker.
+                log.warning("worker %s stalled; not extending its leases", self.worker_id)
+                continue
             if held:
                 try:
                     self._queue_call(lambda q: q.heartbeat.remote(self.worker_id, held))  # noqa: B023
@@ -447,10 +461,19 @@ class Worker:
         hang = self._injected("hang")
         if hang:
             time.sleep(float(hang))
+        once = self._injected("hang_once")
+        if once:
+            seconds, _, who = once.partition("@")
+            marker = self.settings.data_dir / f"fault-hang-once-{who or self.name}"
+            if who in ("", self.name) and not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(self.worker_id)  # the replacement worker will not hang
+                time.sleep(float(seconds))
         return list(self.embedder.embed_images(np.stack([it.image.pixels for _, it in items])))
 
     def _injected(self, kind: str) -> str | None:
-        """RAYLENS_FAULT_INJECT (fault drills only): 'poison:<sha256 prefix>', 'hang:<s>'."""
+        """RAYLENS_FAULT_INJECT (fault drills only): 'poison:<sha256 prefix>', 'hang:<s>',
+        'hang_once:<s>@<worker name>' (the first incarnation of that worker stalls once)."""
         for spec in (self.settings.fault_inject or "").split(","):
             name, _, value = spec.strip().partition(":")
             if name == kind and value:
