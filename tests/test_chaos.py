@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import ray
 
@@ -108,11 +109,17 @@ def audit(settings: Settings, row: Row, ids: list[str]) -> list[Job | None]:
     assert sum(stats["depth"].values()) == 0 and stats["leased"] == 0, stats
     index = system.index_handle(settings)
     points = ray.get(index.count.remote()) if index else VectorIndex(settings).count()
-    distinct = len({j.sha256 for j in jobs if j is not None and j.state is JobState.DONE})
+    # One point per done image, one per sampled frame of a done video (per distinct content).
+    expected = {
+        j.sha256: (j.result or {}).get("frames", 1)
+        for j in jobs
+        if j is not None and j.state is JobState.DONE and j.pipeline.embeds
+    }
+    distinct = sum(expected.values())
     row.duplicate_points = points - distinct
     assert row.accepted == row.done + sum(codes.values()) + row.lost
     assert row.lost == 0, f"{row.lost} jobs lost"
-    assert row.duplicate_points == 0, f"{points} points for {distinct} done contents"
+    assert row.duplicate_points == 0, f"{points} points where {distinct} are expected"
     assert "none" not in codes and all(ErrorCode(c) for c in codes)
     return jobs
 
@@ -389,3 +396,79 @@ def test_drill_hung_worker_is_found_by_progress_replaced_and_its_leases_reclaime
     assert replaced["worker"] == "raylens-worker-1" and replaced["released"] >= 1
     assert row.recover_s <= 2 * lease, f"detected after {row.recover_s:.1f}s"
     assert row.done == len(specs) and max(j.attempts for j in jobs if j) <= 2
+
+
+def test_drill_malformed_corpus_each_input_gets_its_outcome_and_no_worker_restarts(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    from _corpus import DEFAULT_MAX_IMAGE_PIXELS, DRILL_MAX_INPUT_BYTES, malformed_corpus
+
+    settings, url = drill_system(
+        max_input_bytes=DRILL_MAX_INPUT_BYTES, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS
+    )
+    row = Row("7 malformed corpus")
+    t0 = time.monotonic()
+    before = {
+        r["worker_id"]: r["load_count"]
+        for r in ray.get([w.report.remote() for w in system.worker_handles(settings)])
+    }
+    cases = malformed_corpus(tmp_path / "corpus", max_input_bytes=DRILL_MAX_INPUT_BYTES)
+    accepted: dict[str, str] = {}  # job id -> case kind
+    good: list[str] = []
+    wrong: list[str] = []
+    for i, case in enumerate(cases):
+        resp = httpx.post(
+            f"{url}/v1/jobs", files=[("files", (case.filename, case.data))], timeout=120
+        )
+        if case.where == "upload":
+            code = resp.json().get("error", {}).get("code") if resp.status_code >= 400 else "ok"
+            if code != case.expect:
+                wrong.append(f"{case.kind}: upload answered {resp.status_code} {code}")
+        elif resp.status_code != 202:
+            wrong.append(f"{case.kind}: refused at upload ({resp.status_code} {resp.text[:100]})")
+        else:
+            accepted[resp.json()["jobs"][0]["id"]] = case.kind
+        ok = httpx.post(
+            f"{url}/v1/jobs", files=[("files", (f"g{i}.jpg", image_bytes(90_000 + i)))], timeout=60
+        )
+        assert ok.status_code == 202, ok.text
+        good.append(ok.json()["jobs"][0]["id"])
+    jobs = audit(settings, row, list(accepted) + good)
+    by_id = {j.id: j for j in jobs if j is not None}
+    expect = {c.kind: c for c in cases}
+    for job_id, kind in accepted.items():
+        job = by_id[job_id]
+        got = (
+            "ok"
+            if job.state is JobState.DONE
+            else (job.error_code.value if job.error_code else "?")
+        )
+        if got != expect[kind].expect:
+            wrong.append(f"{kind}: job ended {got} ({job.error_message})")
+    assert all(by_id[g].state is JobState.DONE for g in good), "a good neighbour failed"
+    # Same picture under each EXIF orientation: the same vector.
+    index = system.index_handle(settings)
+    vectors = [
+        ray.get(index.get.remote(by_id[j].result["point_id"]))["vector"]
+        for j, kind in accepted.items()
+        if expect[kind].group == "orientation" and by_id[j].state is JobState.DONE
+    ]
+    sims = [
+        float(v @ vectors[0] / (np.linalg.norm(v) * np.linalg.norm(vectors[0]))) for v in vectors
+    ]
+    after = {
+        r["worker_id"]: r["load_count"]
+        for r in ray.get([w.report.remote() for w in system.worker_handles(settings)])
+    }
+    row.worker_restarts = len(set(after) - set(before))
+    row.seconds = time.monotonic() - t0
+    refused = sum(1 for c in cases if c.where == "upload")
+    row.notes = (
+        f"{len(cases)} kinds ({refused} refused at upload, not counted above), "
+        f"{len(good)} good interleaved; {len(vectors)} EXIF orientations min cosine "
+        f"{min(sims):.4f}"
+    )
+    ROWS.append(row)
+    assert not wrong, "\n".join(wrong)
+    assert len(cases) >= 30 and len(vectors) == 8 and min(sims) > 0.999
+    assert row.worker_restarts == 0 and after == before
