@@ -14,6 +14,7 @@
     │   └── SourceMissing             source_missing        422
     ├── QueueFull                     queue_full            429
     ├── StoreUnavailable              store_unavailable     503
+    ├── Overloaded                    overloaded            503  the ingress is at its limit
     ├── IndexUnavailable              index_unavailable     503  (on a job: counted as an attempt)
     ├── JobNotFound                   not_found             404
     ├── InvalidTransition             invalid_transition    409
@@ -46,6 +47,7 @@ class ErrorCode(str, Enum):
     SOURCE_MISSING = "source_missing"
     QUEUE_FULL = "queue_full"
     STORE_UNAVAILABLE = "store_unavailable"
+    OVERLOADED = "overloaded"
     NOT_FOUND = "not_found"
     INVALID_TRANSITION = "invalid_transition"
     DEAD_LETTER = "dead_letter"
@@ -133,6 +135,11 @@ class QueueFull(RaylensError):
 
 class StoreUnavailable(RaylensError):
     code = ErrorCode.STORE_UNAVAILABLE
+    http_status = 503
+
+
+class Overloaded(RaylensError):
+    code = ErrorCode.OVERLOADED
     http_status = 503
 
 

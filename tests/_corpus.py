@@ -174,6 +174,8 @@ def _encode_video(
         stream = out.add_stream(codec, rate=5)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
+        # One thread: x264's output depends on its thread count (auto: the CPUs it sees).
+        stream.codec_context.thread_count = 1
         for rgb in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         out.mux(stream.encode())

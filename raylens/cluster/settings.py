@@ -181,7 +181,10 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=1, le=65535)
     http_replicas: int = Field(default=1, ge=1, le=256, description="Ingress replicas.")
     http_max_ongoing_requests: int = Field(
-        default=64, ge=1, description="Requests one ingress replica handles at once."
+        default=64,
+        ge=1,
+        description="Requests one ingress replica handles at once; more are answered 503 "
+        "`overloaded` with Retry-After.",
     )
     http_max_queued_requests: int = Field(
         default=256,

@@ -46,9 +46,11 @@ image or vector.
 set (the same codes failed jobs carry): 401 `unauthorized`, 404 `not_found`, 409
 `invalid_transition`, 413 `too_large` (upload cap, checked while the body streams in), 415
 `unsupported_format` (content is sniffed, file names are ignored), 422 `invalid_request`,
-`idempotency_conflict`, `empty_input`, ..., 429 `queue_full` and 503 `store_unavailable` (both with
-`Retry-After`). Serve itself answers 503 when all ingress replicas are busy
-(`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) and 408 after `RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
+`idempotency_conflict`, `empty_input`, ..., 429 `queue_full`, 503 `store_unavailable` and 503
+`overloaded` (more than `RAYLENS_HTTP_MAX_ONGOING_REQUESTS` in flight in a replica), all three
+with `Retry-After`. Behind that, Serve itself answers 503 (without Retry-After) when its own
+queue (`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) is full, and 408 after
+`RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
 
 **Auth**: when `RAYLENS_API_KEYS` is set, every route except `/v1/healthz` needs
 `Authorization: Bearer <key>`. Ray's own token auth protects the dashboard and `ray job submit`.
@@ -203,6 +205,46 @@ def _number(value: str | None, kind: Any, field: str) -> Any:
         raise InvalidRequest(f"{field} must be a number, got {value!r}") from None
 
 
+class InflightLimit:
+    """ASGI middleware: above `limit` requests in flight in this replica, answer 503
+    `overloaded` with Retry-After at once (Serve's own rejections carry no Retry-After, so the
+    replica admits more than this and does the refusing itself). /v1/healthz is never refused."""
+
+    def __init__(self, app: Any, limit: int, retry_after_s: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after = str(retry_after_s).encode()
+        self.inflight = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/v1/healthz":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": ErrorCode.OVERLOADED.value,
+                        "message": f"{self.inflight} requests in flight in this replica; limit "
+                        f"RAYLENS_HTTP_MAX_ONGOING_REQUESTS={self.limit}. Retry later.",
+                    }
+                }
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"retry-after", self.retry_after),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
 def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
     """The FastAPI app of one ingress replica."""
     api = api or ClusterAPI(settings)
@@ -215,6 +257,11 @@ def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
             {"name": "search", "description": "Search stored vectors."},
             {"name": "health", "description": "Liveness and readiness."},
         ],
+    )
+    app.add_middleware(
+        InflightLimit,
+        limit=settings.http_max_ongoing_requests,
+        retry_after_s=settings.retry_after_s,
     )
     auth = [Depends(authoriser(settings))]
     install_error_handlers(app, settings)

@@ -49,7 +49,10 @@ def build(settings: Settings) -> Any:
         serve.ingress()(Ingress),
         name=DEPLOYMENT_NAME,
         num_replicas=settings.http_replicas,
-        max_ongoing_requests=settings.http_max_ongoing_requests,
+        # The replica admits more than its own limit so that it, not Serve, refuses the excess:
+        # its 503 `overloaded` carries Retry-After (Serve's own 503 does not).
+        max_ongoing_requests=settings.http_max_ongoing_requests
+        + max(settings.http_max_queued_requests, 16),
         max_queued_requests=settings.http_max_queued_requests,
         # The ingress only awaits; it needs no CPU reservation of its own, so it never
         # competes with workers for scheduling.
