@@ -44,6 +44,9 @@ from _system_fixtures import start_ray, tiny_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 FULL = os.environ.get("RAYLENS_CHAOS") == "full"
+# The long drills (many jobs, many kills, a restart, a sustained overload) run with `make chaos`;
+# `make test` (CI, 20-minute budget) runs the others at small sizes.
+long_drill = pytest.mark.skipif(not FULL, reason="long drill: run it with `make chaos`")
 SIZES = {
     "load_jobs": 2000 if FULL else 300,
     "load_clients": 50 if FULL else 16,
@@ -132,6 +135,7 @@ def worker_pids(settings: Settings) -> dict[str, int]:
     }
 
 
+@long_drill
 def test_drill_load_many_concurrent_http_clients_all_accepted_none_lost(
     drill_system: Any, tmp_path: Path
 ) -> None:
@@ -159,6 +163,7 @@ def test_drill_load_many_concurrent_http_clients_all_accepted_none_lost(
     assert row.accepted == n and row.done == n
 
 
+@long_drill
 def test_drill_worker_kills_lose_nothing_and_workers_come_back(
     drill_system: Any, tmp_path: Path
 ) -> None:
@@ -286,6 +291,7 @@ def test_drill_idempotency_five_concurrent_sends_and_one_after_make_one_job(
     ROWS.append(row)
 
 
+@long_drill
 def test_drill_queue_actor_kill_then_full_ray_restart_every_accepted_job_finishes(
     drill_system: Any, tmp_path: Path, tiny_model: Any
 ) -> None:
@@ -487,6 +493,7 @@ def _ray_rss_mb() -> float:
     return total / 2**20
 
 
+@long_drill
 def test_drill_overload_at_5x_capacity_answers_only_202_429_503_and_memory_returns(
     drill_system: Any,
 ) -> None:
