@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 from PIL import Image
+from skimage import data as skdata
 
 from _images import write_images
 
@@ -158,7 +159,6 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         assert hits == sorted(hits, key=lambda h: -h["score"])
 
         # Faces from the command line, on a real photo.
-        skdata = pytest.importorskip("skimage.data")
         people = tmp_path / "people"
         people.mkdir()
         Image.fromarray(skdata.astronaut()).save(people / "astronaut.jpg", quality=92)

@@ -7,11 +7,11 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data as skdata  # dev dependency: its bundled photos are test data
 
 from raylens.actors.faces import FaceOptions, largest, load_face_backend
 from raylens.actors.transforms import decode_image
 
-skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
 THRESHOLD = 0.6  # dlib's own same-person distance, the default RAYLENS_FACE_MATCH_THRESHOLD
 
 

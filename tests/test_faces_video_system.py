@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data as skdata  # dev dependency: its bundled photos are test data
 
 from raylens.cluster import intake, system
 from raylens.cluster.settings import Settings
@@ -23,7 +24,6 @@ from raylens.serve_app.app import create_app
 
 from _system_fixtures import tiny_settings
 
-skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
 pytestmark = pytest.mark.integration
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

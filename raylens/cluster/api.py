@@ -59,6 +59,7 @@ class ClusterAPI:
         self._workers: list[Any] = []
         self._workers_at = 0.0
         self._next_worker = 0
+        self._index: Any = None  # the index actor (Qdrant local mode)
         self._index_server: Any = None  # VectorIndex when a Qdrant server is configured
         self._dim: int | None = None
 
@@ -263,13 +264,15 @@ class ClusterAPI:
                 self._index_server = await self._run(VectorIndex, self.settings)
             return await self._run(getattr(self._index_server, method), *args)
         try:
-            index = await self._run(system.index_handle, self.settings)
+            if self._index is None:
+                self._index = await self._run(system.index_handle, self.settings)
             return await asyncio.wait_for(
-                getattr(index, method).remote(*args), timeout=self.settings.search_timeout_s
+                getattr(self._index, method).remote(*args), timeout=self.settings.search_timeout_s
             )
         except ray.exceptions.RayTaskError as exc:
             raise _as_raylens(exc) from None
         except (*_UNAVAILABLE, ValueError, asyncio.TimeoutError) as exc:
+            self._index = None  # look the index actor up again next time
             raise StoreUnavailable(
                 f"the raylens index is unavailable: {type(exc).__name__}: {exc}"[:300]
             ) from None

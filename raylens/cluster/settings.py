@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(
         default=None, description="Qdrant server URL; unset = Qdrant local mode in the data dir."
     )
-    qdrant_api_key: str | None = None
+    qdrant_api_key: str | None = Field(default=None, repr=False)
     qdrant_collection: str = Field(default="raylens_images", min_length=1)
     qdrant_faces_collection: str = Field(
         default="raylens_faces", min_length=1, description="Collection of face embeddings."
@@ -202,6 +202,7 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(default=256, ge=1, description="Files in one upload request.")
     api_keys: str | None = Field(
         default=None,
+        repr=False,
         description="Comma-separated API keys. When set, every route except /v1/healthz needs "
         "`Authorization: Bearer <key>`.",
     )

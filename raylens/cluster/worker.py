@@ -27,7 +27,7 @@ from raylens.actors.faces import Face, FaceBackend, FaceOptions, load_face_backe
 from raylens.actors.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
 from raylens.actors.video import VideoLimits, sample_frames, sniff_video
 from raylens.cluster.index import VectorIndex, point_id
-from raylens.cluster.jobs import Job, SourceKind
+from raylens.cluster.jobs import Job, Pipeline, SourceKind
 from raylens.cluster.payloads import open_payload_store
 from raylens.cluster.queue import Failure
 from raylens.cluster.settings import Settings
@@ -507,15 +507,16 @@ class Worker:
         for (job, _), out in [*zip(embed, vectors), *zip(finds, found)]:
             if isinstance(out, Exception):
                 errors.setdefault(job.id, f"{type(out).__name__}: {out}")
-        for job, _ in good:
-            if job.pipeline.finds_faces and self.faces is None:
-                if job.pipeline.embeds:
-                    continue  # both: the vector is still made; the result says faces are off
-                errors.setdefault(job.id, "face models are off (RAYLENS_FACES_ENABLED=false)")
         failures += [
             Failure(job_id, ErrorCode.MODEL_ERROR, msg, retryable=True)
             for job_id, msg in errors.items()
         ]
+        for job, _ in good:
+            # faces only, with the face models off: retrying cannot help, fail it at once
+            # (a `both` job still gets its vector; its result says faces_found: null).
+            if job.pipeline is Pipeline.FACES and self.faces is None and job.id not in errors:
+                errors[job.id] = "face models are off (RAYLENS_FACES_ENABLED=false)"
+                failures.append(Failure(job.id, ErrorCode.MODEL_LOAD_FAILED, errors[job.id]))
         ok_jobs = [(j, d) for j, d in good if j.id not in errors]
         done: list[tuple[str, dict[str, Any]]] = []
         if ok_jobs:
