@@ -51,9 +51,13 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
     emb = ClipEmbedder(model, "none", device="auto", threads=threads)
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
     rows = {}
+    # Each image's latency is its batch's: all of a batch is "submitted" when the batch starts.
+    latencies: dict[int, list[float]] = {}
     for bs in batch_sizes:
         t0 = time.perf_counter()
+        latencies[bs] = []
         for i in range(0, len(data), bs):
+            tb = time.perf_counter()
             pix = np.stack(
                 [
                     decode_image(
@@ -68,15 +72,43 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
                 ]
             )
             emb.embed_images(pix)
+            latencies[bs] += [time.perf_counter() - tb] * len(pix)
         rows[bs] = len(data) / (time.perf_counter() - t0)
     best = max(rows, key=lambda b: rows[b])
     return {
         "images_per_s": rows[best],
+        "p50_ms": float(np.percentile(latencies[best], 50)) * 1000,
+        "p99_ms": float(np.percentile(latencies[best], 99)) * 1000,
         "batch_size": best,
         "by_batch_size": rows,
         "device": emb.device,
         "dtype": str(emb.dtype),
     }
+
+
+def raw_limit_isolated(folder: Path, model: str, threads: int, batch_sizes: list[int]) -> dict:
+    """raw_limit in its own process (so its peak memory is its own), with that peak added."""
+    from _rss import RowMemory
+
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--raw-only",
+        str(folder),
+        "--model",
+        model,
+        "--threads",
+        str(threads),
+        "--batch-sizes",
+        ",".join(map(str, batch_sizes)),
+    ]
+    with RowMemory() as mem:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"the raw-limit run failed:\n{res.stderr[-3000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out.update(peak_rss_mb=mem.peak_rss_mb, peak_pss_mb=mem.peak_pss_mb)
+    return out
 
 
 def _free_port() -> int:
@@ -100,7 +132,10 @@ def raylens_ingest(
         RAYLENS_RAY_PORT=str(_free_port()),
         RAYLENS_DASHBOARD_PORT=str(_free_port()),
     )
+    from _rss import RowMemory
+
     cli = [sys.executable, "-m", "raylens.cluster.cli"]
+    mem = RowMemory().__enter__()  # the Ray processes `up` starts, and the ingest CLI
     # --no-http: the core figure is the CLI ingest path; bench_http measures the ingress itself.
     up = subprocess.run(
         [*cli, "up", "--detach", "--no-http"], env=env, capture_output=True, text=True
@@ -122,10 +157,15 @@ def raylens_ingest(
         st = subprocess.run([*cli, "status", "--json"], env=env, capture_output=True, text=True)
         workers = json.loads(st.stdout)["workers"] if st.returncode == 0 else []
     finally:
+        mem.__exit__(None, None, None)
         subprocess.run([*cli, "down"], env=env, capture_output=True, text=True)
     n = summary["done"]
     return {
         "images_per_s": n / summary["seconds"],
+        "p50_ms": summary["latency_p50_s"] * 1000,
+        "p99_ms": summary["latency_p99_s"] * 1000,
+        "peak_rss_mb": mem.peak_rss_mb,
+        "peak_pss_mb": mem.peak_pss_mb,
         "seconds": summary["seconds"],
         "process_wall_s": wall,
         "images_per_s_incl_process_start": n / wall,
@@ -149,7 +189,7 @@ def run_core(
     from raylens.cluster.settings import Settings
 
     mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
-    raw = raw_limit(paths, model, threads, batch_sizes)
+    raw = raw_limit_isolated(folder, model, threads, batch_sizes)
     decode_threads = decode_threads or Settings.model_fields["decode_threads"].default
     ours = raylens_ingest(folder, model, threads, raw["batch_size"], data_dir, decode_threads)
     return {
@@ -201,7 +241,18 @@ def main() -> int:
         help="raylens decode threads per worker (default: the setting's default)",
     )
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--raw-only",
+        metavar="FOLDER",
+        type=Path,
+        help="only the raw limit, on the JPEGs in FOLDER; prints one JSON line",
+    )
     args = ap.parse_args()
+    if args.raw_only:
+        paths = sorted(args.raw_only.glob("*.jpg"))
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        print(json.dumps(raw_limit(paths, args.model, args.threads, sizes)))
+        return 0
     with tempfile.TemporaryDirectory(prefix="raylens-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = make_images(folder, args.images)

@@ -1,24 +1,28 @@
-"""HTTP benchmark: the core figures (raw limit, `raylens ingest`) and the Serve ingress, one run.
+"""`make bench`: raylens against the raw limit and the systems users would otherwise run.
 
-On one generated image set (bench_core's generator), one model (ViT-B-32 by default, random
-weights: RAYLENS_CLIP_PRETRAINED=none) and the same worker settings as bench_core's ingest:
+One run, one generated image set (bench_core.make_images: small web images and 2-12 MP camera
+JPEGs), one architecture (ViT-B-32 by default, random weights: RAYLENS_CLIP_PRETRAINED=none),
+the same torch threads everywhere. Rows (names as in --json):
 
-1. raw limit and `raylens ingest` (bench_core.run_core: the same raw figure is the reference of
-   every ratio below);
-2. HTTP upload: the images posted one per request by --clients concurrent clients
-   (asyncio + httpx) through the Ray Serve ingress, then waited for until every job is done.
-   images/s runs from the first upload to the last job's `done` timestamp; latencies are
-   request -> 202 and each job's `done - queued`;
-3. healthz: GET /v1/healthz every 50 ms while step 2 runs (the workers saturated by the backlog);
-4. search: --index-points random unit vectors upserted straight into the index actor, then
-   --search-queries sequential POST /v1/search text queries (after 10 warm-up queries).
+  raw                  decode + preprocess + forward at the best batch size; no queue, no Ray
+                       (bench_core.raw_limit, in its own process)
+  raylens_bulk         `raylens ingest` of the image folder (raylens up --no-http)
+  raylens_http         the images posted one per request by --clients concurrent clients
+                       (asyncio + httpx) through the Ray Serve ingress
+  rq                   peer: an RQ forking worker, model preloaded, one job per image
+                       (bench/peer_rq.py)
+  serve_task_consumer  peer: Ray Serve asynchronous inference, task_consumer + Celery on Redis,
+                       one task per image (bench/peer_serve_tc.py)
+  serve_naive          peer: a Serve deployment embedding one image per request, no batching
+                       (bench/peer_serve_naive.py)
 
-Steps 2-4 run on a Ray cluster started inside this process, in its own namespace and data dir,
-with Serve on a free port.
+Every row: images/s (first submission to last vector stored), p50/p99 latency from an image's
+submission to its vector stored, peak RSS (and PSS) summed over the processes the row started
+(bench/_rss.py; the benchmark process itself is the client and is not counted), ratio to raw.
+Then, on the raylens_http system: healthz latency while the workers are saturated, search
+latency over --index-points stored vectors, and faces/s and video frames/s (bench_media).
 
-    uv run python bench/bench_http.py [--images 192] [--clients 32] [--json]
-"""
-
+    uv run python bench/bench_http.py [--images 192] [--clients 32] [--peers rq,...] [--json]
 from __future__ import annotations
 
 import argparse
@@ -38,7 +42,13 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import _free_port, make_images, print_core, raw_limit, run_core  # noqa: E402
+from _rss import RowMemory  # noqa: E402
+from bench_core import (  # noqa: E402
+    _free_port,
+    make_images,
+    raw_limit_isolated,
+    run_core,
+)
 from bench_media import print_media, run_media  # noqa: E402
 
 TERMINAL = ("done", "failed")
@@ -170,6 +180,7 @@ async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     timeout = httpx.Timeout(300.0)
     ids: list[str | None] = [None] * len(data)
+    sent_at: dict[str, float] = {}  # job id -> Unix time its upload request was first sent
     latencies: list[float] = []
     retries = 0
     next_item = iter(range(len(data)))
@@ -181,7 +192,7 @@ async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any
             for i in next_item:  # shared iterator: each client takes the next image
                 files = [("files", (f"photo_{i:05d}.jpg", data[i], "image/jpeg"))]
                 headers = {"Idempotency-Key": uuid.uuid4().hex}
-                t0 = time.perf_counter()
+                t0, t0_wall = time.perf_counter(), time.time()
                 for attempt in range(20):
                     resp = await http.post(
                         "/v1/jobs", files=files, data={"pipeline": "embed"}, headers=headers
@@ -194,6 +205,7 @@ async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any
                     raise SystemExit(f"upload {i}: HTTP {resp.status_code} {resp.text[:300]}")
                 latencies.append(time.perf_counter() - t0)
                 ids[i] = resp.json()["jobs"][0]["id"]
+                sent_at[ids[i]] = t0_wall
 
         started_at = time.time()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -225,7 +237,10 @@ async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any
         "failed": len(records) - len(done),
         "retries_429_503": retries,
         "upload": summary_ms(latencies),
-        "submit_to_done": summary_ms(
+        # From the client sending the upload (its first attempt) to the job's vector stored.
+        "submit_to_done": summary_ms([j["timestamps"]["done"] - sent_at[j["id"]] for j in done]),
+        # From the job record's creation (upload received and fsynced) to its vector stored.
+        "queued_to_done": summary_ms(
             [j["timestamps"]["done"] - j["timestamps"]["queued"] for j in done]
         ),
     }
@@ -310,6 +325,9 @@ def run_http(
     video_seconds: int = 60,
 ) -> dict[str, Any]:
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
+    # Peak memory of the Ray processes (queue, worker, index, Serve proxy and replica) from
+    # start to the last upload done; this process is the clients, as in every peer's row.
+    mem = RowMemory().__enter__()
     settings, url, report = start_system(data_dir, model, threads, batch, decode_threads)
     try:
         sampler = HealthSampler(url)
@@ -319,6 +337,8 @@ def run_http(
         finally:
             sampler.halt.set()
             sampler.join()
+            mem.__exit__(None, None, None)
+        up.update(peak_rss_mb=mem.peak_rss_mb, peak_pss_mb=mem.peak_pss_mb)
         healthz = {
             "period_ms": sampler.period_s * 1000,
             "errors": sampler.errors,
@@ -344,44 +364,83 @@ def run_http(
     }
 
 
+ROW_KEYS = ("images_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "peak_pss_mb")
+PEERS = {  # row name -> module in bench/ with run(paths, model, threads, work_dir) -> dict
+    "rq": "peer_rq",
+    "serve_task_consumer": "peer_serve_tc",
+    "serve_naive": "peer_serve_naive",
+}
+
+
+def _row(name: str, fig: dict[str, Any], raw_ips: float, **extra: Any) -> dict[str, Any]:
+    row = {"name": name, **{k: fig.get(k) for k in ROW_KEYS}, **extra}
+    row["ratio_to_raw"] = fig["images_per_s"] / raw_ips
+    return row
+
+
 def rows_of(
-    core: dict[str, Any] | None, raw: dict[str, Any], http: dict[str, Any]
+    core: dict[str, Any] | None,
+    raw: dict[str, Any],
+    http: dict[str, Any],
+    peers: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    up = http["upload"]
-    rows = [
-        {
-            "name": f"raw limit (batch {raw['batch_size']})",
-            "images_per_s": raw["images_per_s"],
-            "p50_ms": None,
-            "p99_ms": None,
-        }
-    ]
+    """The table: one row per system; p50/p99 run from submission to the vector stored."""
+    ips = raw["images_per_s"]
+    rows = [_row("raw", raw, ips, batch_size=raw["batch_size"])]
     if core is not None:
-        rows.append(
-            {
-                "name": "raylens ingest",
-                "images_per_s": core["raylens_ingest"]["images_per_s"],
-                "p50_ms": None,
-                "p99_ms": None,
-            }
-        )
-    rows.append(
-        {
-            "name": f"http upload, {http['clients']} clients",
-            "images_per_s": up["done"] / up["seconds"],
-            "p50_ms": up["upload"]["p50_ms"],
-            "p99_ms": up["upload"]["p99_ms"],
-            "done_p50_ms": up["submit_to_done"]["p50_ms"],
-            "done_p99_ms": up["submit_to_done"]["p99_ms"],
-        }
-    )
-    for r in rows:
-        r["ratio_to_raw"] = r["images_per_s"] / raw["images_per_s"]
+        rows.append(_row("raylens_bulk", core["raylens_ingest"], ips))
+    up = http["upload"]
+    fig = {
+        "images_per_s": up["done"] / up["seconds"],
+        "p50_ms": up["submit_to_done"]["p50_ms"],
+        "p99_ms": up["submit_to_done"]["p99_ms"],
+        "peak_rss_mb": up["peak_rss_mb"],
+        "peak_pss_mb": up["peak_pss_mb"],
+    }
+    rows.append(_row("raylens_http", fig, ips, clients=http["clients"]))
+    for name, out in peers.items():
+        rows.append(_row(name, out, ips, done=out.get("done"), failed=out.get("failed")))
     return rows
+
+
+def run_peers(
+    names: list[str], paths: list[Path], model: str, threads: int, work_dir: Path
+) -> dict[str, dict[str, Any]]:
+    import importlib
+
+    out = {}
+    for name in names:
+        module = importlib.import_module(PEERS[name])
+        print(f"peer {name} ...", file=sys.stderr, flush=True)
+        out[name] = module.run(paths, model, threads, work_dir / name)
+    return out
 
 
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def print_table(out: dict[str, Any]) -> None:
+    print(
+        f"{out['images']} images (mean {out['mean_megapixels']:.1f} MP), {out['model']} random "
+        f"weights on {out['device']} ({out['dtype']}), {out['threads']} threads; latency = "
+        "submission -> vector stored; memory = peak of the row's own processes"
+    )
+    print(
+        f"  {'row':22} {'images/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'peak RSS MB':>12} "
+        f"{'PSS MB':>8} {'vs raw':>7}"
+    )
+    for r in out["rows"]:
+        print(
+            f"  {r['name']:22} {r['images_per_s']:9.2f} {fmt(r['p50_ms']):>9} "
+            f"{fmt(r['p99_ms']):>9} {fmt(r['peak_rss_mb']):>12} {fmt(r['peak_pss_mb']):>8} "
+            f"{r['ratio_to_raw']:7.3f}"
+        )
+    best = out["rows"][0].get("batch_size")
+    print(f"  raw: best batch {best}; images/s by batch size {out['raw_by_batch_size']}")
+    for name, peer in out.get("peers", {}).items():
+        if peer.get("notes"):
+            print(f"  {name}: {peer['notes']}")
 
 
 def print_http(out: dict[str, Any]) -> None:
@@ -392,20 +451,15 @@ def print_http(out: dict[str, Any]) -> None:
         f"{out['clients']} concurrent clients; 1 worker: {w['num_cpus']:g} CPUs, "
         f"batch {w['max_batch_size']}, {w['decode_threads']} decode threads"
     )
-    print(f"  {'':30} {'images/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'vs raw':>7}")
-    for r in out["rows"]:
-        print(
-            f"  {r['name']:30} {r['images_per_s']:9.2f} {fmt(r['p50_ms']):>9} "
-            f"{fmt(r['p99_ms']):>9} {r['ratio_to_raw']:7.3f}"
-        )
     print(
         f"    http: first upload -> last job done {up['seconds']:.1f}s (uploads took "
-        f"{up['upload_seconds']:.1f}s); p50/p99 above = request -> 202; "
-        f"{up['done']} done, {up['failed']} failed, {up['retries_429_503']} 429/503 retries"
+        f"{up['upload_seconds']:.1f}s); request -> 202 p50 {fmt(up['upload']['p50_ms'])} ms, "
+        f"p99 {fmt(up['upload']['p99_ms'])} ms; {up['done']} done, {up['failed']} failed, "
+        f"{up['retries_429_503']} 429/503 retries"
     )
     print(
-        f"    http: submission -> done p50 {fmt(up['submit_to_done']['p50_ms'])} ms, "
-        f"p99 {fmt(up['submit_to_done']['p99_ms'])} ms"
+        f"    http: job created -> done p50 {fmt(up['queued_to_done']['p50_ms'])} ms, "
+        f"p99 {fmt(up['queued_to_done']['p99_ms'])} ms"
     )
     print(
         f"  healthz while workers are saturated ({hz['n']} samples every "
@@ -419,7 +473,7 @@ def print_http(out: dict[str, Any]) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=int, default=192)
     ap.add_argument("--clients", type=int, default=32)
@@ -437,14 +491,23 @@ def main() -> int:
     ap.add_argument(
         "--no-ingest",
         action="store_true",
-        help="skip the `raylens ingest` row (measure the raw limit only, then HTTP)",
+        help="skip the raylens_bulk row (`raylens ingest`)",
+    )
+    ap.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"peer rows to run, comma-separated, from {','.join(PEERS)} ('' for none)",
     )
     ap.add_argument(
         "--face-jobs", type=int, default=24, help="face photos for faces/s (0: skip faces/video)"
     )
     ap.add_argument("--video-seconds", type=int, default=60, help="length of the 720p test video")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        ap.error(f"unknown peer(s) {unknown}; choose from {sorted(PEERS)}")
     # Ray and Serve print to stdout from background threads (e.g. "(raylet) Task ...
     # graceful_shutdown failed" while Serve stops): send all of that to stderr, so stdout
     # carries only the report (clean JSON with --json).
@@ -452,7 +515,7 @@ def main() -> int:
     report_fd = os.dup(1)
     os.dup2(2, 1)
     try:
-        out, core, http = measure(args)
+        out, core, http = measure(args, peers)
     finally:
         sys.stdout.flush()
         os.dup2(report_fd, 1)
@@ -460,19 +523,25 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    print_table(out)
     if core is not None:
-        print_core(core)
-    else:
-        raw = out["core"]["raw"]
-        print(f"raw limit (best, batch {raw['batch_size']}): {raw['images_per_s']:.2f} images/s")
+        for st in core["raylens_ingest"]["stage_seconds"]:
+            print(
+                "  raylens_bulk worker stage seconds: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in (st or {}).items())
+            )
     print_http(http)
     if http.get("media"):
         print_media(http["media"])
     return 0
 
 
-def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None, dict]:
+def measure(
+    args: argparse.Namespace, peers: list[str]
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict]:
     """Everything, on one image set: (the JSON object, the core figures, the HTTP figures)."""
+    from PIL import Image
+
     from raylens.cluster.settings import Settings
 
     decode_threads = args.decode_threads or Settings.model_fields["decode_threads"].default
@@ -480,9 +549,10 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | 
     with tempfile.TemporaryDirectory(prefix="raylens-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = make_images(folder, args.images)
+        mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
         core = None
         if args.no_ingest:
-            raw = raw_limit(paths, args.model, args.threads, sizes)
+            raw = raw_limit_isolated(folder, args.model, args.threads, sizes)
         else:
             data_dir = Path(tmp) / "core-data"
             core = run_core(
@@ -502,14 +572,20 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | 
             args.face_jobs,
             args.video_seconds,
         )
+        peer_out = run_peers(peers, paths, args.model, args.threads, Path(tmp) / "peers")
     http.update(images=args.images, clients=args.clients)
-    http["rows"] = rows_of(core, raw, http)
+    rows = rows_of(core, raw, http, peer_out)
     out = {
+        "device": raw["device"],
+        "dtype": raw["dtype"],
         "model": args.model,
         "images": args.images,
+        "mean_megapixels": round(mp, 2),
         "threads": args.threads,
         "clients": args.clients,
-        "rows": http["rows"],
+        "rows": rows,
+        "raw_by_batch_size": {str(k): round(v, 2) for k, v in raw["by_batch_size"].items()},
+        "peers": peer_out,
         "http_upload": http["upload"],
         "search": http["search"],
         "healthz": http["healthz"],

@@ -501,8 +501,14 @@ def test_drill_overload_at_5x_capacity_answers_only_202_429_503_and_memory_retur
 ) -> None:
     seconds = 60 if FULL else 12
     CLIENTS = 64  # noqa: N806 (a constant of this drill)
+    # Batches slowed to 0.25 s of 4 images: a worker as fast as ViT-B-32 on this CPU (~16/s),
+    # so the clients (threads sharing the cores with the system) can offer 5x of it.
     settings, url = drill_system(
-        queue_max_depth=64, http_max_ongoing_requests=16, http_max_queued_requests=128
+        queue_max_depth=64,
+        http_max_ongoing_requests=16,
+        http_max_queued_requests=128,
+        max_batch_size=4,
+        fault_inject="hang:0.25",
     )
     row = Row("8 overload 5x")
     images = [image_bytes(300_000 + i, (48, 48)) for i in range(64)]
@@ -512,19 +518,27 @@ def test_drill_overload_at_5x_capacity_answers_only_202_429_503_and_memory_retur
             "/v1/jobs", files=[("files", (f"{i}.jpg", images[i % len(images)] + bytes([i % 251])))]
         )
 
-    # Capacity: what 4 clients get accepted per second with no queue limit in the way.
+    # Capacity: the jobs the system finishes per second (accepted, embedded, stored) with 4
+    # clients keeping it busy for a few seconds and no limit in the way. Accepting alone is
+    # faster; what is accepted above this rate only grows the backlog until the limits refuse.
     warmup: list[str] = []
-    with httpx.Client(base_url=url, timeout=60) as c:
-        t = time.monotonic()
-        n = 0
-        while time.monotonic() - t < 3:
-            resp = post(c, n)
-            assert resp.status_code in (202, 429), resp.text
-            if resp.status_code == 202:
-                warmup.append(resp.json()["jobs"][0]["id"])
-            n += 1
-    capacity = n / (time.monotonic() - t)
-    wait_all(settings, warmup)
+    t_wall = time.time()
+
+    def steady(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            i = 10_000_000 + k * 100_000
+            while time.time() - t_wall < 4:
+                resp = post(c, i)
+                assert resp.status_code in (202, 429), resp.text
+                if resp.status_code == 202:
+                    warmup.append(resp.json()["jobs"][0]["id"])
+                i += 1
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(steady, range(4)))
+    finished = [j for j in wait_all(settings, warmup) if j is not None]
+    last_done = max(j.timestamps().get("done", t_wall) for j in finished)
+    capacity = len(finished) / (last_done - t_wall)
     time.sleep(2)
     rss_before = _ray_rss_mb()
     statuses: Counter[int] = Counter()
@@ -573,5 +587,5 @@ def test_drill_overload_at_5x_capacity_answers_only_202_429_503_and_memory_retur
     assert missing_retry_after == 0
     assert statuses[429] + statuses[503] > 0, "the overload never reached a limit"
     assert growth < 0.10, row.notes
-    # On 2 shared cores the client threads themselves cap the offered load near 2x capacity.
-    assert offered > 1.5 * capacity, f"offered only {offered / capacity:.1f}x capacity"
+    # Client threads share the cores with the system; allow a little short of the 5x asked for.
+    assert offered > 4 * capacity, f"offered only {offered / capacity:.1f}x capacity"

@@ -106,6 +106,48 @@ def test_embedder_gives_the_same_vectors_when_batched_or_one_by_one(embedder) ->
     assert np.allclose(batch, single, atol=1e-5)
 
 
+def test_embedder_halves_a_batch_and_keeps_the_size_when_the_device_runs_out_of_memory(
+    tiny_model,
+) -> None:
+    emb = ClipEmbedder(
+        tiny_model.name, str(tiny_model.checkpoint_path), model_config=tiny_model.config_path
+    )
+    px = _pixels(emb.image_size, range(11))
+    expected = emb.embed_images(px)
+    real = emb.model.encode_image
+    seen: list[int] = []
+
+    def encode_image(x, normalize=False):  # a device that holds at most 3 images at once
+        seen.append(len(x))
+        if len(x) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, normalize=normalize)
+
+    emb.model.encode_image = encode_image
+    got = emb.embed_images(px)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert seen[:3] == [11, 5, 2]  # 11 fails, 5 fails, then batches of 2 fit
+    assert emb.fitting_batch == 2 and emb.oom_halvings == 2
+    seen.clear()
+    emb.embed_images(px[:4])
+    assert seen == [2, 2]  # the next batch starts at the size that fitted
+    assert emb.report()["oom_halvings"] == 2
+
+
+def test_embedder_raises_when_even_one_image_does_not_fit(tiny_model) -> None:
+    emb = ClipEmbedder(
+        tiny_model.name, str(tiny_model.checkpoint_path), model_config=tiny_model.config_path
+    )
+
+    def encode_image(x, normalize=False):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    emb.model.encode_image = encode_image
+    with pytest.raises(torch.OutOfMemoryError):
+        emb.embed_images(_pixels(emb.image_size, range(4)))
+    assert emb.fitting_batch == 1
+
+
 def test_embedder_returns_an_empty_array_when_the_batch_is_empty(embedder) -> None:
     empty = np.zeros((0, embedder.image_size, embedder.image_size, 3), np.uint8)
     assert embedder.embed_images(empty).shape == (0, embedder.dim)

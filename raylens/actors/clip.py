@@ -112,6 +112,10 @@ class ClipEmbedder:
                 "raylens does not implement; choose another RAYLENS_CLIP_MODEL or tag"
             )
         self.dim = _embed_dim(open_clip, model_name, model)
+        # The largest image batch known to fit in device memory (None: not limited yet) and
+        # how often an out-of-memory error halved one.
+        self.fitting_batch: int | None = None
+        self.oom_halvings = 0
         _LOADS += 1
         self.load_seconds = time.perf_counter() - t0
         self.warmup_seconds = 0.0
@@ -153,6 +157,8 @@ class ClipEmbedder:
             "load_count": _LOADS,
             "pid": os.getpid(),
             "torch_version": torch.__version__,
+            "fitting_batch": self.fitting_batch,
+            "oom_halvings": self.oom_halvings,
         }
 
     @torch.inference_mode()
@@ -168,6 +174,25 @@ class ClipEmbedder:
             )
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
+        # Out of device memory on a batch: halve it and go on, and keep the size that fitted
+        # for the batches after (a worker never fails jobs because a batch was too big).
+        out, i = [], 0
+        while i < len(pixels):
+            size = min(len(pixels) - i, self.fitting_batch or len(pixels))
+            try:
+                out.append(self._embed(pixels[i : i + size]))
+            except Exception as exc:
+                if not _is_oom(exc) or size == 1:
+                    raise
+                self.oom_halvings += 1
+                self.fitting_batch = size // 2
+                log.warning("out of memory on a batch of %d; halving it to %d", size, size // 2)
+                _free_device_cache(self.device)
+                continue
+            i += size
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(pixels))
         if self.device == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -185,6 +210,25 @@ class ClipEmbedder:
         tokens = self.tokenizer(list(texts)).to(self.device)
         feats = self.model.encode_text(tokens, normalize=True)
         return feats.float().cpu().numpy()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """Out of device memory: CUDA's own error, or the RuntimeError MPS (and older torch) raise."""
+    oom_types = tuple(
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError)
+        if isinstance(t, type)
+    )
+    if isinstance(exc, oom_types):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_device_cache(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    elif device == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
 
 
 def _check_model_name(open_clip: Any, model_name: str, model_config: Path | None) -> None:

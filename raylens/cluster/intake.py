@@ -158,11 +158,17 @@ class IngestSummary:
     failed_by_code: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     images_per_s: float = 0.0
+    # Seconds from a job's creation (its submission) to its vector stored (done), over the
+    # jobs this run created and saw finish; None when there are none.
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
     complete: bool = False
     job_ids: list[str] = field(default_factory=list, repr=False)
+    latencies_s: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_ids: bool = False) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("latencies_s")
         if not with_ids:
             d.pop("job_ids")
         return d
@@ -180,6 +186,7 @@ def ingest(
     from tqdm import tqdm
 
     t0 = time.monotonic()
+    started_at = time.time()
     summary = IngestSummary(path=str(root))
     files = list(discover(root))
     summary.files = len(files)
@@ -222,15 +229,27 @@ def ingest(
                     pending[res.job_id] = None
             summary.job_ids += [r.job_id for r in results]
             if time.monotonic() - last_poll > settings.ingest_poll_s * 4:
-                _collect(queue, pending, summary, bar)
+                _collect(queue, pending, summary, bar, started_at)
                 last_poll = time.monotonic()
-        _wait(settings, queue, pending, summary, bar, t0)
+        _wait(settings, queue, pending, summary, bar, t0, started_at)
     bar.close()
     summary.seconds = round(time.monotonic() - t0, 3)
     processed = summary.done + summary.failed
     summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds else 0.0
     summary.complete = not pending
+    if summary.latencies_s:
+        lat = sorted(summary.latencies_s)
+        summary.latency_p50_s = round(_percentile(lat, 50), 3)
+        summary.latency_p99_s = round(_percentile(lat, 99), 3)
     return summary
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default), on a sorted list."""
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _chunks(n: int, first: int, rest: int) -> list[tuple[int, int]]:
@@ -241,8 +260,11 @@ def _chunks(n: int, first: int, rest: int) -> list[tuple[int, int]]:
     return out
 
 
-def _collect(queue: Any, pending: dict[str, None], summary: IngestSummary, bar: Any) -> None:
-    """Move finished jobs out of pending, counting them."""
+def _collect(
+    queue: Any, pending: dict[str, None], summary: IngestSummary, bar: Any, started_at: float
+) -> None:
+    """Move finished jobs out of pending, counting them (jobs created since started_at, a
+    Unix time, also give their creation -> done latency)."""
     codes: Counter[str] = Counter(summary.failed_by_code)
     ids = list(pending)
     for i in range(0, len(ids), 1000):
@@ -258,6 +280,9 @@ def _collect(queue: Any, pending: dict[str, None], summary: IngestSummary, bar: 
             bar.update(1)
             if job.state is JobState.DONE:
                 summary.done += 1
+                done_at = job.timestamps().get("done")
+                if done_at is not None and job.created_at >= started_at:
+                    summary.latencies_s.append(done_at - job.created_at)
             else:
                 summary.failed += 1
                 codes[job.error_code.value if job.error_code else "internal"] += 1
@@ -272,10 +297,11 @@ def _wait(
     summary: IngestSummary,
     bar: Any,
     t0: float,
+    started_at: float,
 ) -> None:
     while pending:
         if settings.ingest_timeout_s and time.monotonic() - t0 > settings.ingest_timeout_s:
             return
         # Each poll reads every pending record: poll big backlogs less often.
         time.sleep(settings.ingest_poll_s * max(1.0, len(pending) / 2000))
-        _collect(queue, pending, summary, bar)
+        _collect(queue, pending, summary, bar, started_at)
