@@ -550,7 +550,9 @@ def test_drill_overload_at_5x_capacity_answers_only_202_429_503_and_memory_retur
 
     def hammer(k: int) -> None:
         nonlocal missing_retry_after
-        period = CLIENTS / (5 * capacity)  # together the clients offer 5x capacity
+        # Together the clients aim at 5.5x capacity: some requests take longer than a period,
+        # so what they achieve lands a little under the aim (the row prints what it was).
+        period = CLIENTS / (5.5 * capacity)
         with httpx.Client(base_url=url, timeout=60) as c:
             i = k * 1_000_000
             while time.monotonic() < stop_at:
