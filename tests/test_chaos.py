@@ -139,7 +139,9 @@ def worker_pids(settings: Settings) -> dict[str, int]:
 def test_drill_load_many_concurrent_http_clients_all_accepted_none_lost(
     drill_system: Any, tmp_path: Path
 ) -> None:
-    settings, url = drill_system(queue_max_depth=max(50, SIZES["load_jobs"] // 10))
+    # Batches slowed to 0.05 s of 8 images, so the clients outrun the worker and the queue cap
+    # answers 429s, which the clients must retry until every upload is accepted.
+    settings, url = drill_system(queue_max_depth=100, max_batch_size=8, fault_inject="hang:0.05")
     row = Row("1 load")
     n, clients = SIZES["load_jobs"], SIZES["load_clients"]
     images = [image_bytes(100_000 + i, (48, 48)) for i in range(n)]
@@ -161,6 +163,7 @@ def test_drill_load_many_concurrent_http_clients_all_accepted_none_lost(
     row.notes = f"{clients} clients, retried {dict(retried) or 'never'} (queue cap {cap})"
     ROWS.append(row)
     assert row.accepted == n and row.done == n
+    assert retried["429"] > 0, "the load never reached the queue cap"
 
 
 @long_drill
