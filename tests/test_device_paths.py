@@ -109,30 +109,24 @@ def test_worker_gpus_follows_the_setting_when_it_is_set(monkeypatch, share) -> N
     assert system.worker_gpus(Settings(worker_num_gpus=share)) == share
 
 
-def test_start_workers_asks_for_zero_gpus_per_worker_when_the_machine_has_only_mps(
-    monkeypatch,
-) -> None:
+def test_worker_options_ask_for_zero_gpus_when_the_machine_has_only_mps(monkeypatch) -> None:
     _machine(monkeypatch, cuda=False, mps=True)
     _cluster(monkeypatch, {"CPU": 10.0})
-    calls = _record_worker_options(monkeypatch)
-
-    system.start_workers(Settings(num_workers=2))
-
-    assert [c["num_gpus"] for c in calls] == [0.0, 0.0]
+    settings = Settings(num_workers=2)
+    gpus = system.worker_gpus(settings)
+    opts = [system.worker_options(settings, settings.worker_name(i), gpus) for i in range(2)]
+    assert [o["num_gpus"] for o in opts] == [0.0, 0.0]
     assert Settings().clip_device == "auto" and select_device("auto") == "mps"
 
 
-def test_start_workers_asks_for_one_gpu_per_worker_when_the_cluster_has_gpus(
-    monkeypatch,
-) -> None:
+def test_worker_options_ask_for_one_gpu_each_when_the_cluster_has_gpus(monkeypatch) -> None:
     _cluster(monkeypatch, {"CPU": 8.0, "GPU": 3.0})
-    calls = _record_worker_options(monkeypatch)
-
-    system.start_workers(Settings(num_workers=3, worker_num_cpus=2.0))
-
-    assert [c["num_gpus"] for c in calls] == [1.0, 1.0, 1.0]
-    assert [c["num_cpus"] for c in calls] == [2.0, 2.0, 2.0]
-    assert [c["name"] for c in calls] == [f"raylens-worker-{i}" for i in range(3)]
+    settings = Settings(num_workers=3, worker_num_cpus=2.0)
+    gpus = system.worker_gpus(settings)
+    opts = [system.worker_options(settings, settings.worker_name(i), gpus) for i in range(3)]
+    assert [o["num_gpus"] for o in opts] == [1.0, 1.0, 1.0]
+    assert [o["num_cpus"] for o in opts] == [2.0, 2.0, 2.0]
+    assert [o["name"] for o in opts] == [f"raylens-worker-{i}" for i in range(3)]
 
 
 # --- notebook launch(): one worker per GPU ------------------------------------------------------

@@ -144,6 +144,27 @@ class Settings(BaseSettings):
     supervise_interval_s: float = Field(
         default=5.0, gt=0, description="How often the supervisor checks every worker's progress."
     )
+    # Scaling: the supervisor keeps the worker count between min_workers and max_workers (both
+    # default to num_workers, which is what `raylens up` starts: no scaling unless max > min).
+    min_workers: int | None = Field(default=None, ge=1, le=1024)
+    max_workers: int | None = Field(default=None, ge=1, le=1024)
+    scale_up_backlog: int = Field(
+        default=64,
+        ge=1,
+        description="Queued jobs per live worker above which one more worker is added.",
+    )
+    scale_up_oldest_s: float = Field(
+        default=30.0, gt=0, description="Add a worker when the oldest queued job is this old."
+    )
+    scale_down_idle_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A worker with nothing to do this long (and nothing queued) is drained and "
+        "removed, down to min_workers.",
+    )
+    scale_cooldown_s: float = Field(
+        default=30.0, ge=0, description="Least time between two scaling steps."
+    )
 
     # --- queue and jobs -----------------------------------------------------------------------
     lease_timeout_s: float = Field(default=60.0, gt=0)
@@ -179,7 +200,21 @@ class Settings(BaseSettings):
     # --- HTTP ingress (Ray Serve) ----------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Address the Serve HTTP proxy binds.")
     http_port: int = Field(default=8000, ge=1, le=65535)
-    http_replicas: int = Field(default=1, ge=1, le=256, description="Ingress replicas.")
+    http_replicas: int = Field(
+        default=1, ge=1, le=256, description="Ingress replicas (the least, when autoscaling)."
+    )
+    http_max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Above http_replicas: Serve autoscales the ingress up to this many replicas "
+        "on ongoing requests.",
+    )
+    http_target_ongoing_requests: float = Field(
+        default=16.0,
+        gt=0,
+        description="Autoscaling aims at this many requests in flight per ingress replica.",
+    )
     http_max_ongoing_requests: int = Field(
         default=64,
         ge=1,
@@ -243,6 +278,24 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _replica_bounds(self) -> Settings:
+        if self.http_max_replicas is not None and self.http_max_replicas < self.http_replicas:
+            raise ValueError(
+                f"RAYLENS_HTTP_MAX_REPLICAS={self.http_max_replicas} is below "
+                f"RAYLENS_HTTP_REPLICAS={self.http_replicas}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _worker_bounds(self) -> Settings:
+        if self.worker_min > self.worker_max:
+            raise ValueError(
+                f"RAYLENS_MIN_WORKERS={self.worker_min} is above RAYLENS_MAX_WORKERS="
+                f"{self.worker_max}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _payloads_need_redis(self) -> Settings:
         if self.payload_store == "redis" and not self.redis_url:
             raise ValueError(
@@ -260,6 +313,27 @@ class Settings(BaseSettings):
         if self.payload_store == "auto":
             return self.redis_url is not None
         return self.payload_store == "redis"
+
+    @property
+    def worker_min(self) -> int:
+        return (
+            self.min_workers
+            if self.min_workers is not None
+            else min(self.num_workers, self.max_workers or self.num_workers)
+        )
+
+    @property
+    def worker_max(self) -> int:
+        return (
+            self.max_workers
+            if self.max_workers is not None
+            else max(self.num_workers, self.min_workers or self.num_workers)
+        )
+
+    @property
+    def scaling(self) -> bool:
+        """Whether the supervisor adds and removes workers (max_workers above min_workers)."""
+        return self.worker_max > self.worker_min
 
     @property
     def sqlite_path(self) -> Path:

@@ -123,21 +123,30 @@ def start_index(settings: Settings) -> Any:
     return index
 
 
+def worker_options(settings: Settings, name: str, gpus: float) -> dict[str, Any]:
+    """Ray options of one worker: pinned to a GPU share (or CPUs), named, restarted on death."""
+    return {
+        "max_task_retries": 0,
+        "max_concurrency": 4,
+        "num_cpus": settings.worker_num_cpus,
+        "num_gpus": gpus,
+        **_detached(settings, name),
+    }
+
+
+def start_worker(settings: Settings, name: str, gpus: float | None = None) -> Any:
+    """Create (or find) one named worker; does not wait for its model. A worker asking for a
+    GPU the cluster lacks stays pending, which is what makes Ray's autoscaler add a GPU node."""
+    gpus = worker_gpus(settings) if gpus is None else gpus
+    options = worker_options(settings, name, gpus)
+    return ray.remote(Worker).options(**options).remote(settings, name)
+
+
 def start_workers(settings: Settings) -> list[dict[str, Any]]:
-    """num_workers workers, each pinned to a GPU share or to CPUs; waits for their models."""
+    """num_workers workers (kept within min/max_workers); waits for their models."""
     gpus = worker_gpus(settings)
-    workers = [
-        ray.remote(Worker)
-        .options(
-            max_task_retries=0,
-            max_concurrency=4,
-            num_cpus=settings.worker_num_cpus,
-            num_gpus=gpus,
-            **_detached(settings, settings.worker_name(i)),
-        )
-        .remote(settings, settings.worker_name(i))
-        for i in range(settings.num_workers)
-    ]
+    n = min(max(settings.num_workers, settings.worker_min), settings.worker_max)
+    workers = [start_worker(settings, settings.worker_name(i), gpus) for i in range(n)]
     return wait_for_workers(settings, workers)
 
 

@@ -41,23 +41,37 @@ def http_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build(settings: Settings) -> Any:
-    """The bound Serve application (backpressure from settings, never Serve's defaults)."""
-    from ray import serve
-
-    deployment = serve.deployment(
-        serve.ingress()(Ingress),
-        name=DEPLOYMENT_NAME,
-        num_replicas=settings.http_replicas,
+def deployment_options(settings: Settings) -> dict[str, Any]:
+    """The ingress deployment's options (backpressure from settings, never Serve's defaults)."""
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
         # The replica admits more than its own limit so that it, not Serve, refuses the excess:
         # its 503 `overloaded` carries Retry-After (Serve's own 503 does not).
-        max_ongoing_requests=settings.http_max_ongoing_requests
+        "max_ongoing_requests": settings.http_max_ongoing_requests
         + max(settings.http_max_queued_requests, 16),
-        max_queued_requests=settings.http_max_queued_requests,
+        "max_queued_requests": settings.http_max_queued_requests,
         # The ingress only awaits; it needs no CPU reservation of its own, so it never
         # competes with workers for scheduling.
-        ray_actor_options={"num_cpus": 0},
-    )
+        "ray_actor_options": {"num_cpus": 0},
+    }
+    top = settings.http_max_replicas
+    if top is not None and top > settings.http_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": settings.http_replicas,
+            "initial_replicas": settings.http_replicas,
+            "max_replicas": top,
+            "target_ongoing_requests": settings.http_target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = settings.http_replicas
+    return options
+
+
+def build(settings: Settings) -> Any:
+    """The bound Serve application."""
+    from ray import serve
+
+    deployment = serve.deployment(serve.ingress()(Ingress), **deployment_options(settings))
     return deployment.bind(settings)  # type: ignore[attr-defined]
 
 
