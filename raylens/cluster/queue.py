@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from raylens.cluster import metrics
 from raylens.cluster.jobs import LANE_ORDER, Job, JobSpec, JobState, Lane
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import JobStore, open_job_store
@@ -30,6 +31,9 @@ from raylens.errors import (
 
 log = logging.getLogger("raylens.queue")
 T = TypeVar("T")
+
+# The done/failed job gauges are counted at each ack and re-read from the store this often.
+_TERMINAL_RESYNC_S = 60.0
 
 
 @dataclass
@@ -72,6 +76,10 @@ class JobQueue:
         self.lanes: dict[Lane, deque[str]] = {lane: deque() for lane in LANE_ORDER}
         self.lane_of: dict[str, Lane] = {}
         self.leases: dict[str, Lease] = {}
+        self.queued_at: dict[str, float] = {}  # when each queued job (re-)entered its lane
+        # done/failed counts for the metrics; only touched on the store thread
+        self._terminal: dict[str, int] | None = None
+        self._terminal_at = 0.0
         self.started_at = time.time()
         self.rebuilt = self._rebuild()  # runs before the actor serves calls: blocking is fine
         self._wakeup: asyncio.Event | None = None
@@ -90,6 +98,7 @@ class JobQueue:
         for job in self.store.iter_state(JobState.QUEUED):
             self.lanes[job.lane].append(job.id)
             self.lane_of[job.id] = job.lane
+            self.queued_at[job.id] = job.updated_at
             queued += 1
         for job in self.store.iter_state(JobState.RUNNING):
             self.leases[job.id] = Lease(worker_id=None, deadline=deadline)
@@ -149,6 +158,7 @@ class JobQueue:
             if created:
                 self.lanes[job.lane].append(job.id)
                 self.lane_of[job.id] = job.lane
+                self.queued_at[job.id] = now
             out.append(SubmitResult(job.id, created, job.state))
         self._notify()
         return out
@@ -191,6 +201,7 @@ class JobQueue:
         for job in moved:
             self.lanes[job.lane].append(job.id)
             self.lane_of[job.id] = job.lane
+            self.queued_at[job.id] = job.updated_at
         self._notify()
         return [j.id for j in moved]
 
@@ -218,6 +229,7 @@ class JobQueue:
                 continue  # the content was submitted again as a newer job; that one counts
             moved.append(job.moved(JobState.QUEUED, attempts=0, note="retry"))
         self.store.put(moved)
+        self._count_terminal(failed=-len(moved))
         return moved
 
     # ---- workers ------------------------------------------------------------------------------
@@ -269,6 +281,7 @@ class JobQueue:
             raise
         leased = {job.id for job in jobs}
         for job_id in ids:
+            self.queued_at.pop(job_id, None)
             if job_id not in leased:  # gone or already terminal: never lease it
                 self.leases.pop(job_id, None)
                 self.lane_of.pop(job_id, None)
@@ -317,6 +330,7 @@ class JobQueue:
         for job in outcome["requeued"]:
             self.lanes[job.lane].appendleft(job.id)
             self.lane_of[job.id] = job.lane
+            self.queued_at[job.id] = job.updated_at
         if outcome["requeued"]:
             self._notify()
         for job_id in ids:
@@ -326,6 +340,7 @@ class JobQueue:
         self.counters["acked"] += counts["done"]
         self.counters["failed"] += counts["failed"]
         self.counters["requeued"] += counts["requeued"]
+        metrics.record_finished(outcome, {f.job_id: f.code.value for f in failed})
         return counts
 
     def _apply_ack(
@@ -348,6 +363,7 @@ class JobQueue:
                 moved = self._fail_or_requeue(job, f.code, f.message, f.retryable, now)
                 out["failed" if moved.state is JobState.FAILED else "requeued"].append(moved)
         self.store.put(out["done"] + out["failed"] + out["requeued"])
+        self._count_terminal(done=len(out["done"]), failed=len(out["failed"]))
         return out
 
     def _fail_or_requeue(
@@ -374,6 +390,7 @@ class JobQueue:
 
     def _drop_from_lane(self, job_id: str) -> None:
         lane = self.lane_of.get(job_id)
+        self.queued_at.pop(job_id, None)
         if lane is not None:
             try:
                 self.lanes[lane].remove(job_id)
@@ -406,6 +423,38 @@ class JobQueue:
                 log.exception(
                     "lease reaper failed; retrying in %ss", self.settings.lease_check_interval_s
                 )
+            try:
+                await self._publish_metrics()
+            except Exception:  # metrics never stop the reaper
+                log.debug("metrics: queue gauges not published", exc_info=True)
+
+    # ---- metrics (Ray dashboard; cluster/metrics.py) ------------------------------------------
+    async def _publish_metrics(self) -> None:
+        """Depth and head-of-lane age per lane, jobs per state: from memory, no store query
+        (except the done/failed counts, re-read once a minute on the store thread)."""
+        now = time.time()
+        for lane in LANE_ORDER:
+            q = self.lanes[lane]
+            metrics.QUEUE_DEPTH.set(len(q), lane=lane.value)
+            age = now - self.queued_at.get(q[0], now) if q else 0.0
+            metrics.QUEUE_OLDEST_AGE.set(max(0.0, age), lane=lane.value)
+        if now - self._terminal_at > _TERMINAL_RESYNC_S:
+            await self._io_call(self._resync_terminal)  # once a minute; the store may be down
+        states = {"queued": self.depth(), "running": len(self.leases), **(self._terminal or {})}
+        for state, n in states.items():
+            metrics.JOBS.set(n, state=state)
+
+    def _resync_terminal(self) -> None:
+        """Store thread: done/failed counts from the store (serialised with the writes)."""
+        self._terminal_at = time.time()
+        counts = self.store.counts()
+        self._terminal = {"done": counts[JobState.DONE], "failed": counts[JobState.FAILED]}
+
+    def _count_terminal(self, done: int = 0, failed: int = 0) -> None:
+        """Store thread, after a write: keep the done/failed counts current between re-reads."""
+        if self._terminal is not None:
+            self._terminal["done"] += done
+            self._terminal["failed"] += failed
 
     async def reap(self) -> int:
         """Re-queue (or dead-letter) every job whose lease deadline has passed."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from raylens.cluster import system
+from raylens.cluster import metrics, system
 from raylens.cluster.settings import Settings
 
 log = logging.getLogger("raylens.supervisor")
@@ -59,6 +59,7 @@ class Supervisor:
             *(asyncio.wait_for(w.report.remote(), timeout=30) for w in workers),
             return_exceptions=True,
         )
+        metrics.record_workers(answers, self.settings.worker_stall_timeout_s)
         replaced = []
         for worker, report in zip(workers, answers):
             if isinstance(report, ray.exceptions.RayActorError):
@@ -73,6 +74,7 @@ class Supervisor:
             name = report["worker"] if isinstance(report, dict) else "?"
             log.warning("worker %s %s: replacing it", name, why)
             ray.kill(worker, no_restart=False)  # Ray restarts it; __init__ reloads the model
+            metrics.WORKERS_REPLACED.inc()
             released = 0
             if worker_id is not None:
                 queue = system.queue_handle(self.settings)

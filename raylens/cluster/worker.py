@@ -26,6 +26,7 @@ from raylens.actors.clip import ClipEmbedder
 from raylens.actors.faces import Face, FaceBackend, FaceOptions, load_face_backend
 from raylens.actors.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
 from raylens.actors.video import VideoLimits, sample_frames, sniff_video
+from raylens.cluster import metrics
 from raylens.cluster.index import VectorIndex, point_id
 from raylens.cluster.jobs import Job, Pipeline, SourceKind
 from raylens.cluster.payloads import open_payload_store
@@ -184,6 +185,12 @@ class Worker:
         ]
         for t in self._threads:
             t.start()
+        metrics.MODEL_LOAD_SECONDS.set(self.embedder.load_seconds, worker=name, model=self.model_id)
+        if self.faces is not None:
+            metrics.MODEL_LOAD_SECONDS.set(
+                self.faces.load_seconds, worker=name, model=self.faces.model_id
+            )
+        metrics.record_memory(name, self.embedder.device)
         log.info("worker %s ready: %s", self.worker_id, self.embedder.report())
 
     # ---- actor methods ----------------------------------------------------------------------
@@ -540,6 +547,15 @@ class Worker:
         s.write_s += t3 - t2
         s.last_batch_size = len(batch.jobs)
         s.last_progress_at = time.time()
+        metrics.record_batch(
+            self.name,
+            len(batch.jobs),
+            decode=batch.decode_s,
+            infer=t1 - t0 if embed else None,
+            faces=t2 - t1 if finds else None,
+            write=t3 - t2 if ok_jobs else None,
+        )
+        metrics.record_memory(self.name, self.embedder.device)
 
     def _store(
         self,
