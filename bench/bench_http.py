@@ -23,6 +23,8 @@ Then, on the raylens_http system: healthz latency while the workers are saturate
 latency over --index-points stored vectors, and faces/s and video frames/s (bench_media).
 
     uv run python bench/bench_http.py [--images 192] [--clients 32] [--peers rq,...] [--json]
+"""
+
 from __future__ import annotations
 
 import argparse
