@@ -1,4 +1,4 @@
-"""`raylens` command line: up, down, ingest, status, search, faces."""
+"""`raylens` command line: up, down, ingest, status, search, faces, doctor."""
 
 from __future__ import annotations
 
@@ -201,6 +201,12 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             f"(already done), {summary.duplicates} duplicates; {summary.done} done, "
             f"{summary.failed} failed{f' ({codes})' if codes else ''} in {summary.seconds:.1f}s "
             f"({summary.images_per_s} images/s)"
+            + (
+                f"; submission -> stored p50 {summary.latency_p50_s:.2f}s, "
+                f"p99 {summary.latency_p99_s:.2f}s"
+                if summary.latency_p50_s is not None and summary.latency_p99_s is not None
+                else ""
+            )
         )
     return 0 if summary.complete else 3
 
@@ -416,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("--json", action="store_true")
     fa.add_argument("--address")
     fa.set_defaults(func=cmd_faces)
+
+    dr = sub.add_parser("doctor", help="check this machine and the configured services (for bugs)")
+    dr.add_argument("--json", action="store_true", help="print one JSON object")
+    dr.add_argument("--no-model", action="store_true", help="skip the timed model load (slow)")
+    dr.add_argument("--timeout", type=float, default=3.0, help="seconds per connect (default 3)")
+    dr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     return parser
 
 
@@ -426,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if args.command == "doctor":  # reports invalid settings instead of stopping at them
+        from raylens.cluster.doctor import cli_doctor
+
+        return cli_doctor(args)
     try:
         settings = load_settings()
         if getattr(args, "top_k", 1) < 1:
