@@ -429,15 +429,23 @@ class JobQueue:
                 log.debug("metrics: queue gauges not published", exc_info=True)
 
     # ---- metrics (Ray dashboard; cluster/metrics.py) ------------------------------------------
+    def _oldest_ages(self) -> dict[str, float]:
+        """Seconds the job at the head of each lane has waited (0 for an empty lane)."""
+        now = time.time()
+        ages = {}
+        for lane in LANE_ORDER:
+            q = self.lanes[lane]
+            ages[lane.value] = max(0.0, now - self.queued_at.get(q[0], now)) if q else 0.0
+        return ages
+
     async def _publish_metrics(self) -> None:
         """Depth and head-of-lane age per lane, jobs per state: from memory, no store query
         (except the done/failed counts, re-read once a minute on the store thread)."""
-        now = time.time()
+        ages = self._oldest_ages()
         for lane in LANE_ORDER:
-            q = self.lanes[lane]
-            metrics.QUEUE_DEPTH.set(len(q), lane=lane.value)
-            age = now - self.queued_at.get(q[0], now) if q else 0.0
-            metrics.QUEUE_OLDEST_AGE.set(max(0.0, age), lane=lane.value)
+            metrics.QUEUE_DEPTH.set(len(self.lanes[lane]), lane=lane.value)
+            metrics.QUEUE_OLDEST_AGE.set(ages[lane.value], lane=lane.value)
+        now = time.time()
         if now - self._terminal_at > _TERMINAL_RESYNC_S:
             await self._io_call(self._resync_terminal)  # once a minute; the store may be down
         states = {"queued": self.depth(), "running": len(self.leases), **(self._terminal or {})}
@@ -499,6 +507,7 @@ class JobQueue:
         counts = await self._io_call(self.store.counts)
         return {
             "depth": {lane.value: len(self.lanes[lane]) for lane in LANE_ORDER},
+            "oldest_queued_s": self._oldest_ages(),
             "leased": len(self.leases),
             "jobs": {state.value: n for state, n in counts.items()},
             "counters": dict(self.counters),

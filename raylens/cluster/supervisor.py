@@ -1,9 +1,14 @@
-"""Supervisor: a progress-based health check of the workers (a ping is not enough).
+"""Supervisor: a progress-based health check of the workers (a ping is not enough), and scaling.
 
 A worker whose inference hangs still answers actor calls and its heartbeat thread still runs;
 only its progress stops. Every `supervise_interval_s` the supervisor reads each worker's report;
 a worker holding jobs without progress for `worker_stall_timeout_s` (or not answering at all) is
 killed and restarted by Ray (it reloads its model), and its leases go back to the queue at once.
+A worker that has not answered yet since it was created (pending resources, such as a GPU node
+the autoscaler is still adding, or loading its model) gets `worker_start_timeout_s` first.
+
+Then, when max_workers > min_workers, one scaling step (cluster/scaler.py): add a worker for a
+backlog, or drain and remove one idle for `scale_down_idle_s`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import ray
 
-from raylens.cluster import metrics, system
+from raylens.cluster import metrics, scaler, system
 from raylens.cluster.settings import Settings
 
 log = logging.getLogger("raylens.supervisor")
@@ -29,6 +34,10 @@ class Supervisor:
         self.replaced: list[dict[str, Any]] = []
         self.checks = 0
         self._task: asyncio.Task[None] | None = None
+        self._first_seen: dict[str, float] = {}  # worker name -> when this supervisor saw it
+        self._answered: set[str] = set()  # workers that have answered a report at least once
+        self._draining: dict[str, asyncio.Task[Any]] = {}
+        self.scale_state = scaler.ScalerState()
 
     def _ensure_started(self) -> None:
         if self._task is None or self._task.done():
@@ -40,7 +49,15 @@ class Supervisor:
 
     async def report(self) -> dict[str, Any]:
         self._ensure_started()
-        return {"checks": self.checks, "replaced": list(self.replaced)}
+        return {
+            "checks": self.checks,
+            "replaced": list(self.replaced),
+            "scaling": self.settings.scaling,
+            "min_workers": self.settings.worker_min,
+            "max_workers": self.settings.worker_max,
+            "scale_history": list(self.scale_state.history[-50:]),
+            "draining": sorted(self._draining),
+        }
 
     async def _loop(self) -> None:
         while True:
@@ -50,28 +67,56 @@ class Supervisor:
             except Exception:  # never die: the next round tries again
                 log.exception("supervisor check failed")
 
+    async def _reports(self, workers: list[Any], names: list[str]) -> list[Any]:
+        """Each worker's report, or the exception; a worker never seen answering gets a short
+        timeout (it may be pending resources for minutes)."""
+        now = time.time()
+        for name in names:
+            self._first_seen.setdefault(name, now)
+
+        async def one(worker: Any, name: str) -> Any:
+            timeout = 30.0 if name in self._answered else 2.0
+            return await asyncio.wait_for(worker.report.remote(), timeout=timeout)
+
+        answers = await asyncio.gather(
+            *(one(w, n) for w, n in zip(workers, names)), return_exceptions=True
+        )
+        for name, report in zip(names, answers):
+            if isinstance(report, dict):
+                self._answered.add(name)
+        return answers
+
+    def _starting(self, name: str) -> bool:
+        """Never answered yet and still within its start time: pending or loading, not hung."""
+        if name in self._answered:
+            return False
+        waited = time.time() - self._first_seen.get(name, time.time())
+        return waited < self.settings.worker_start_timeout_s
+
     async def check(self) -> list[str]:
-        """One round: replace every stalled or unresponsive worker; returns their names."""
+        """One round: replace every stalled or unresponsive worker (returns their names), then
+        take at most one scaling step."""
         self.checks += 1
         loop = asyncio.get_running_loop()
-        workers = await loop.run_in_executor(None, system.worker_handles, self.settings)
-        answers = await asyncio.gather(
-            *(asyncio.wait_for(w.report.remote(), timeout=30) for w in workers),
-            return_exceptions=True,
-        )
+        named = await loop.run_in_executor(None, system.named_workers, self.settings)
+        named = [(n, w) for n, w in named if n not in self._draining]
+        names = [n for n, _ in named]
+        workers = [w for _, w in named]
+        answers = await self._reports(workers, names)
         metrics.record_workers(answers, self.settings.worker_stall_timeout_s)
         replaced = []
-        for worker, report in zip(workers, answers):
+        for worker, name, report in zip(workers, names, answers):
             if isinstance(report, ray.exceptions.RayActorError):
                 continue  # dead or restarting: Ray brings it back, its leases expire
             if isinstance(report, BaseException):
+                if self._starting(name):
+                    continue
                 why, worker_id = f"does not answer ({type(report).__name__})", None
             elif report.get("stalled_s", 0.0) > self.settings.worker_stall_timeout_s:
                 why = f"no progress for {report['stalled_s']:.0f}s while holding jobs"
                 worker_id = report["worker_id"]
             else:
                 continue
-            name = report["worker"] if isinstance(report, dict) else "?"
             log.warning("worker %s %s: replacing it", name, why)
             ray.kill(worker, no_restart=False)  # Ray restarts it; __init__ reloads the model
             metrics.WORKERS_REPLACED.inc()
@@ -85,4 +130,52 @@ class Supervisor:
                 {"worker": name, "why": why, "at": time.time(), "released": released}
             )
             replaced.append(name)
+        if self.settings.scaling or len(workers) < self.settings.worker_min:
+            await self.scale(workers, names, answers)
         return replaced
+
+    async def scale(self, workers: list[Any], names: list[str], answers: list[Any]) -> str:
+        """One scaling step from this round's reports and the queue's backlog."""
+        stats = await system.queue_handle(self.settings).stats.remote()
+        views = [
+            scaler.WorkerView(
+                name,
+                ready=isinstance(report, dict),
+                held_leases=report.get("held_leases", 0) if isinstance(report, dict) else 0,
+                idle_s=scaler.idle_seconds(report) if isinstance(report, dict) else 0.0,
+            )
+            for name, report in zip(names, answers)
+        ]
+        backlog = sum(stats["depth"].values())
+        oldest = max(stats.get("oldest_queued_s", {}).values(), default=0.0)
+        decision = scaler.decide(self.settings, views, backlog, oldest, self.scale_state)
+        if decision.action == "hold" or decision.name is None:
+            return decision.action
+        now = time.time()
+        self.scale_state.last_action_at = now
+        self.scale_state.history.append(
+            {"at": now, "action": decision.action, "worker": decision.name, "why": decision.reason}
+        )
+        log.warning("scaling %s: %s (%s)", decision.action, decision.name, decision.reason)
+        if decision.action == "up":
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, system.start_worker, self.settings, decision.name)
+            self._first_seen[decision.name] = now
+        else:
+            worker = workers[names.index(decision.name)]
+            task = asyncio.get_running_loop().create_task(self._remove(decision.name, worker))
+            self._draining[decision.name] = task
+        return decision.action
+
+    async def _remove(self, name: str, worker: Any) -> None:
+        """Drain (finish what it holds, lease nothing more), then remove it for good."""
+        try:
+            out = await worker.drain.remote(self.settings.lease_timeout_s)
+            log.warning("worker %s drained: %s", name, out)
+        except Exception as exc:  # dead already: its leases expire and are retried
+            log.warning("worker %s did not drain: %s", name, exc)
+        finally:
+            ray.kill(worker, no_restart=True)
+            self._answered.discard(name)
+            self._first_seen.pop(name, None)
+            self._draining.pop(name, None)

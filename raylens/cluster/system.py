@@ -79,13 +79,27 @@ def index_handle(settings: Settings) -> Any:
     return _actor(settings.index_actor_name, settings)
 
 
-def worker_handles(settings: Settings) -> list[Any]:
-    names = sorted(
+def worker_names(settings: Settings) -> list[str]:
+    return sorted(
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["namespace"] == settings.namespace and a["name"].startswith(WORKER_PREFIX)
     )
-    return [_actor(n, settings) for n in names]
+
+
+def worker_handles(settings: Settings) -> list[Any]:
+    return [_actor(n, settings) for n in worker_names(settings)]
+
+
+def named_workers(settings: Settings) -> list[tuple[str, Any]]:
+    """(name, handle) of every worker; one removed meanwhile is left out."""
+    out = []
+    for name in worker_names(settings):
+        try:
+            out.append((name, _actor(name, settings)))
+        except ValueError:
+            continue
+    return out
 
 
 def _detached(settings: Settings, name: str) -> dict[str, Any]:

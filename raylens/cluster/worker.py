@@ -165,6 +165,7 @@ class Worker:
         )
         self.stats = WorkerStats()
         self._stop = threading.Event()
+        self._draining = threading.Event()  # set: lease nothing more (a scale-down)
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=max(1, settings.prefetch_batches))
@@ -206,6 +207,7 @@ class Worker:
             "alive_threads": [t.name for t in self._threads if t.is_alive()],
             "overlap_decode": self.overlap,
             "held_leases": len(self._held),
+            "draining": self._draining.is_set(),
             "batches": s.batches,
             "images": s.images,
             "failed_inputs": s.failed_inputs,
@@ -240,6 +242,20 @@ class Worker:
         assert img.full is not None
         found = self.faces.faces([img.full], [img.full_scale])[0]
         return [{**f.summary(), "face_index": i, "vector": f.vector} for i, f in enumerate(found)]
+
+    def drain(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Lease nothing more, finish every job held, then stop: a scale-down fails no job and
+        costs none an attempt (only jobs still held after timeout_s are given back)."""
+        self._draining.set()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            with self._held_lock:
+                if not self._held:
+                    break
+            time.sleep(0.05)
+        out: dict[str, Any] = dict(self.stop(timeout_s=max(1.0, timeout_s / 10)))
+        out["drain_s"] = round(time.monotonic() - t0, 3)
+        return out
 
     def stop(self, timeout_s: float = 30.0) -> dict[str, int]:
         """Stop leasing, finish the batch in hand, give back anything not started."""
@@ -284,7 +300,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     def _fetch_loop(self) -> None:
-        while not self._stop.is_set():
+        while not (self._stop.is_set() or self._draining.is_set()):
             lease_args = (self.worker_id, self.settings.max_batch_size, self.settings.lease_poll_s)
             jobs: list[Job] = self._queue_call(
                 lambda q: q.lease.remote(*lease_args),  # noqa: B023 (called at once)

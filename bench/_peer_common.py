@@ -1,0 +1,386 @@
+"""Shared bits of the Ray Serve benchmark peers (peer_serve_tc.py, peer_serve_naive.py).
+
+Benchmark fixtures, never imported by raylens. What they share:
+
+- `EmbedStore`: the replica's work, the same per image as bench_core's raw-limit row: the model
+  loaded once (`ClipEmbedder`, torch threads = threads), `decode_image` with the raw row's
+  limits, `embed_images` at batch 1, then one upsert into a Qdrant local-mode collection that
+  the replica opened once (local mode locks its folder to one process: one replica only);
+- `serve_cluster`: a local Ray cluster started inside this process (own namespace, no
+  dashboard) with Serve on a free loopback port, shut down (Serve, then Ray) on the way out;
+  `deploy`: `serve.run` under a deadline, so a replica that never starts is an error;
+- `redis_broker`: a redis-server of our own on a free port (tests/_redis_server.RedisServer);
+- `peer_row`: the row every peer returns (images/s, latency percentiles, peak memory);
+- `main`: the standalone command line of a peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from _rss import RowMemory
+
+BENCH_DIR = Path(__file__).resolve().parent
+TESTS_DIR = BENCH_DIR.parent / "tests"
+COLLECTION = "peer"
+# The raw-limit row's decode limits (bench_core.raw_limit).
+MAX_PIXELS = 150_000_000
+MAX_BYTES = 1 << 30
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def point_id(key: str) -> str:
+    """One point per image: the id depends only on the image's key (its path)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
+# ---- the replica's work -----------------------------------------------------------------------
+
+
+class EmbedStore:
+    """Model + Qdrant local collection, loaded/opened once in a replica's __init__.
+
+    Thread-safe: the model runs concurrently in the caller's threads (as a Celery thread pool
+    or a Serve thread pool would run it); the upsert is serialised by a lock (Qdrant local mode
+    is one in-process store, not a server).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        pretrained: str,
+        model_config: Path | None,
+        threads: int,
+        qdrant_path: Path,
+    ) -> None:
+        from qdrant_client import QdrantClient, models
+
+        from raylens.actors.clip import ClipEmbedder
+
+        self.emb = ClipEmbedder(
+            model, pretrained, model_config=model_config, device="auto", threads=threads
+        )
+        self.threads = threads
+        self._models = models
+        self.client = QdrantClient(path=str(qdrant_path))
+        if not self.client.collection_exists(COLLECTION):
+            self.client.create_collection(
+                COLLECTION,
+                vectors_config=models.VectorParams(
+                    size=self.emb.dim, distance=models.Distance.COSINE
+                ),
+            )
+        self._lock = threading.Lock()
+
+    def embed(self, data: bytes) -> np.ndarray:
+        """One image's bytes -> its (dim,) vector: decode, preprocess, forward at batch 1."""
+        from raylens.actors.transforms import decode_image
+
+        emb = self.emb
+        pixels = decode_image(
+            data,
+            emb.image_size,
+            max_pixels=MAX_PIXELS,
+            max_bytes=MAX_BYTES,
+            resize_mode=emb.resize_mode,
+            interpolation=emb.interpolation,
+        ).pixels
+        return emb.embed_images(pixels[None])[0]
+
+    def embed_store(self, data: bytes, key: str) -> float:
+        """Embed, upsert, and return when the vector was stored (time.time() after upsert)."""
+        vector = self.embed(data)
+        point = self._models.PointStruct(
+            id=point_id(key), vector=vector.tolist(), payload={"key": key}
+        )
+        with self._lock:
+            self.client.upsert(COLLECTION, points=[point], wait=True)
+        return time.time()
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self.client.count(COLLECTION, exact=True).count)
+
+    def info(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "device": self.emb.device,
+            "dtype": str(self.emb.dtype).replace("torch.", ""),
+            "dim": self.emb.dim,
+            "torch_threads": torch.get_num_threads(),
+            "pid": os.getpid(),
+        }
+
+
+# ---- Ray + Serve, Redis ---------------------------------------------------------------------
+
+
+@contextmanager
+def serve_cluster(name: str, threads: int, http: bool = True) -> Iterator[int | None]:
+    """A local Ray cluster in this process with Serve started; yields Serve's HTTP port (None
+    without HTTP). Never touches other clusters on the machine (no `ray stop`)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        raise RuntimeError(
+            f"{name}: Ray is already initialised in this process; the peer needs its own "
+            "local cluster (call ray.shutdown() first)"
+        )
+    # Ray's workers do not see the driver's sys.path (bench/ is not a package): the replicas'
+    # classes travel by value, and so does this module, which they use.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(
+        address="local",
+        num_cpus=max(threads, os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=f"{name}-{uuid.uuid4().hex[:8]}",
+        object_store_memory=1 << 29,
+    )
+    try:
+        port = free_port() if http else None
+        if http:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        else:
+            serve.start(proxy_location="Disabled")
+        yield port
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def deploy(app: Any, name: str, route_prefix: str | None, timeout_s: float) -> Any:
+    """serve.run(app) under a deadline (a replica that cannot start or schedule is an error,
+    not a hang); returns the deployment handle."""
+    from ray import serve
+
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["handle"] = serve.run(app, name=name, route_prefix=route_prefix)
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=target, name=f"deploy-{name}", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise TimeoutError(
+            f"{name}: the Serve application did not become RUNNING within {timeout_s:.0f}s "
+            f"(serve.status(): {_app_status(name)})"
+        )
+    if "error" in out:
+        raise RuntimeError(
+            f"{name}: deploying failed: {str(out['error'])[:300]} "
+            f"(serve.status(): {_app_status(name)})"
+        ) from out["error"]
+    return out["handle"]
+
+
+def _app_status(name: str) -> str:
+    try:
+        from ray import serve
+
+        app = serve.status().applications.get(name)
+        if app is None:
+            return "no such application"
+        parts = [f"{app.status}: {app.message[:300]}"]
+        for dep_name, dep in app.deployments.items():
+            parts.append(f"{dep_name} {dep.status}: {dep.message[-2000:]}")
+        return "; ".join(parts)
+    except Exception as exc:  # only for an error message
+        return f"unavailable ({type(exc).__name__})"
+
+
+@contextmanager
+def redis_broker(folder: Path) -> Iterator[Any]:
+    """A redis-server of our own on a free port (tests/_redis_server.RedisServer), stopped on
+    the way out. Yields the RedisServer (`.url`)."""
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.append(str(TESTS_DIR))
+    from _redis_server import RedisServer  # type: ignore[import-not-found]
+
+    last: RuntimeError | None = None
+    for attempt in range(3):  # another process may take the free port between probe and bind
+        server = RedisServer(free_port(), folder / f"redis-{attempt}")
+        server.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            server.start()
+            break
+        except RuntimeError as exc:
+            last = exc
+    else:
+        assert last is not None
+        raise last
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---- the row ----------------------------------------------------------------------------------
+
+
+class PeerMemory(RowMemory):
+    """RowMemory (include_self) plus the same sums over this process's own tree only (itself
+    and its descendants: the Ray daemons and workers it started, redis-server). On a shared
+    machine, RowMemory also counts other users' processes started meanwhile; the tree cannot
+    be inflated that way."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        super().__init__(include_self=True, period_s=period_s)
+        self.tree_rss_mb = 0.0
+        self.tree_pss_mb: float | None = None
+
+    def sample(self) -> None:
+        """One pass: RowMemory's processes, and which of them are this process's tree."""
+        procs = self._procs()
+        me = psutil.Process()
+        try:
+            tree = {me.pid, *(c.pid for c in me.children(recursive=True))}
+        except psutil.Error:
+            tree = {me.pid}
+        rss = pss = tree_rss = tree_pss = 0
+        has_pss = True
+        for p in procs:
+            try:
+                full = p.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            has_pss = has_pss and hasattr(full, "pss")
+            p_pss = getattr(full, "pss", 0)
+            rss += full.rss
+            pss += p_pss
+            if p.pid in tree:
+                tree_rss += full.rss
+                tree_pss += p_pss
+        self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+        self.tree_rss_mb = max(self.tree_rss_mb, tree_rss / 2**20)
+        if has_pss:
+            self.peak_pss_mb = max(self.peak_pss_mb or 0.0, pss / 2**20)
+            self.tree_pss_mb = max(self.tree_pss_mb or 0.0, tree_pss / 2**20)
+
+
+def pct_ms(latencies_s: list[float], q: float) -> float | None:
+    return float(np.percentile(latencies_s, q) * 1000) if latencies_s else None
+
+
+def peer_row(
+    name: str,
+    *,
+    images: int,
+    done: int,
+    failed: int,
+    first_submit: float,
+    last_stored: float,
+    latencies_s: list[float],
+    mem: Any,
+    notes: str,
+    **extras: Any,
+) -> dict[str, Any]:
+    """The contract every peer returns (see bench_http): images/s from the first submission
+    to the last vector stored; per-image latency submission -> stored."""
+    seconds = last_stored - first_submit
+    return {
+        "name": name,
+        "images_per_s": done / seconds if done and seconds > 0 else 0.0,
+        "p50_ms": pct_ms(latencies_s, 50),
+        "p99_ms": pct_ms(latencies_s, 99),
+        "peak_rss_mb": mem.peak_rss_mb,
+        "peak_pss_mb": mem.peak_pss_mb,
+        "done": done,
+        "failed": failed,
+        "notes": notes,
+        "images": images,
+        "seconds": seconds,
+        "max_ms": max(latencies_s) * 1000 if latencies_s else None,
+        # This process's own tree only (see PeerMemory); None from a plain RowMemory.
+        "peak_rss_tree_mb": getattr(mem, "tree_rss_mb", None),
+        "peak_pss_tree_mb": getattr(mem, "tree_pss_mb", None),
+        **extras,
+    }
+
+
+# ---- standalone --------------------------------------------------------------------------------
+
+RunFn = Callable[..., dict[str, Any]]
+
+
+def main(run: RunFn, description: str | None) -> int:
+    """`--images N --model M [--threads T] [--json]`: generated images (bench_core), one run."""
+    from bench_core import make_images
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--pretrained", default="none")
+    ap.add_argument("--model-config", type=Path, default=None)
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    # Ray and Serve print to stdout from background threads: send that to stderr, so stdout
+    # carries only the report (clean JSON with --json).
+    sys.stdout.flush()
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="raylens-peer-") as tmp:
+            paths = make_images(Path(tmp) / "images", args.images)
+            out = run(
+                paths,
+                args.model,
+                args.threads,
+                Path(tmp) / "work",
+                pretrained=args.pretrained,
+                model_config=args.model_config,
+                timeout_s=args.timeout,
+            )
+    finally:
+        sys.stdout.flush()
+        os.dup2(report_fd, 1)
+        os.close(report_fd)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(summary_line(out))
+    return 0
+
+
+def summary_line(out: dict[str, Any]) -> str:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    return (
+        f"{out['name']}: {out['done']}/{out['images']} done, {out['failed']} failed, "
+        f"{out['images_per_s']:.2f} images/s, p50 {f(out['p50_ms'])} ms, "
+        f"p99 {f(out['p99_ms'])} ms, peak RSS {out['peak_rss_mb']:.0f} MB, "
+        f"PSS {f(out['peak_pss_mb'])} MB (own process tree: RSS {f(out['peak_rss_tree_mb'])} "
+        f"MB, PSS {f(out['peak_pss_tree_mb'])} MB); {out['notes']}"
+    )
