@@ -248,13 +248,13 @@ def redis_broker(folder: Path) -> Iterator[Any]:
 
 
 class PeerMemory(RowMemory):
-    """RowMemory (include_self) plus the same sums over this process's own tree only (itself
-    and its descendants: the Ray daemons and workers it started, redis-server). On a shared
-    machine, RowMemory also counts other users' processes started meanwhile; the tree cannot
-    be inflated that way."""
+    """RowMemory plus the same sums over this process's own tree only (its descendants: the Ray
+    daemons and workers it started, redis-server). On a shared machine, RowMemory also counts
+    other users' processes started meanwhile; the tree cannot be inflated that way. Like every
+    row of `make bench`, this process itself (the clients) is not counted."""
 
     def __init__(self, period_s: float = 1.0) -> None:
-        super().__init__(include_self=True, period_s=period_s)
+        super().__init__(include_self=False, period_s=period_s)
         self.tree_rss_mb = 0.0
         self.tree_pss_mb: float | None = None
 

@@ -35,7 +35,7 @@ whatever finished since the last poll (`Job.latest_result()`), and upserts them 
 
 Figures: images_per_s = done / (first enqueue -> last upsert returned); latency per image = its
 enqueue call -> the upsert that stored its vector; p50/p99 over all stored images. Peak memory is
-bench/_rss.py's RowMemory(include_self=True) around redis + worker + the run (its forked horses
+bench/_rss.py's RowMemory around redis + worker + the run (its forked horses
 included): RSS counts the inherited model pages once per live horse, PSS splits them.
 
     .venv/bin/python bench/peer_rq.py [--images 24] [--model ViT-B-32] [--threads 2] [--json]
@@ -372,7 +372,7 @@ def run(
     queue_name, ready_key = f"raylens-peer-rq-{uuid.uuid4().hex[:8]}", "raylens-peer-rq:ready"
     redis_proc = worker = None
     qdrant = conn = None
-    with RowMemory(include_self=True) as mem:
+    with RowMemory() as mem:  # redis, the worker and its horses; not this client process
         try:
             redis_proc, port = _start_redis(work_dir / "rq-redis")
             url = f"redis://127.0.0.1:{port}/0"

@@ -1,4 +1,4 @@
-"""`raylens` command line: up, down, ingest, status, search, faces, doctor."""
+"""`raylens` command line: up, down, ingest, status, search, faces, jobs, doctor, bench."""
 
 from __future__ import annotations
 
@@ -428,10 +428,40 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--no-model", action="store_true", help="skip the timed model load (slow)")
     dr.add_argument("--timeout", type=float, default=3.0, help="seconds per connect (default 3)")
     dr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+
+    sub.add_parser(
+        "bench",
+        help="the benchmark of `make bench` (source checkout only); options after `bench` go "
+        "to it, e.g. `raylens bench --json`, `raylens bench --help`",
+        add_help=False,
+    )
     return parser
 
 
+def bench_script() -> Path | None:
+    """bench/bench_http.py of the source checkout this raylens runs from, if there is one."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "bench_http.py"
+    return script if script.is_file() else None
+
+
+def cmd_bench(rest: list[str]) -> int:
+    """Run the benchmark (not part of the installed package: its peers are test fixtures)."""
+    script = bench_script()
+    if script is None:
+        print(
+            "raylens: `raylens bench` runs bench/bench_http.py from a source checkout, and this "
+            "raylens is installed without one; clone the repository and run `make bench` (or "
+            "`uv run raylens bench --json`) there",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, str(script), *rest])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every option after it belongs to the benchmark
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     client_auth()
     logging.basicConfig(
