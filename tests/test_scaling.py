@@ -31,6 +31,15 @@ def _wait(predicate, timeout_s: float, what: str):
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def _submit_backlog(settings, tmp_path: Path, n: int) -> tuple[object, list[str]]:
+    queue = system.queue_handle(settings)
+    specs = [
+        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
+        for p in write_images(tmp_path / "imgs", n)
+    ]
+    return queue, [r.job_id for r in intake.submit(queue, specs, settings)]
+
+
 def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_job(
     tmp_path: Path, settings_for, running
 ) -> None:
@@ -46,12 +55,7 @@ def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_j
         fault_inject="hang:0.5",  # 4 jobs/s: a backlog one worker needs ~30 s to clear
     )
     running(settings)
-    queue = system.queue_handle(settings)
-    specs = [
-        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
-        for p in write_images(tmp_path / "imgs", 120)
-    ]
-    ids = [r.job_id for r in intake.submit(queue, specs, settings)]
+    queue, ids = _submit_backlog(settings, tmp_path, 120)
 
     # Up: the backlog (120 queued for 1 worker, over 8 each) adds raylens-worker-1, which works.
     _wait(
@@ -94,12 +98,7 @@ def test_a_worker_the_cluster_cannot_place_stays_pending_and_is_not_replaced(
         fault_inject="hang:0.5",
     )
     running(settings)
-    queue = system.queue_handle(settings)
-    specs = [
-        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
-        for p in write_images(tmp_path / "imgs", 40)
-    ]
-    job_ids = [r.job_id for r in intake.submit(queue, specs, settings)]
+    queue, job_ids = _submit_backlog(settings, tmp_path, 40)
     _wait(
         lambda: "raylens-worker-1" in system.worker_names(settings),
         30,

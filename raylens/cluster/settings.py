@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from raylens.errors import SettingsError
 
@@ -123,6 +124,11 @@ class Settings(BaseSettings):
         "GPUs, else 0.",
     )
     worker_num_cpus: float = Field(default=1.0, gt=0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Custom Ray resources each worker asks for, as JSON (e.g. {"gpu_node": 1}): '
+        "places workers on the nodes that declare them (`ray start --resources`).",
+    )
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_wait_ms: int = Field(default=20, ge=0, le=60_000)
     decode_threads: int = Field(default=2, ge=1, le=256)
@@ -391,3 +397,8 @@ def load_settings(**overrides: object) -> Settings:
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"{name}: {err['msg']}{shown}")
         raise SettingsError("invalid raylens settings:\n  " + "\n  ".join(lines)) from None
+    except PydanticSettingsError as exc:  # a value that is not the JSON a dict/list field needs
+        field = str(exc).split('field "', 1)[-1].split('"', 1)[0]
+        raise SettingsError(
+            f"invalid raylens settings:\n  {env_name((field,))}: not valid JSON ({exc})"
+        ) from None

@@ -144,6 +144,7 @@ def worker_options(settings: Settings, name: str, gpus: float) -> dict[str, Any]
         "max_concurrency": 4,
         "num_cpus": settings.worker_num_cpus,
         "num_gpus": gpus,
+        **({"resources": dict(settings.worker_resources)} if settings.worker_resources else {}),
         **_detached(settings, name),
     }
 
