@@ -6,13 +6,14 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help up test test-fast lint bench chaos deps uv redis clean
+.PHONY: help up test test-fast lint bench bench-check chaos deps uv redis clean
 
 help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
-	@echo "make bench  raw limit vs raylens ingest vs HTTP uploads; search + healthz latency (ViT-B-32)"
+	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve (ViT-B-32)"
 	@echo "make lint   ruff + mypy"
+	@echo "make bench-check  the benchmark peers' smoke tests (tiny model; not part of make test)"
 	@echo "make chaos  fault drills at full size (load, worker kills, poison, idempotency); prints a table"
 
 uv:
@@ -45,8 +46,11 @@ lint: deps
 	$(UV) run --frozen ruff format --check raylens tests bench
 	$(UV) run --frozen mypy raylens
 
-bench: deps
-	$(UV) run --frozen python bench/bench_http.py
+bench: deps redis
+	$(UV) run --frozen python bench/bench_http.py $(BENCH_ARGS)
+
+bench-check: deps redis
+	RAYLENS_BENCH_TESTS=1 $(UV) run --frozen pytest -q -ra tests/test_bench_peer_rq.py tests/test_bench_peers_serve.py tests/test_bench_cli.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import peer_rq  # noqa: E402
 
-pytestmark = pytest.mark.integration
+# Benchmark fixtures, not product code: checked by `make bench-check` (and exercised by every
+# `make bench`), kept out of `make test` to hold CI inside its time budget.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.environ.get("RAYLENS_BENCH_TESTS") != "1",
+        reason="benchmark peer: run it with `make bench-check`",
+    ),
+]
 
 SIZES = [(64, 48), (96, 96), (120, 80), (160, 120), (200, 150), (48, 64), (80, 120), (128, 128)]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-pytestmark = pytest.mark.integration
+# Benchmark fixtures, not product code: checked by `make bench-check` (and exercised by every
+# `make bench`), kept out of `make test` to hold CI inside its time budget.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.environ.get("RAYLENS_BENCH_TESTS") != "1",
+        reason="benchmark peer: run it with `make bench-check`",
+    ),
+]
 
 N_IMAGES = 8
 PEERS = {"peer_serve_tc": "serve_task_consumer", "peer_serve_naive": "serve_naive"}

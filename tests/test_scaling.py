@@ -75,10 +75,15 @@ def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_j
     actions = [(h["action"], h["worker"]) for h in report["scale_history"]]
     assert actions[0] == ("up", "raylens-worker-1"), actions
     assert actions[1][0] == "down" and len(actions) == 2, actions  # whichever idled first
-    assert report["replaced"] == []
-    # The scale-down failed no job and cost none an attempt.
+    assert report["replaced"] == [], report["replaced"]
+    # The scale-down failed no job and cost none an attempt: nothing was handed back by a
+    # stopping worker (a lease that expired on a loaded machine would be another matter).
     jobs = ray.get(queue.states.remote(ids))
-    assert all(j.state is JobState.DONE and j.attempts == 1 for j in jobs)
+    assert all(j.state is JobState.DONE for j in jobs)
+    given_back = [j.id for j in jobs if any("stopping" in (t.note or "") for t in j.history)]
+    assert given_back == [], given_back
+    attempts = sorted({j.attempts for j in jobs})
+    print(f"scale history {actions}; attempts seen {attempts}")
 
 
 def test_a_worker_the_cluster_cannot_place_stays_pending_and_is_not_replaced(
@@ -118,3 +123,5 @@ def test_a_worker_the_cluster_cannot_place_stays_pending_and_is_not_replaced(
     assert [h["action"] for h in report["scale_history"]] == ["up"]  # no more while pending
     jobs = wait_terminal(queue, job_ids, timeout_s=120)
     assert all(j.state is JobState.DONE for j in jobs)
+    # A pending actor would never answer the teardown's drain call: remove it first.
+    ray.kill(ray.get_actor("raylens-worker-1", namespace=settings.namespace), no_restart=True)
