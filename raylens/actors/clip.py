@@ -162,13 +162,16 @@ class ClipEmbedder:
         }
 
     @torch.inference_mode()
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (B, S, S, 3) with S = image_size -> L2-normalised float32 (B, dim).
+
+        pixels: a numpy array, or a torch tensor (e.g. decoded on the device already).
 
         uint8 travels to the device (4x fewer bytes than float32) and is normalised there.
         """
         s = self.image_size
-        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
+        uint8 = pixels.dtype == (torch.uint8 if isinstance(pixels, torch.Tensor) else np.uint8)
+        if not uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (s, s, 3):
             raise ValueError(
                 f"embed_images wants uint8 (B, {s}, {s}, 3); got {pixels.dtype} {pixels.shape}"
             )
@@ -192,12 +195,14 @@ class ClipEmbedder:
             i += size
         return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def _embed(self, pixels: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels))
-        if self.device == "cuda":
+    def _embed(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        if isinstance(pixels, torch.Tensor):  # decoded on the device already (a no-op move)
+            batch = pixels.to(self.device)
+        elif self.device == "cuda":
+            batch = torch.from_numpy(np.ascontiguousarray(pixels))
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
-            batch = batch.to(self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         x = normalise_batch(batch, self.mean, self.std, self.dtype)
         feats = self.model.encode_image(x, normalize=True)
         return feats.float().cpu().numpy()

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_wait_ms: int = Field(default=20, ge=0, le=60_000)
     decode_threads: int = Field(default=2, ge=1, le=256)
+    decode_device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu",
+        description="Where JPEGs are decoded: cpu (Pillow, reduced-scale decode of large JPEGs), "
+        "cuda (torchvision's nvJPEG: decode, resize and crop on the GPU), auto (cuda when the "
+        "worker's model runs on cuda). Face jobs and other formats always decode on the CPU.",
+    )
     prefetch_batches: int = Field(
         default=1, ge=0, le=16, description="Decoded batches kept ready while one is inferred."
     )

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import ray
+import torch
 
 from raylens.actors.clip import ClipEmbedder
 from raylens.actors.faces import Face, FaceBackend, FaceOptions, load_face_backend
@@ -74,6 +75,17 @@ class Batch:
     jobs: list[Job]
     decoded: list[Decoded | Failure]
     decode_s: float
+
+
+def decode_device_for(setting: str, model_device: str) -> str:
+    """RAYLENS_DECODE_DEVICE resolved for a worker whose model runs on model_device."""
+    if setting == "auto":
+        return "cuda" if model_device == "cuda" else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            "RAYLENS_DECODE_DEVICE=cuda but this worker has no CUDA device; use cpu or auto"
+        )
+    return setting
 
 
 @dataclass
@@ -179,6 +191,7 @@ class Worker:
             contextlib.nullcontext() if overlap else threading.Lock()
         )
         self.overlap = overlap
+        self.decode_device = decode_device_for(settings.decode_device, self.embedder.device)
         self._threads = [
             threading.Thread(target=self._guard(self._fetch_loop), name="fetch", daemon=True),
             threading.Thread(target=self._guard(self._infer_loop), name="infer", daemon=True),
@@ -206,6 +219,7 @@ class Worker:
             "started_at": self.started_at,
             "alive_threads": [t.name for t in self._threads if t.is_alive()],
             "overlap_decode": self.overlap,
+            "decode_device": self.decode_device,
             "held_leases": len(self._held),
             "draining": self._draining.is_set(),
             "batches": s.batches,
@@ -405,7 +419,22 @@ class Worker:
         keep = self.settings.face_max_side if self._wants_faces(job) else None
         if isinstance(source, str) or (sniff_format(source) is None and sniff_video(source)):
             return self._decode_video(source, keep)
+        if self.decode_device != "cpu" and keep is None and sniff_format(source) == "jpeg":
+            return Decoded([Item(self._decode_on_device(source), "image")])
         return Decoded([Item(self._decode(source, keep), "image")])
+
+    def _decode_on_device(self, data: bytes) -> DecodedImage:
+        from raylens.actors.device_decode import decode_jpeg_on_device
+
+        return decode_jpeg_on_device(
+            data,
+            self.embedder.image_size,
+            self.decode_device,
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_input_bytes,
+            resize_mode=self.embedder.resize_mode,
+            interpolation=self.embedder.interpolation,
+        )
 
     def _decode_video(self, source: bytes | str, keep_side: int | None) -> Decoded:
         if isinstance(source, bytes) and len(source) > self.settings.max_video_bytes:
@@ -492,7 +521,11 @@ class Worker:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(self.worker_id)  # the replacement worker will not hang
                 time.sleep(float(seconds))
-        return list(self.embedder.embed_images(np.stack([it.image.pixels for _, it in items])))
+        pixels = [it.image.pixels for _, it in items]
+        if all(isinstance(p, torch.Tensor) for p in pixels):  # decoded on the device
+            return list(self.embedder.embed_images(torch.stack(pixels)))  # type: ignore[arg-type]
+        host = [p.cpu().numpy() if isinstance(p, torch.Tensor) else p for p in pixels]
+        return list(self.embedder.embed_images(np.stack(host)))
 
     def _injected(self, kind: str) -> str | None:
         """RAYLENS_FAULT_INJECT (fault drills only): 'poison:<sha256 prefix>', 'hang:<s>',
