@@ -6,11 +6,12 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help up test test-fast lint bench bench-check chaos deps uv redis clean
+.PHONY: help up test test-all test-fast lint bench bench-check chaos deps uv redis clean
 
 help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
+	@echo "make test-all  everything: + two-node and pending-worker tests, full-size drills, bench peers"
 	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve (ViT-B-32)"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench-check  the benchmark peers' smoke tests (tiny model; not part of make test)"
@@ -34,6 +35,9 @@ up: deps
 
 test: deps redis
 	$(UV) run --frozen pytest -q -ra
+
+test-all: deps redis
+	RAYLENS_LONG_TESTS=1 RAYLENS_BENCH_TESTS=1 RAYLENS_CHAOS=full $(UV) run --frozen pytest -q -ra
 
 chaos: deps redis
 	RAYLENS_CHAOS=full $(UV) run --frozen pytest -q -ra -m chaos -p no:cacheprovider

@@ -17,6 +17,7 @@ import pytest
 from raylens.cluster.client import Client
 
 from _images import image_bytes
+from _system_fixtures import long_test
 
 pytestmark = pytest.mark.integration
 RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
@@ -43,6 +44,7 @@ print(json.dumps([{{"id": n["NodeID"], "alive": n["Alive"], "resources": n["Reso
 """
 
 
+@long_test
 def test_a_worker_on_a_second_node_processes_jobs_submitted_at_the_head(
     tmp_path: Path, tiny_model, redis_url: str
 ) -> None:

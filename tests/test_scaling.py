@@ -12,7 +12,7 @@ from raylens.cluster import intake, system
 from raylens.cluster.jobs import JobState, Lane, Pipeline
 
 from _images import write_images
-from _system_fixtures import wait_terminal
+from _system_fixtures import long_test, wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,7 @@ def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_j
     print(f"scale history {actions}; attempts seen {attempts}")
 
 
+@long_test
 def test_a_worker_the_cluster_cannot_place_stays_pending_and_is_not_replaced(
     tmp_path: Path, settings_for, running
 ) -> None:
