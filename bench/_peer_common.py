@@ -42,6 +42,21 @@ MAX_BYTES = 1 << 30
 DEFAULT_TIMEOUT_S = 600.0
 
 
+def decode_like_raw(emb: Any, data: bytes) -> np.ndarray:
+    """One image as the model's uint8 square, exactly as the raw-limit row decodes it (the same
+    raylens decode, reduced-scale JPEG decode included): every row decodes alike."""
+    from raylens.actors.transforms import decode_image
+
+    return decode_image(
+        data,
+        emb.image_size,
+        max_pixels=MAX_PIXELS,
+        max_bytes=MAX_BYTES,
+        resize_mode=emb.resize_mode,
+        interpolation=emb.interpolation,
+    ).pixels
+
+
 def free_port() -> int:
     import socket
 
@@ -95,18 +110,7 @@ class EmbedStore:
 
     def embed(self, data: bytes) -> np.ndarray:
         """One image's bytes -> its (dim,) vector: decode, preprocess, forward at batch 1."""
-        from raylens.actors.transforms import decode_image
-
-        emb = self.emb
-        pixels = decode_image(
-            data,
-            emb.image_size,
-            max_pixels=MAX_PIXELS,
-            max_bytes=MAX_BYTES,
-            resize_mode=emb.resize_mode,
-            interpolation=emb.interpolation,
-        ).pixels
-        return emb.embed_images(pixels[None])[0]
+        return self.emb.embed_images(decode_like_raw(self.emb, data)[None])[0]
 
     def embed_store(self, data: bytes, key: str) -> float:
         """Embed, upsert, and return when the vector was stored (time.time() after upsert)."""

@@ -45,8 +45,9 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int]) -> dict:
     """Decode + preprocess + forward in one process, sequentially, at each batch size."""
+    from _peer_common import decode_like_raw
+
     from raylens.actors.clip import ClipEmbedder
-    from raylens.actors.transforms import decode_image
 
     emb = ClipEmbedder(model, "none", device="auto", threads=threads)
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
@@ -58,19 +59,7 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
         latencies[bs] = []
         for i in range(0, len(data), bs):
             tb = time.perf_counter()
-            pix = np.stack(
-                [
-                    decode_image(
-                        d,
-                        emb.image_size,
-                        max_pixels=150_000_000,
-                        max_bytes=1 << 30,
-                        resize_mode=emb.resize_mode,
-                        interpolation=emb.interpolation,
-                    ).pixels
-                    for d in data[i : i + bs]
-                ]
-            )
+            pix = np.stack([decode_like_raw(emb, d) for d in data[i : i + bs]])
             emb.embed_images(pix)
             latencies[bs] += [time.perf_counter() - tb] * len(pix)
         rows[bs] = len(data) / (time.perf_counter() - t0)

@@ -85,8 +85,7 @@ _THREADS = 1
 def embed_one(path: str) -> dict[str, Any]:
     """One image: read, decode, embed at batch 1 with the preloaded model; returns the vector."""
     import torch
-
-    from raylens.actors.transforms import decode_image
+    from _peer_common import decode_like_raw
 
     emb = _EMBEDDER
     if emb is None:
@@ -95,14 +94,7 @@ def embed_one(path: str) -> dict[str, Any]:
     if inherited != _THREADS:
         torch.set_num_threads(_THREADS)
     t0 = time.perf_counter()
-    pixels = decode_image(
-        Path(path).read_bytes(),
-        emb.image_size,
-        max_pixels=150_000_000,
-        max_bytes=1 << 30,
-        resize_mode=emb.resize_mode,
-        interpolation=emb.interpolation,
-    ).pixels
+    pixels = decode_like_raw(emb, Path(path).read_bytes())
     t1 = time.perf_counter()
     vector = emb.embed_images(pixels[None])[0]
     t2 = time.perf_counter()

@@ -29,6 +29,8 @@ def test_ingest_embeds_every_image_once_when_200_images_are_ingested_twice(
 
     assert (first.files, first.submitted, first.done, first.failed) == (200, 200, 200, 0)
     assert first.complete
+    assert first.latency_p50_s is not None and first.latency_p99_s is not None
+    assert 0 < first.latency_p50_s <= first.latency_p99_s <= first.seconds
     index = system.index_handle(settings)
     assert ray.get(index.count.remote()) == 200
     ids = ray.get(index.point_ids.remote())

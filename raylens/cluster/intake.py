@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
 from raylens.actors.transforms import sniff_format
@@ -238,18 +239,10 @@ def ingest(
     summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds else 0.0
     summary.complete = not pending
     if summary.latencies_s:
-        lat = sorted(summary.latencies_s)
-        summary.latency_p50_s = round(_percentile(lat, 50), 3)
-        summary.latency_p99_s = round(_percentile(lat, 99), 3)
+        p50, p99 = np.percentile(summary.latencies_s, [50, 99])
+        summary.latency_p50_s = round(float(p50), 3)
+        summary.latency_p99_s = round(float(p99), 3)
     return summary
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default), on a sorted list."""
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _chunks(n: int, first: int, rest: int) -> list[tuple[int, int]]:
