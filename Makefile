@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 export UV_PYTHON_DOWNLOADS ?= never
+# Ray would otherwise package the working directory, .venv included, for every `uv run` driver.
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

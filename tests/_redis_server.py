@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,17 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from _ports import free_port
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 NOT_INSTALLED = (
     "redis-server not found; run `make test` which installs it, or apt-get install redis-server"
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -3,11 +3,14 @@
 import os
 import sys
 
-import pytest
+# Before anything imports ray: see raylens/__init__.py (Ray's `uv run` hook packages the .venv).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-from _redis_server import redis_server, redis_url  # noqa: F401
-from _system_fixtures import ray_cluster, running, settings_for  # noqa: F401
-from _tiny_clip import tiny_model  # noqa: F401
+import pytest  # noqa: E402
+
+from _redis_server import redis_server, redis_url  # noqa: F401, E402
+from _system_fixtures import ray_cluster, running, settings_for  # noqa: F401, E402
+from _tiny_clip import tiny_model  # noqa: F401, E402
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]

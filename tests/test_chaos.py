@@ -39,7 +39,7 @@ from raylens.serve_app.deploy import deploy, undeploy
 
 from _chaos_table import ROWS, Row
 from _images import image_bytes, write_images
-from _redis_server import free_port
+from _ports import free_port
 from _system_fixtures import start_ray, tiny_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

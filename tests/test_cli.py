@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ from PIL import Image
 from skimage import data as skdata
 
 from _images import write_images
+from _ports import free_port
 
 pytestmark = pytest.mark.integration
 RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
 SERVE_CONFIG = Path(__file__).parents[1] / "raylens" / "serve_app" / "serve_config.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -37,9 +31,9 @@ def cli_env(tmp_path: Path, tiny_model) -> dict[str, str]:
         RAYLENS_CLIP_MODEL=tiny_model.name,
         RAYLENS_CLIP_PRETRAINED=str(tiny_model.checkpoint_path),
         RAYLENS_CLIP_MODEL_CONFIG=str(tiny_model.config_path),
-        RAYLENS_RAY_PORT=str(_free_port()),
-        RAYLENS_DASHBOARD_PORT=str(_free_port()),
-        RAYLENS_HTTP_PORT=str(_free_port()),
+        RAYLENS_RAY_PORT=str(free_port()),
+        RAYLENS_DASHBOARD_PORT=str(free_port()),
+        RAYLENS_HTTP_PORT=str(free_port()),
         RAYLENS_WORKER_NUM_CPUS="1",
         RAYLENS_INGEST_POLL_S="0.2",
     )

@@ -7,7 +7,6 @@ import email.policy
 import hashlib
 import json
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ import httpx
 import pytest
 
 from raylens.cluster.client import ApiError, Client, RetriesExhausted
+
+from _ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,12 +173,6 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(api: FakeApi, port: int = 0) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", port), _handler(api))
     server.daemon_threads = True
@@ -288,7 +283,7 @@ def test_gives_up_after_max_retries(api: FakeApi, server: ThreadingHTTPServer) -
 
 
 def test_connection_refused_then_up(api: FakeApi) -> None:
-    port = _free_port()
+    port = free_port()
     result: dict[str, Any] = {}
 
     def go() -> None:
@@ -313,7 +308,7 @@ def test_connection_refused_then_up(api: FakeApi) -> None:
 
 
 def test_unreachable_gives_up_with_clear_error() -> None:
-    port = _free_port()
+    port = free_port()
     with Client(f"http://127.0.0.1:{port}", max_retries=1, backoff_s=0.001) as c:
         with pytest.raises(RetriesExhausted) as info:
             c.health()

@@ -17,7 +17,8 @@ from raylens.cluster import doctor
 from raylens.cluster.doctor import ERROR, OK, SKIP, WARN, Check, Report
 from raylens.cluster.settings import Settings
 
-from _redis_server import RedisServer, free_port
+from _ports import free_port
+from _redis_server import RedisServer
 
 RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
 SECRET = "s3cret-Pa55"

@@ -8,7 +8,6 @@ model and scrapes http://127.0.0.1:<port>/metrics, where Ray prefixes every name
 from __future__ import annotations
 
 import re
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from raylens.cluster import intake, metrics, system
 from raylens.cluster.jobs import Lane
 
 from _images import write_images
+from _ports import free_port
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -40,18 +40,12 @@ def test_recording_does_nothing_and_never_raises_when_ray_is_not_initialised() -
     assert len({m.name for m in metrics.ALL}) == len(metrics.ALL)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[int]:
     """This module's own local Ray: metrics on a known port, reported every second."""
     if ray.is_initialized():
         ray.shutdown()
-    port = _free_port()
+    port = free_port()
     ray.init(
         address="local",
         num_cpus=4,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 from raylens.cluster.client import Client
 
 from _images import image_bytes
+from _ports import free_port
 from _system_fixtures import long_test
 
 pytestmark = pytest.mark.integration
 RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> str:
@@ -48,12 +42,12 @@ print(json.dumps([{{"id": n["NodeID"], "alive": n["Alive"], "resources": n["Reso
 def test_a_worker_on_a_second_node_processes_jobs_submitted_at_the_head(
     tmp_path: Path, tiny_model, redis_url: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYLENS_", "RAY_ADDRESS"))}
     if Path.home().joinpath(".ray", "auth_token").is_file():
         env["RAY_AUTH_MODE"] = "token"  # Ray 2.60: the head turns token auth on when it exists
-    http_port = _free_port()
+    http_port = free_port()
     env.update(
         RAYLENS_DATA_DIR=str(tmp_path / "data"),
         RAYLENS_CLIP_MODEL=tiny_model.name,

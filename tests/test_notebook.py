@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from _ports import free_port
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "kaggle_quickstart.ipynb"
 
@@ -22,12 +23,6 @@ try:
 except Exception as exc:  # best effort after a failed cell
     print("cleanup failed:", repr(exc))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _text(nb: Any) -> str:
@@ -64,9 +59,9 @@ def test_kaggle_quickstart_runs(
         "RAYLENS_CLIP_PRETRAINED": str(tiny_model.checkpoint_path),
         "RAYLENS_CLIP_MODEL_CONFIG": str(tiny_model.config_path),
         "RAYLENS_NUM_WORKERS": "1",
-        "RAYLENS_HTTP_PORT": str(_free_port()),
-        "RAYLENS_RAY_PORT": str(_free_port()),
-        "RAYLENS_DASHBOARD_PORT": str(_free_port()),
+        "RAYLENS_HTTP_PORT": str(free_port()),
+        "RAYLENS_RAY_PORT": str(free_port()),
+        "RAYLENS_DASHBOARD_PORT": str(free_port()),
         "RAYLENS_NAMESPACE": f"raylens-nb-{uuid.uuid4().hex[:8]}",
     }
     for key, value in env.items():

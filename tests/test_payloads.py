@@ -14,7 +14,8 @@ from raylens.cluster.payloads_redis import RedisPayloadStore
 from raylens.cluster.store_redis import RedisJobStore, redacted_url
 from raylens.errors import SettingsError, SourceMissing, StoreUnavailable
 
-from _redis_server import RedisServer, free_port
+from _ports import free_port
+from _redis_server import RedisServer
 
 ALL_BYTES = bytes(range(256)) * 10
 NOT_UTF8 = b"\xff\xfe\x00\x80"

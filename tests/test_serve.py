@@ -20,7 +20,7 @@ from raylens.cluster.settings import Settings
 from raylens.serve_app.deploy import deploy, undeploy
 
 from _images import bad_inputs, image_bytes, write_images
-from _redis_server import free_port
+from _ports import free_port
 from _system_fixtures import tiny_settings, wait_terminal
 
 pytestmark = pytest.mark.integration

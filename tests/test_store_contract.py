@@ -17,7 +17,8 @@ from raylens.cluster.store_redis import RedisJobStore
 from raylens.cluster.store_sqlite import SqliteJobStore
 from raylens.errors import ErrorCode, StoreUnavailable
 
-from _redis_server import RedisServer, free_port
+from _ports import free_port
+from _redis_server import RedisServer
 
 MODEL = "ViT-T-test"
 T0 = 1_700_000_000.0

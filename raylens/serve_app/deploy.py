@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from raylens.cluster.settings import Settings, load_settings
+from raylens.errors import SettingsError
 
 log = logging.getLogger("raylens.serve")
 
@@ -84,7 +85,15 @@ def deploy(settings: Settings) -> str:
     """Start Serve's HTTP proxy (host/port from settings) and run the ingress; returns its URL."""
     from ray import serve
 
-    serve.start(http_options=http_options(settings))
+    try:
+        serve.start(http_options=http_options(settings))
+    except Exception as exc:  # Serve's proxy raises a RuntimeError wrapped by Ray
+        if "Failed to bind" not in str(exc):
+            raise
+        raise SettingsError(
+            f"HTTP port {settings.http_port} on {settings.http_host} is taken by another "
+            "process: stop it, or choose another port with RAYLENS_HTTP_PORT"
+        ) from None
     serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
     return url_of(settings)
 
