@@ -58,11 +58,29 @@ def decode_like_raw(emb: Any, data: bytes) -> np.ndarray:
 
 
 def free_port() -> int:
-    import socket
+    """A port outside the kernel's ephemeral range (tests/_ports.py says why)."""
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.append(str(TESTS_DIR))
+    from _ports import free_port as pick  # type: ignore[import-not-found]
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    port: int = pick()
+    return port
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Ray and Serve print to stdout from background threads (e.g. "(raylet) Task ...
+    graceful_shutdown failed" while Serve stops): send all of that to stderr while the
+    benchmark runs, so stdout carries only the report (clean JSON with --json)."""
+    sys.stdout.flush()
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(report_fd, 1)
+        os.close(report_fd)
 
 
 def point_id(key: str) -> str:
@@ -349,27 +367,17 @@ def main(run: RunFn, description: str | None) -> int:
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    # Ray and Serve print to stdout from background threads: send that to stderr, so stdout
-    # carries only the report (clean JSON with --json).
-    sys.stdout.flush()
-    report_fd = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="raylens-peer-") as tmp:
-            paths = make_images(Path(tmp) / "images", args.images)
-            out = run(
-                paths,
-                args.model,
-                args.threads,
-                Path(tmp) / "work",
-                pretrained=args.pretrained,
-                model_config=args.model_config,
-                timeout_s=args.timeout,
-            )
-    finally:
-        sys.stdout.flush()
-        os.dup2(report_fd, 1)
-        os.close(report_fd)
+    with stdout_to_stderr(), tempfile.TemporaryDirectory(prefix="raylens-peer-") as tmp:
+        paths = make_images(Path(tmp) / "images", args.images)
+        out = run(
+            paths,
+            args.model,
+            args.threads,
+            Path(tmp) / "work",
+            pretrained=args.pretrained,
+            model_config=args.model_config,
+            timeout_s=args.timeout,
+        )
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -12,7 +12,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -100,15 +99,11 @@ def raw_limit_isolated(folder: Path, model: str, threads: int, batch_sizes: list
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def raylens_ingest(
     folder: Path, model: str, threads: int, batch: int, data_dir: Path, decode_threads: int
 ) -> dict:
+    from _peer_common import free_port
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYLENS_")}
     env.update(
         RAYLENS_DATA_DIR=str(data_dir),
@@ -118,8 +113,8 @@ def raylens_ingest(
         RAYLENS_TORCH_THREADS=str(threads),
         RAYLENS_MAX_BATCH_SIZE=str(batch),
         RAYLENS_DECODE_THREADS=str(decode_threads),
-        RAYLENS_RAY_PORT=str(_free_port()),
-        RAYLENS_DASHBOARD_PORT=str(_free_port()),
+        RAYLENS_RAY_PORT=str(free_port()),
+        RAYLENS_DASHBOARD_PORT=str(free_port()),
     )
     from _rss import RowMemory
 

@@ -44,9 +44,9 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peer_common import free_port, stdout_to_stderr  # noqa: E402
 from _rss import RowMemory  # noqa: E402
 from bench_core import (  # noqa: E402
-    _free_port,
     make_images,
     raw_limit_isolated,
     run_core,
@@ -104,7 +104,7 @@ def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_th
         max_batch_size=batch,
         decode_threads=decode_threads,
         namespace=f"raylens-bench-{uuid.uuid4().hex[:8]}",
-        http_port=_free_port(),
+        http_port=free_port(),
     )
     ray.init(
         address="local",
@@ -152,7 +152,7 @@ def stop_system(settings: Any) -> None:
 class HealthSampler(threading.Thread):
     """GET /v1/healthz every `period_s` (its own thread and connection) until stopped."""
 
-    def __init__(self, url: str, period_s: float = 0.05) -> None:
+    def __init__(self, url: str, period_s: float = 0.25) -> None:
         super().__init__(name="healthz", daemon=True)
         self.url = url
         self.period_s = period_s
@@ -510,18 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         ap.error(f"unknown peer(s) {unknown}; choose from {sorted(PEERS)}")
-    # Ray and Serve print to stdout from background threads (e.g. "(raylet) Task ...
-    # graceful_shutdown failed" while Serve stops): send all of that to stderr, so stdout
-    # carries only the report (clean JSON with --json).
-    sys.stdout.flush()
-    report_fd = os.dup(1)
-    os.dup2(2, 1)
-    try:
+    with stdout_to_stderr():
         out, core, http = measure(args, peers)
-    finally:
-        sys.stdout.flush()
-        os.dup2(report_fd, 1)
-        os.close(report_fd)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

@@ -48,7 +48,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -141,12 +140,6 @@ def worker_main(args: argparse.Namespace) -> int:
 # ---- processes: redis-server and the worker -----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM, then SIGKILL; also kills a work-horse left behind (RQ puts it in its own group)."""
     if proc is None or proc.poll() is not None:
@@ -177,13 +170,15 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A redis-server on a free port (a few ports tried: another process may grab one)."""
+    from _peer_common import free_port
+
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server not found; apt-get install redis-server")
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "redis.log"
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         argv = [exe, "--port", str(port), "--dir", str(folder), "--appendonly", "yes"]
         argv += ["--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction"]
         argv += ["--bind", "127.0.0.1", "--daemonize", "no", "--logfile", str(log)]

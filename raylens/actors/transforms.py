@@ -9,9 +9,9 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from raylens.errors import (
@@ -23,6 +23,9 @@ from raylens.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ingress sniffs uploads without it
+    import torch
 
 ACCEPTED = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
 # The eval-time geometry open_clip's pretrained configs use ("longest" appears in none).
@@ -333,6 +336,8 @@ def normalise_batch(
 
     The caller ships uint8 to the device (4x fewer bytes than float32) and normalises there.
     """
+    import torch
+
     x = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)

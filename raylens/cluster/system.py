@@ -16,7 +16,6 @@ from raylens.actors.model_id import model_id_for
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.queue import JobQueue
 from raylens.cluster.settings import Settings
-from raylens.cluster.worker import Worker
 from raylens.errors import ModelLoadError, RaylensError, StoreUnavailable
 
 log = logging.getLogger("raylens.system")
@@ -152,6 +151,10 @@ def worker_options(settings: Settings, name: str, gpus: float) -> dict[str, Any]
 def start_worker(settings: Settings, name: str, gpus: float | None = None) -> Any:
     """Create (or find) one named worker; does not wait for its model. A worker asking for a
     GPU the cluster lacks stays pending, which is what makes Ray's autoscaler add a GPU node."""
+    # Imported here: the worker module brings torch, open_clip and dlib (seconds of imports),
+    # which the supervisor, the Serve replica and the CLI, all importers of this module, skip.
+    from raylens.cluster.worker import Worker
+
     gpus = worker_gpus(settings) if gpus is None else gpus
     options = worker_options(settings, name, gpus)
     return ray.remote(Worker).options(**options).remote(settings, name)
