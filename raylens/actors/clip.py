@@ -156,7 +156,8 @@ class ClipEmbedder:
             "warmup_seconds": round(self.warmup_seconds, 3),
             "load_count": _LOADS,
             "pid": os.getpid(),
-            "torch_version": torch.__version__,
+            # a plain str: torch's TorchVersion would make every reader of a report import torch
+            "torch_version": str(torch.__version__),
             "fitting_batch": self.fitting_batch,
             "oom_halvings": self.oom_halvings,
         }

@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import ray
-import torch
 
-from raylens.actors.clip import ClipEmbedder
 from raylens.actors.faces import Face, FaceBackend, FaceOptions, load_face_backend
 from raylens.actors.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
 from raylens.actors.video import VideoLimits, sample_frames, sniff_video
@@ -42,6 +40,13 @@ from raylens.errors import (
     SourceMissing,
     TooLarge,
 )
+
+if TYPE_CHECKING:
+    from raylens.actors.clip import ClipEmbedder
+
+# torch and open_clip are imported where the model is loaded and used, not at the top: every
+# process that holds a worker handle (the supervisor, the Serve replica, the CLI) loads this
+# module with the handle, and would otherwise spend seconds of CPU importing them.
 
 log = logging.getLogger("raylens.worker")
 T = TypeVar("T")
@@ -81,6 +86,8 @@ def decode_device_for(setting: str, model_device: str) -> str:
     """RAYLENS_DECODE_DEVICE resolved for a worker whose model runs on model_device."""
     if setting == "auto":
         return "cuda" if model_device == "cuda" else "cpu"
+    import torch
+
     if setting == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
             "RAYLENS_DECODE_DEVICE=cuda but this worker has no CUDA device; use cpu or auto"
@@ -140,8 +147,10 @@ class Worker:
         self.name = name
         self.worker_id = f"{name}:{os.getpid()}"
         self.started_at = time.time()
+        from raylens.actors.clip import ClipEmbedder
+
         threads = settings.torch_threads or max(1, round(settings.worker_num_cpus))
-        self.embedder = ClipEmbedder(
+        self.embedder: ClipEmbedder = ClipEmbedder(
             settings.clip_model,
             settings.clip_pretrained,
             device=settings.clip_device,
@@ -521,6 +530,8 @@ class Worker:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(self.worker_id)  # the replacement worker will not hang
                 time.sleep(float(seconds))
+        import torch
+
         pixels = [it.image.pixels for _, it in items]
         if all(isinstance(p, torch.Tensor) for p in pixels):  # decoded on the device
             return list(self.embedder.embed_images(torch.stack(pixels)))  # type: ignore[arg-type]
