@@ -66,6 +66,13 @@ def test_embedder_reports_what_it_loaded_when_given_a_checkpoint(embedder, tiny_
     assert not embedder.model.training
 
 
+def test_embedder_report_holds_only_plain_values_so_reading_it_needs_no_torch(embedder) -> None:
+    # Every process that reads a worker's report (supervisor, Serve replica, CLI) unpickles
+    # it; a torch object in it (torch.__version__ is a TorchVersion) makes each import torch.
+    plain = (str, int, float, bool, type(None))
+    assert all(type(v) in plain for v in embedder.report().values()), embedder.report()
+
+
 def test_embedder_uses_the_checkpoint_weights_when_given_a_checkpoint(embedder, tiny_model):
     saved = torch.load(tiny_model.checkpoint_path, weights_only=True)
     loaded = embedder.model.state_dict()

@@ -86,10 +86,6 @@ def worker_names(settings: Settings) -> list[str]:
     )
 
 
-def worker_handles(settings: Settings) -> list[Any]:
-    return [_actor(n, settings) for n in worker_names(settings)]
-
-
 def named_workers(settings: Settings) -> list[tuple[str, Any]]:
     """(name, handle) of every worker; one removed meanwhile is left out."""
     out = []
@@ -99,6 +95,10 @@ def named_workers(settings: Settings) -> list[tuple[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def worker_handles(settings: Settings) -> list[Any]:
+    return [handle for _, handle in named_workers(settings)]
 
 
 def _detached(settings: Settings, name: str) -> dict[str, Any]:

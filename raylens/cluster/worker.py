@@ -426,9 +426,10 @@ class Worker:
     def _decode_job(self, job: Job) -> Decoded:
         source = self._read_source(job)
         keep = self.settings.face_max_side if self._wants_faces(job) else None
-        if isinstance(source, str) or (sniff_format(source) is None and sniff_video(source)):
+        fmt = None if isinstance(source, str) else sniff_format(source)
+        if isinstance(source, str) or (fmt is None and sniff_video(source)):
             return self._decode_video(source, keep)
-        if self.decode_device != "cpu" and keep is None and sniff_format(source) == "jpeg":
+        if self.decode_device != "cpu" and keep is None and fmt == "jpeg":
             return Decoded([Item(self._decode_on_device(source), "image")])
         return Decoded([Item(self._decode(source, keep), "image")])
 
