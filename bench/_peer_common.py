@@ -45,7 +45,7 @@ DEFAULT_TIMEOUT_S = 600.0
 def decode_like_raw(emb: Any, data: bytes) -> np.ndarray:
     """One image as the model's uint8 square, exactly as the raw-limit row decodes it (the same
     raylens decode, reduced-scale JPEG decode included): every row decodes alike."""
-    from raylens.actors.transforms import decode_image
+    from raylens.media.transforms import decode_image
 
     return decode_image(
         data,
@@ -109,7 +109,7 @@ class EmbedStore:
     ) -> None:
         from qdrant_client import QdrantClient, models
 
-        from raylens.actors.clip import ClipEmbedder
+        from raylens.models.clip import ClipEmbedder
 
         self.emb = ClipEmbedder(
             model, pretrained, model_config=model_config, device="auto", threads=threads

@@ -46,7 +46,7 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
     """Decode + preprocess + forward in one process, sequentially, at each batch size."""
     from _peer_common import decode_like_raw
 
-    from raylens.actors.clip import ClipEmbedder
+    from raylens.models.clip import ClipEmbedder
 
     emb = ClipEmbedder(model, "none", device="auto", threads=threads)
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
@@ -118,7 +118,7 @@ def raylens_ingest(
     )
     from _rss import RowMemory
 
-    cli = [sys.executable, "-m", "raylens.cluster.cli"]
+    cli = [sys.executable, "-m", "raylens.cli.main"]
     mem = RowMemory().__enter__()  # the Ray processes `up` starts, and the ingest CLI
     # --no-http: the core figure is the CLI ingest path; bench_http measures the ingress itself.
     up = subprocess.run(

@@ -89,7 +89,7 @@ def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_th
     """Ray in this process, raylens (queue, index, one worker) and the Serve ingress."""
     import ray
 
-    from raylens.cluster import system
+    from raylens.actors import launch
     from raylens.cluster.settings import Settings
     from raylens.serve_app.deploy import deploy
 
@@ -115,7 +115,7 @@ def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_th
         object_store_memory=1 << 30,
     )
     try:
-        started = system.start(settings)
+        started = launch.start(settings)
         url = deploy(settings)
         deadline = time.monotonic() + 180
         while True:
@@ -136,12 +136,12 @@ def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_th
 def stop_system(settings: Any) -> None:
     import ray
 
-    from raylens.cluster import system
+    from raylens.actors import launch
     from raylens.serve_app.deploy import undeploy
 
     try:
         undeploy()
-        system.stop(settings, timeout_s=10)
+        launch.stop(settings, timeout_s=10)
     finally:
         ray.shutdown()
 

@@ -113,7 +113,7 @@ def embed_one(path: str) -> dict[str, Any]:
 def worker_main(args: argparse.Namespace) -> int:
     """Preload the model, announce readiness in Redis, then run RQ's forking worker."""
     global _EMBEDDER, _THREADS
-    from raylens.actors.clip import ClipEmbedder
+    from raylens.models.clip import ClipEmbedder
 
     _THREADS = args.threads
     config = Path(args.model_config) if args.model_config else None

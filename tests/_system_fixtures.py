@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import ray
 
-from raylens.cluster import system
+from raylens.actors import launch
 from raylens.cluster.jobs import Job
 from raylens.cluster.settings import Settings
 
@@ -82,11 +82,11 @@ def running(ray_cluster: None) -> Iterator[Callable[[Settings], dict[str, Any]]]
 
     def run(settings: Settings) -> dict[str, Any]:
         started.append(settings)
-        return system.start(settings)
+        return launch.start(settings)
 
     yield run
     for s in started:
-        system.stop(s, timeout_s=5)
+        launch.stop(s, timeout_s=5)
 
 
 def wait_terminal(queue: Any, ids: Sequence[str], timeout_s: float = 180) -> list[Job]:

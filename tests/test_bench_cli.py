@@ -11,7 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def test_raylens_bench_passes_its_options_to_the_benchmark_and_refuses_unknown_peers() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "raylens.cluster.cli", "bench", "--peers", "rq,nope"],
+        [sys.executable, "-m", "raylens.cli.main", "bench", "--peers", "rq,nope"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 import ray
 
-from raylens.cluster import intake, system
-from raylens.cluster.client import Client
+from raylens.actors import ingest, launch
+from raylens.client import Client
+from raylens.cluster import intake
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline
 from raylens.cluster.settings import Settings
@@ -75,17 +76,17 @@ def drill_system(
             tmp_path / f"data{len(started)}", tiny_model, **{**base, **overrides}
         )
         started.append(settings)
-        system.start(settings)
+        launch.start(settings)
         return settings, deploy(settings)
 
     yield start
     undeploy()
     for s in started:
-        system.stop(s, timeout_s=5)
+        launch.stop(s, timeout_s=5)
 
 
 def wait_all(settings: Settings, ids: list[str], timeout_s: float = 600) -> list[Job | None]:
-    queue = system.queue_handle(settings)
+    queue = launch.queue_handle(settings)
     deadline = time.monotonic() + timeout_s
     while True:
         jobs: list[Job | None] = []
@@ -109,9 +110,9 @@ def audit(settings: Settings, row: Row, ids: list[str]) -> list[Job | None]:
     )
     row.failed = dict(codes)
     row.lost = sum(1 for j in jobs if j is None or not j.state.terminal)
-    stats = ray.get(system.queue_handle(settings).stats.remote())
+    stats = ray.get(launch.queue_handle(settings).stats.remote())
     assert sum(stats["depth"].values()) == 0 and stats["leased"] == 0, stats
-    index = system.index_handle(settings)
+    index = launch.index_handle(settings)
     points = ray.get(index.count.remote()) if index else VectorIndex(settings).count()
     # One point per done image, one per sampled frame of a done video (per distinct content).
     expected = {
@@ -131,7 +132,7 @@ def audit(settings: Settings, row: Row, ids: list[str]) -> list[Job | None]:
 def worker_pids(settings: Settings) -> dict[str, int]:
     return {
         r["worker"]: r["pid"]
-        for r in ray.get([w.report.remote() for w in system.worker_handles(settings)])
+        for r in ray.get([w.report.remote() for w in launch.worker_handles(settings)])
     }
 
 
@@ -178,7 +179,7 @@ def test_drill_worker_kills_lose_nothing_and_workers_come_back(
         for p in write_images(tmp_path / "imgs", SIZES["kill_jobs"])
     ]
     t0 = time.monotonic()
-    ids = [r.job_id for r in intake.submit(system.queue_handle(settings), specs, settings)]
+    ids = [r.job_id for r in ingest.submit(launch.queue_handle(settings), specs, settings)]
     kills, last_kill = 0, 0.0
     while kills < SIZES["kills"]:
         time.sleep(1.5)
@@ -193,7 +194,7 @@ def test_drill_worker_kills_lose_nothing_and_workers_come_back(
     while True:
         try:
             reports = ray.get(
-                [w.report.remote() for w in system.worker_handles(settings)], timeout=30
+                [w.report.remote() for w in launch.worker_handles(settings)], timeout=30
             )
             if len(reports) == 2 and all(r["load_count"] == 1 for r in reports):
                 break
@@ -222,7 +223,7 @@ def test_drill_poison_input_is_dead_lettered_alone_and_retry_failed_requeues_it(
     row = Row("6 poison job")
     t0 = time.monotonic()
     specs = [intake.spec_for_path(p, Lane.NORMAL) for p in paths]
-    ids = [r.job_id for r in intake.submit(system.queue_handle(settings), specs, settings)]
+    ids = [r.job_id for r in ingest.submit(launch.queue_handle(settings), specs, settings)]
     jobs = audit(settings, row, ids)
     row.seconds = time.monotonic() - t0
     poison = jobs[5]
@@ -243,7 +244,7 @@ def test_drill_poison_input_is_dead_lettered_alone_and_retry_failed_requeues_it(
         [
             sys.executable,
             "-m",
-            "raylens.cluster.cli",
+            "raylens.cli.main",
             "jobs",
             "retry",
             "--failed",
@@ -308,22 +309,22 @@ def test_drill_queue_actor_kill_then_full_ray_restart_every_accepted_job_finishe
         intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
         for p in write_images(tmp_path / "imgs", 120)
     ]
-    queue = system.queue_handle(settings)
-    ids = [r.job_id for r in intake.submit(queue, specs[:60], settings)]
+    queue = launch.queue_handle(settings)
+    ids = [r.job_id for r in ingest.submit(queue, specs[:60], settings)]
     time.sleep(1.0)
     ray.kill(queue, no_restart=False)  # the actor restarts and rebuilds itself from Redis
     killed_at = time.monotonic()
-    ids += [r.job_id for r in intake.submit(queue, specs[60:], settings)]  # rides out restart
+    ids += [r.job_id for r in ingest.submit(queue, specs[60:], settings)]  # rides out restart
     row.recover_s = time.monotonic() - killed_at
     time.sleep(1.0)
     # Now stop Ray entirely (every actor and the ingress die with it) and start it again.
     ray.shutdown()
     start_ray()
-    system.start(settings)
+    launch.start(settings)
     row.worker_restarts = 1
     audit(settings, row, ids)
     row.seconds = time.monotonic() - t0
-    rebuilt = ray.get(system.queue_handle(settings).stats.remote())["rebuilt"]
+    rebuilt = ray.get(launch.queue_handle(settings).stats.remote())["rebuilt"]
     row.notes = f"queue rebuilt from Redis after the Ray restart: {rebuilt}"
     ROWS.append(row)
     assert row.done == len(specs)
@@ -386,7 +387,7 @@ def test_drill_hung_worker_is_found_by_progress_replaced_and_its_leases_reclaime
         intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
         for p in write_images(tmp_path / "imgs", 60)
     ]
-    ids = [r.job_id for r in intake.submit(system.queue_handle(settings), specs, settings)]
+    ids = [r.job_id for r in ingest.submit(launch.queue_handle(settings), specs, settings)]
     marker = settings.data_dir / "fault-hang-once-raylens-worker-1"
     while not marker.exists():  # worker 1 took a batch and is now stuck in inference
         assert time.monotonic() - t0 < 60, "worker 1 never started its stuck batch"
@@ -422,7 +423,7 @@ def test_drill_malformed_corpus_each_input_gets_its_outcome_and_no_worker_restar
     t0 = time.monotonic()
     before = {
         r["worker_id"]: r["load_count"]
-        for r in ray.get([w.report.remote() for w in system.worker_handles(settings)])
+        for r in ray.get([w.report.remote() for w in launch.worker_handles(settings)])
     }
     cases = malformed_corpus(tmp_path / "corpus", max_input_bytes=DRILL_MAX_INPUT_BYTES)
     accepted: dict[str, str] = {}  # job id -> case kind
@@ -459,7 +460,7 @@ def test_drill_malformed_corpus_each_input_gets_its_outcome_and_no_worker_restar
             wrong.append(f"{kind}: job ended {got} ({job.error_message})")
     assert all(by_id[g].state is JobState.DONE for g in good), "a good neighbour failed"
     # Same picture under each EXIF orientation: the same vector.
-    index = system.index_handle(settings)
+    index = launch.index_handle(settings)
     vectors = [
         ray.get(index.get.remote(by_id[j].result["point_id"]))["vector"]
         for j, kind in accepted.items()
@@ -470,7 +471,7 @@ def test_drill_malformed_corpus_each_input_gets_its_outcome_and_no_worker_restar
     ]
     after = {
         r["worker_id"]: r["load_count"]
-        for r in ray.get([w.report.remote() for w in system.worker_handles(settings)])
+        for r in ray.get([w.report.remote() for w in launch.worker_handles(settings)])
     }
     row.worker_restarts = len(set(after) - set(before))
     row.seconds = time.monotonic() - t0

@@ -19,7 +19,7 @@ from _images import write_images
 from _ports import free_port
 
 pytestmark = pytest.mark.integration
-RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
+RAYLENS = [sys.executable, "-m", "raylens.cli.main"]
 SERVE_CONFIG = Path(__file__).parents[1] / "raylens" / "serve_app" / "serve_config.yaml"
 
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from raylens.cluster.client import ApiError, Client, RetriesExhausted
+from raylens.client import ApiError, Client, RetriesExhausted
 
 from _ports import free_port
 
@@ -209,7 +209,7 @@ def _png(i: int) -> bytes:
 
 def test_import_does_not_pull_ray() -> None:
     code = (
-        "import sys, raylens.cluster.client; "
+        "import sys, raylens.client; "
         "bad = [m for m in ('ray', 'torch', 'open_clip') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -13,11 +13,11 @@ import pytest
 import torch
 from open_clip.constants import HF_WEIGHTS_NAME
 
-from raylens.actors import clip
-from raylens.actors.clip import ClipEmbedder
-from raylens.actors.device import select_device, select_dtype
-from raylens.actors.transforms import decode_image
 from raylens.errors import ModelLoadError
+from raylens.media.transforms import decode_image
+from raylens.models import clip
+from raylens.models.clip import ClipEmbedder
+from raylens.models.device import select_device, select_dtype
 
 from _images import image_bytes
 
@@ -336,6 +336,6 @@ def test_embedder_loads_a_cached_tag_without_the_network_when_the_hub_is_dead(
 
 
 def test_model_id_is_the_same_when_a_tag_is_spelled_as_open_clip_allows() -> None:
-    from raylens.actors.model_id import model_id_for
+    from raylens.models.model_id import model_id_for
 
     assert model_id_for("ViT-B-32", "LAION2B-S34B-B79K") == "ViT-B-32:laion2b_s34b_b79k"

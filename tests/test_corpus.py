@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raylens.actors.transforms import DecodedImage, decode_image, sniff_format
-from raylens.actors.video import VideoLimits, sample_frames, sniff_video
 from raylens.cluster.intake import check_upload
 from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, InputError
+from raylens.media.transforms import DecodedImage, decode_image, sniff_format
+from raylens.media.video import VideoLimits, sample_frames, sniff_video
 
 from _corpus import (
     DECODE_SIZE,

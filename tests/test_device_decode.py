@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from raylens.actors.clip import ClipEmbedder
-from raylens.actors.device_decode import decode_jpeg_on_device
-from raylens.actors.transforms import decode_image
-from raylens.cluster.worker import decode_device_for
+from raylens.actors.worker import decode_device_for
 from raylens.errors import DecompressionBomb, EmptyInput, ModelLoadError, TruncatedImage
+from raylens.media.device_decode import decode_jpeg_on_device
+from raylens.media.transforms import decode_image
+from raylens.models.clip import ClipEmbedder
 
 LIMITS = dict(max_pixels=50_000_000, max_bytes=50_000_000)
 

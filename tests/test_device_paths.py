@@ -14,10 +14,10 @@ import pytest
 import ray
 import torch
 
-from raylens.actors.device import select_device, select_dtype
-from raylens.cluster import system
+from raylens.actors import launch
 from raylens.cluster.settings import ENV_PREFIX, Settings
 from raylens.errors import ModelLoadError
+from raylens.models.device import select_device, select_dtype
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ class _ActorClassStandIn:
 def _record_worker_options(monkeypatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "remote", lambda cls: _ActorClassStandIn(calls))
-    monkeypatch.setattr(system, "wait_for_workers", lambda settings, workers: [{}] * len(workers))
+    monkeypatch.setattr(launch, "wait_for_workers", lambda settings, workers: [{}] * len(workers))
     return calls
 
 
@@ -93,28 +93,28 @@ def test_select_device_fails_naming_the_setting_when_mps_is_asked_for_but_missin
 
 def test_worker_gpus_is_zero_when_the_cluster_has_no_gpu_as_on_apple_silicon(monkeypatch) -> None:
     _cluster(monkeypatch, {"CPU": 10.0, "memory": 8e9})  # Ray reports no GPU for MPS
-    assert system.worker_gpus(Settings()) == 0.0
+    assert launch.worker_gpus(Settings()) == 0.0
 
 
 def test_worker_gpus_is_one_when_the_cluster_has_gpus_and_the_setting_is_unset(
     monkeypatch,
 ) -> None:
     _cluster(monkeypatch, {"CPU": 8.0, "GPU": 2.0})
-    assert system.worker_gpus(Settings()) == 1.0
+    assert launch.worker_gpus(Settings()) == 1.0
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 2.0])
 def test_worker_gpus_follows_the_setting_when_it_is_set(monkeypatch, share) -> None:
     _cluster(monkeypatch, {"CPU": 8.0, "GPU": 2.0})
-    assert system.worker_gpus(Settings(worker_num_gpus=share)) == share
+    assert launch.worker_gpus(Settings(worker_num_gpus=share)) == share
 
 
 def test_worker_options_ask_for_zero_gpus_when_the_machine_has_only_mps(monkeypatch) -> None:
     _machine(monkeypatch, cuda=False, mps=True)
     _cluster(monkeypatch, {"CPU": 10.0})
     settings = Settings(num_workers=2)
-    gpus = system.worker_gpus(settings)
-    opts = [system.worker_options(settings, settings.worker_name(i), gpus) for i in range(2)]
+    gpus = launch.worker_gpus(settings)
+    opts = [launch.worker_options(settings, settings.worker_name(i), gpus) for i in range(2)]
     assert [o["num_gpus"] for o in opts] == [0.0, 0.0]
     assert Settings().clip_device == "auto" and select_device("auto") == "mps"
 
@@ -122,8 +122,8 @@ def test_worker_options_ask_for_zero_gpus_when_the_machine_has_only_mps(monkeypa
 def test_worker_options_ask_for_one_gpu_each_when_the_cluster_has_gpus(monkeypatch) -> None:
     _cluster(monkeypatch, {"CPU": 8.0, "GPU": 3.0})
     settings = Settings(num_workers=3, worker_num_cpus=2.0)
-    gpus = system.worker_gpus(settings)
-    opts = [system.worker_options(settings, settings.worker_name(i), gpus) for i in range(3)]
+    gpus = launch.worker_gpus(settings)
+    opts = [launch.worker_options(settings, settings.worker_name(i), gpus) for i in range(3)]
     assert [o["num_gpus"] for o in opts] == [1.0, 1.0, 1.0]
     assert [o["num_cpus"] for o in opts] == [2.0, 2.0, 2.0]
     assert [o["name"] for o in opts] == [f"raylens-worker-{i}" for i in range(3)]
@@ -150,7 +150,7 @@ def test_launch_starts_one_worker_per_gpu_each_asking_one_gpu_when_workers_are_n
     _cluster(monkeypatch, resources)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     calls = _record_worker_options(monkeypatch)
-    monkeypatch.setattr(system, "start", lambda settings: system.start_workers(settings))
+    monkeypatch.setattr(launch, "start", lambda settings: launch.start_workers(settings))
     monkeypatch.setattr(deploy, "deploy", lambda settings: "http://127.0.0.1:8000")
     monkeypatch.setattr(deploy, "_launched", [])
 

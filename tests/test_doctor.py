@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from raylens.cluster import doctor
-from raylens.cluster.doctor import ERROR, OK, SKIP, WARN, Check, Report
+from raylens.cli import doctor
+from raylens.cli.doctor import ERROR, OK, SKIP, WARN, Check, Report
 from raylens.cluster.settings import Settings
 
 from _ports import free_port
 from _redis_server import RedisServer
 
-RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
+RAYLENS = [sys.executable, "-m", "raylens.cli.main"]
 SECRET = "s3cret-Pa55"
 
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata  # dev dependency: its bundled photos are test data
 
-from raylens.actors.faces import FaceOptions, largest, load_face_backend
-from raylens.actors.transforms import decode_image
+from raylens.media.transforms import decode_image
+from raylens.models.faces import FaceOptions, largest, load_face_backend
 
 THRESHOLD = 0.6  # dlib's own same-person distance, the default RAYLENS_FACE_MATCH_THRESHOLD
 

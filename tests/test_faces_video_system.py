@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata  # dev dependency: its bundled photos are test data
 
-from raylens.cluster import intake, system
+from raylens.actors import launch
+from raylens.cluster import intake
 from raylens.cluster.settings import Settings
 from raylens.serve_app.app import create_app
 
@@ -103,9 +104,9 @@ def api(
         max_image_pixels=20_000_000,
         lease_timeout_s=60,
     )
-    system.start(settings)
+    launch.start(settings)
     yield Api(settings)
-    system.stop(settings, timeout_s=5)
+    launch.stop(settings, timeout_s=5)
 
 
 def test_an_uploaded_photo_lists_its_faces_and_face_search_finds_it_after_a_flip(api: Api) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from raylens.cluster import system
+from raylens.actors import launch
 from raylens.cluster.settings import Settings
 from raylens.serve_app.app import create_app
 
@@ -63,7 +63,7 @@ def test_with_api_keys_every_route_but_healthz_needs_a_valid_bearer_key(
     ray_cluster: None, settings_for: Any
 ) -> None:
     settings = settings_for(api_keys="first-key, second-key")
-    system.start_queue(settings)
+    launch.start_queue(settings)
     try:
         assert call(settings, "GET", "/v1/healthz").status_code == 200
         for method, path in [
@@ -93,18 +93,18 @@ def test_with_api_keys_every_route_but_healthz_needs_a_valid_bearer_key(
         listed = call(settings, "GET", "/v1/jobs", headers={"Authorization": "Bearer first-key"})
         assert listed.status_code == 200 and len(listed.json()["jobs"]) == 1
     finally:
-        system.stop(settings, timeout_s=5)
+        launch.stop(settings, timeout_s=5)
 
 
 @pytest.mark.integration
 def test_without_api_keys_no_header_is_needed(ray_cluster: None, settings_for: Any) -> None:
     settings = settings_for()
-    system.start_queue(settings)
+    launch.start_queue(settings)
     try:
         assert call(settings, "POST", "/v1/jobs", **one_image()).status_code == 202
         assert call(settings, "GET", "/v1/jobs").status_code == 200
     finally:
-        system.stop(settings, timeout_s=5)
+        launch.stop(settings, timeout_s=5)
 
 
 @pytest.mark.integration
@@ -112,7 +112,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_creates_nothing(
     ray_cluster: None, settings_for: Any
 ) -> None:
     settings = settings_for(queue_max_depth=2, retry_after_s=3)
-    system.start_queue(settings)  # no workers: queued jobs stay queued
+    launch.start_queue(settings)  # no workers: queued jobs stay queued
     try:
         for seed in (1, 2):
             assert call(settings, "POST", "/v1/jobs", **one_image(seed)).status_code == 202
@@ -124,7 +124,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_creates_nothing(
         assert again.status_code == 429  # the cap is checked before dedup: nothing is written
         assert len(call(settings, "GET", "/v1/jobs").json()["jobs"]) == 2
     finally:
-        system.stop(settings, timeout_s=5)
+        launch.stop(settings, timeout_s=5)
 
 
 @pytest.mark.integration

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 LIGHT = [
-    "raylens.cluster.cli",
-    "raylens.cluster.supervisor",
-    "raylens.cluster.queue",
-    "raylens.cluster.system",
-    "raylens.cluster.worker",
+    "raylens.cli.main",
+    "raylens.actors.supervisor",
+    "raylens.actors.queue",
+    "raylens.actors.launch",
+    "raylens.actors.worker",
     "raylens.serve_app.app",
     "raylens.serve_app.deploy",
 ]

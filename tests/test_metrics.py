@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from raylens.cluster import intake, metrics, system
+from raylens.actors import ingest, launch, metrics
+from raylens.cluster import intake
 from raylens.cluster.jobs import Lane
 
 from _images import write_images
@@ -128,8 +129,8 @@ def test_raylens_metrics_are_scraped_from_the_node_when_six_jobs_ran(
     running(settings)
     write_images(tmp_path / "imgs", 6)
 
-    summary = intake.ingest(
-        settings, tmp_path / "imgs", system.queue_handle(settings), progress=False
+    summary = ingest.ingest(
+        settings, tmp_path / "imgs", launch.queue_handle(settings), progress=False
     )
     assert (summary.done, summary.failed) == (6, 0)
 
@@ -145,7 +146,7 @@ def test_raylens_metrics_are_scraped_from_the_node_when_six_jobs_ran(
     assert not missing, "\n".join([f"not as expected: {missing}", *raylens_lines])
     print(f"complete {time.monotonic() - t0:.1f}s after the jobs finished")  # pytest -rP
     print("\n".join(raylens_lines))
-    report = ray.get(system.worker_handles(settings)[0].report.remote())
+    report = ray.get(launch.worker_handles(settings)[0].report.remote())
     clip_load = total(samples, "ray_raylens_model_load_seconds", model=report["model_id"])
     assert clip_load is not None and abs(clip_load - report["load_seconds"]) < 0.01
     for name, kind in [
@@ -163,10 +164,10 @@ def test_queue_gauges_show_the_backlog_and_retries_when_no_worker_takes_the_jobs
     tmp_path: Path, settings_for, ray_cluster: int
 ) -> None:
     settings = settings_for(lease_check_interval_s=0.2)
-    queue = system.start_queue(settings)  # no workers: the test leases by hand
+    queue = launch.start_queue(settings)  # no workers: the test leases by hand
     try:
         specs = [intake.spec_for_path(p, Lane.BULK) for p in write_images(tmp_path / "imgs", 3)]
-        intake.submit(queue, specs, settings)
+        ingest.submit(queue, specs, settings)
         leased = ray.get(queue.lease.remote("by-hand", 1, 1.0))
         ray.get(queue.nack.remote("by-hand", [leased[0].id], "test gives it back"))
         time.sleep(1.0)  # the head of the lane has now waited a while
@@ -188,4 +189,4 @@ def test_queue_gauges_show_the_backlog_and_retries_when_no_worker_takes_the_jobs
         assert seen == want
         assert 1.0 <= age < 60
     finally:
-        system.stop(settings, timeout_s=1)
+        launch.stop(settings, timeout_s=1)

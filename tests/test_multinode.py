@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from raylens.cluster.client import Client
+from raylens.client import Client
 
 from _images import image_bytes
 from _ports import free_port
 from _system_fixtures import long_test
 
 pytestmark = pytest.mark.integration
-RAYLENS = [sys.executable, "-m", "raylens.cluster.cli"]
+RAYLENS = [sys.executable, "-m", "raylens.cli.main"]
 RAY = str(Path(sys.executable).parent / "ray")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from raylens.cluster import intake, system
+from raylens.actors import launch
+from raylens.cluster import intake
 from raylens.cluster.jobs import JobState, Lane
 from raylens.errors import ErrorCode, QueueFull
 
@@ -23,11 +24,11 @@ def queue_for(ray_cluster):
 
     def make(settings):
         started.append(settings)
-        return system.start_queue(settings)
+        return launch.start_queue(settings)
 
     yield make
     for s in started:
-        system.stop(s, timeout_s=1)
+        launch.stop(s, timeout_s=1)
 
 
 def _specs(tmp_path: Path, n: int, lane: Lane = Lane.BULK):
@@ -95,7 +96,7 @@ def test_late_ack_is_ignored_when_the_job_already_finished(
 def test_retry_failed_requeues_only_the_failed_jobs_with_the_code_asked_for(
     tmp_path, settings_for, queue_for
 ) -> None:
-    from raylens.cluster.queue import Failure
+    from raylens.actors.queue import Failure
 
     queue = queue_for(settings_for())
     ids = [r.job_id for r in ray.get(queue.submit.remote(_specs(tmp_path, 4)))]

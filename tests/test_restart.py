@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from raylens.cluster import intake, system
+from raylens.actors import ingest, launch
+from raylens.cluster import intake
 from raylens.cluster.jobs import JobState, Lane, SourceKind
 from raylens.cluster.payloads import open_payload_store
 
@@ -32,8 +33,8 @@ def test_every_job_finishes_when_ray_is_restarted_with_the_redis_store(
     ]
     start_ray()
     try:
-        queue = system.start_queue(settings)  # no workers yet: jobs stay queued
-        ids = [r.job_id for r in intake.submit(queue, specs, settings)]
+        queue = launch.start_queue(settings)  # no workers yet: jobs stay queued
+        ids = [r.job_id for r in ingest.submit(queue, specs, settings)]
         in_flight = ray.get(queue.lease.remote("worker-that-dies-with-ray", 5, 2.0))
         assert len(in_flight) == 5
     finally:
@@ -41,8 +42,8 @@ def test_every_job_finishes_when_ray_is_restarted_with_the_redis_store(
 
     start_ray()
     try:
-        system.start(settings)
-        queue = system.queue_handle(settings)
+        launch.start(settings)
+        queue = launch.queue_handle(settings)
         rebuilt = ray.get(queue.stats.remote())["rebuilt"]
         assert rebuilt == {"queued": 55, "running": 5}
 
@@ -52,7 +53,7 @@ def test_every_job_finishes_when_ray_is_restarted_with_the_redis_store(
         by_id = {j.id: j for j in jobs}
         assert all(by_id[j.id].attempts == 2 for j in in_flight)
         assert sum(1 for j in jobs if j.source_kind is SourceKind.UPLOAD) == 10
-        assert ray.get(system.index_handle(settings).count.remote()) == 60
+        assert ray.get(launch.index_handle(settings).count.remote()) == 60
     finally:
-        system.stop(settings, timeout_s=5)
+        launch.stop(settings, timeout_s=5)
         ray.shutdown()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from raylens.cluster import intake, system
+from raylens.actors import ingest, launch
+from raylens.cluster import intake
 from raylens.cluster.jobs import JobState, Lane, Pipeline
 
 from _images import write_images
@@ -32,12 +33,12 @@ def _wait(predicate, timeout_s: float, what: str):
 
 
 def _submit_backlog(settings, tmp_path: Path, n: int) -> tuple[object, list[str]]:
-    queue = system.queue_handle(settings)
+    queue = launch.queue_handle(settings)
     specs = [
         intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
         for p in write_images(tmp_path / "imgs", n)
     ]
-    return queue, [r.job_id for r in intake.submit(queue, specs, settings)]
+    return queue, [r.job_id for r in ingest.submit(queue, specs, settings)]
 
 
 def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_job(
@@ -59,7 +60,7 @@ def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_j
 
     # Up: the backlog (120 queued for 1 worker, over 8 each) adds raylens-worker-1, which works.
     _wait(
-        lambda: "raylens-worker-1" in system.worker_names(settings),
+        lambda: "raylens-worker-1" in launch.worker_names(settings),
         60,
         "a second worker",
     )
@@ -70,7 +71,7 @@ def test_a_backlog_adds_a_worker_and_idleness_drains_and_removes_it_failing_no_j
     assert all(j.state is JobState.DONE for j in jobs)
 
     # Down: idle 3 s with nothing queued -> drained and removed, back to min_workers.
-    _wait(lambda: len(system.worker_names(settings)) == 1, 60, "an idle worker to be removed")
+    _wait(lambda: len(launch.worker_names(settings)) == 1, 60, "an idle worker to be removed")
     report = ray.get(_supervisor(settings).report.remote())
     actions = [(h["action"], h["worker"]) for h in report["scale_history"]]
     assert actions[0] == ("up", "raylens-worker-1"), actions
@@ -106,7 +107,7 @@ def test_a_worker_the_cluster_cannot_place_stays_pending_and_is_not_replaced(
     running(settings)
     queue, job_ids = _submit_backlog(settings, tmp_path, 40)
     _wait(
-        lambda: "raylens-worker-1" in system.worker_names(settings),
+        lambda: "raylens-worker-1" in launch.worker_names(settings),
         30,
         "the backlog to add a worker",
     )
@@ -114,7 +115,7 @@ def test_a_worker_the_cluster_cannot_place_stays_pending_and_is_not_replaced(
     import ray._private.state as gcs  # the GCS actor table; the state API needs a dashboard
 
     mine = {
-        n: ray.get_actor(n, namespace=settings.namespace) for n in system.worker_names(settings)
+        n: ray.get_actor(n, namespace=settings.namespace) for n in launch.worker_names(settings)
     }
     ids = {h._actor_id.hex(): n for n, h in mine.items()}
     states = {ids[k]: a["State"] for k, a in gcs.actors().items() if k in ids}

@@ -13,8 +13,9 @@ import httpx
 import pytest
 import ray
 
-from raylens.cluster import intake, system
-from raylens.cluster.client import Client
+from raylens.actors import ingest, launch
+from raylens.client import Client
+from raylens.cluster import intake
 from raylens.cluster.jobs import Lane, Pipeline
 from raylens.cluster.settings import Settings
 from raylens.serve_app.deploy import deploy, undeploy
@@ -38,7 +39,7 @@ def served(
         max_input_bytes=1_500_000,
         max_image_pixels=20_000_000,
     )
-    system.start(settings)
+    launch.start(settings)
     url = deploy(settings)
     deadline = time.monotonic() + 120
     while True:
@@ -51,7 +52,7 @@ def served(
         time.sleep(0.5)
     yield settings, url
     undeploy()
-    system.stop(settings, timeout_s=5)
+    launch.stop(settings, timeout_s=5)
 
 
 def upload(url: str, files: list[tuple[str, bytes]], **kw: Any) -> httpx.Response:
@@ -281,7 +282,7 @@ def test_healthz_answers_promptly_while_the_workers_work_through_a_backlog(
     served: tuple[Settings, str], tmp_path: Path
 ) -> None:
     settings, url = served
-    queue = system.queue_handle(settings)
+    queue = launch.queue_handle(settings)
     bases = [image_bytes(7000 + i, (1600, 1200)) for i in range(4)]
     paths = []
     for i in range(400):
@@ -290,7 +291,7 @@ def test_healthz_answers_promptly_while_the_workers_work_through_a_backlog(
         paths.append(p)
     # CLIP only: the backlog is what matters here, not the face detector's time on 400 photos.
     specs = [intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED) for p in paths]
-    ids = [r.job_id for r in intake.submit(queue, specs, settings)]
+    ids = [r.job_id for r in ingest.submit(queue, specs, settings)]
     latencies = []
     searched_during_backlog = False
     while True:
@@ -346,11 +347,11 @@ def test_the_client_rides_out_a_503_burst_while_the_queue_is_down_and_loses_noth
 ) -> None:
     settings, url = served
     write_images(tmp_path / "photos", 12, start=8000)
-    ray.kill(system.queue_handle(settings), no_restart=True)
+    ray.kill(launch.queue_handle(settings), no_restart=True)
 
     def restart_later() -> None:
         time.sleep(3)
-        system.start_queue(settings)  # rebuilt from the store
+        launch.start_queue(settings)  # rebuilt from the store
 
     restarter = threading.Thread(target=restart_later)
     restarter.start()

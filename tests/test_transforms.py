@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from raylens.actors.transforms import decode_image, normalise_batch, sniff_format
 from raylens.errors import (
     CorruptImage,
     DecompressionBomb,
@@ -22,6 +21,7 @@ from raylens.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
+from raylens.media.transforms import decode_image, normalise_batch, sniff_format
 
 from _images import image_bytes
 

@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from raylens.actors.video import (
+from raylens.errors import CorruptVideo, EmptyInput, SourceMissing, TooLarge, UnsupportedFormat
+from raylens.media.video import (
     VIDEO_SUFFIXES,
     VideoLimits,
     sample_frames,
     sniff_video,
 )
-from raylens.errors import CorruptVideo, EmptyInput, SourceMissing, TooLarge, UnsupportedFormat
 
 W, H, FPS = 320, 240, 10  # each photo is shown for exactly 1 s: 4 s, 40 frames
 TOL = 1.0 / FPS + 1e-6

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -169,3 +172,26 @@ class Job(BaseModel):
     @classmethod
     def from_json(cls, data: bytes | str) -> Job:
         return cls.model_validate_json(data)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    created: bool
+    state: JobState
+
+
+def request_fingerprint(specs: Sequence[JobSpec]) -> str:
+    """What makes two submissions the same request: their contents and pipelines, in order."""
+    h = hashlib.sha256()
+    for spec in specs:
+        h.update(f"{spec.sha256}:{spec.pipeline.value};".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Failure:
+    job_id: str
+    code: ErrorCode
+    message: str
+    retryable: bool = False  # True: counts as an attempt and re-queues until max_attempts

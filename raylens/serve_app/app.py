@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from raylens.cluster.api import ClusterAPI
+from raylens.actors.api import ClusterAPI
 from raylens.cluster.jobs import JobState, Lane, Pipeline
 from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, InvalidRequest, RaylensError, Unauthorized

@@ -23,7 +23,7 @@ class Ingress:
     """One ingress replica: a FastAPI app over the cluster's async API."""
 
     def __init__(self, settings: Settings) -> None:
-        from raylens.cluster.api import ClusterAPI
+        from raylens.actors.api import ClusterAPI
 
         self.settings = settings
         self.api = ClusterAPI(settings)
@@ -119,7 +119,7 @@ def launch(settings: Settings | None = None, http_port: int | None = None) -> st
     the queue, the workers and the HTTP ingress. Returns the ingress URL."""
     import ray
 
-    from raylens.cluster import system
+    from raylens.actors import launch
 
     if settings is None:
         settings = load_settings()
@@ -130,7 +130,7 @@ def launch(settings: Settings | None = None, http_port: int | None = None) -> st
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus > 1 and "num_workers" not in settings.model_fields_set:
         settings = settings.model_copy(update={"num_workers": gpus})
-    system.start(settings)
+    launch.start(settings)
     url = deploy(settings)
     _launched.append(settings)
     return url
@@ -143,9 +143,9 @@ def shutdown() -> None:
     """Stop what launch() started, then Ray (queued jobs stay in the store)."""
     import ray
 
-    from raylens.cluster import system
+    from raylens.actors import launch
 
     undeploy()
     while _launched:
-        system.stop(_launched.pop(), timeout_s=10)
+        launch.stop(_launched.pop(), timeout_s=10)
     ray.shutdown()

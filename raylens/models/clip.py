@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from raylens.actors.device import select_device, select_dtype
-from raylens.actors.model_id import RANDOM_SEED, model_id_for
-from raylens.actors.transforms import INTERPOLATIONS, RESIZE_MODES, normalise_batch
 from raylens.errors import ModelLoadError
+from raylens.media.transforms import INTERPOLATIONS, RESIZE_MODES, normalise_batch
+from raylens.models.device import select_device, select_dtype
+from raylens.models.model_id import RANDOM_SEED, model_id_for
 
 log = logging.getLogger("raylens.clip")
 

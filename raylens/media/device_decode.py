@@ -16,7 +16,7 @@ import warnings
 import torch
 from PIL import Image
 
-from raylens.actors.transforms import (
+from raylens.media.transforms import (
     INTERPOLATIONS,
     RESIZE_MODES,
     DecodedImage,

@@ -20,7 +20,8 @@ from typing import Any
 
 import ray
 
-from raylens.cluster import metrics, scaler, system
+from raylens.actors import launch, metrics
+from raylens.cluster import scaler
 from raylens.cluster.settings import Settings
 
 log = logging.getLogger("raylens.supervisor")
@@ -98,7 +99,7 @@ class Supervisor:
         take at most one scaling step."""
         self.checks += 1
         loop = asyncio.get_running_loop()
-        named = await loop.run_in_executor(None, system.named_workers, self.settings)
+        named = await loop.run_in_executor(None, launch.named_workers, self.settings)
         named = [(n, w) for n, w in named if n not in self._draining]
         names = [n for n, _ in named]
         workers = [w for _, w in named]
@@ -122,7 +123,7 @@ class Supervisor:
             metrics.WORKERS_REPLACED.inc()
             released = 0
             if worker_id is not None:
-                queue = system.queue_handle(self.settings)
+                queue = launch.queue_handle(self.settings)
                 released = await queue.release.remote(
                     worker_id, f"worker {worker_id} stalled ({why}); replaced"
                 )
@@ -136,7 +137,7 @@ class Supervisor:
 
     async def scale(self, workers: list[Any], names: list[str], answers: list[Any]) -> str:
         """One scaling step from this round's reports and the queue's backlog."""
-        stats = await system.queue_handle(self.settings).stats.remote()
+        stats = await launch.queue_handle(self.settings).stats.remote()
         views = [
             scaler.WorkerView(
                 name,
@@ -159,7 +160,7 @@ class Supervisor:
         log.warning("scaling %s: %s (%s)", decision.action, decision.name, decision.reason)
         if decision.action == "up":
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, system.start_worker, self.settings, decision.name)
+            await loop.run_in_executor(None, launch.start_worker, self.settings, decision.name)
             self._first_seen[decision.name] = now
         else:
             worker = workers[names.index(decision.name)]

@@ -22,14 +22,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import ray
 
-from raylens.actors.faces import Face, FaceBackend, FaceOptions, load_face_backend
-from raylens.actors.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
-from raylens.actors.video import VideoLimits, sample_frames, sniff_video
-from raylens.cluster import metrics
+from raylens.actors import metrics
+from raylens.actors.queue import Failure
 from raylens.cluster.index import VectorIndex, point_id
 from raylens.cluster.jobs import Job, Pipeline, SourceKind
 from raylens.cluster.payloads import open_payload_store
-from raylens.cluster.queue import Failure
 from raylens.cluster.settings import Settings
 from raylens.errors import (
     ErrorCode,
@@ -40,9 +37,12 @@ from raylens.errors import (
     SourceMissing,
     TooLarge,
 )
+from raylens.media.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
+from raylens.media.video import VideoLimits, sample_frames, sniff_video
+from raylens.models.faces import Face, FaceBackend, FaceOptions, load_face_backend
 
 if TYPE_CHECKING:
-    from raylens.actors.clip import ClipEmbedder
+    from raylens.models.clip import ClipEmbedder
 
 # torch and open_clip are imported where the model is loaded and used, not at the top: every
 # process that holds a worker handle (the supervisor, the Serve replica, the CLI) loads this
@@ -147,7 +147,7 @@ class Worker:
         self.name = name
         self.worker_id = f"{name}:{os.getpid()}"
         self.started_at = time.time()
-        from raylens.actors.clip import ClipEmbedder
+        from raylens.models.clip import ClipEmbedder
 
         threads = settings.torch_threads or max(1, round(settings.worker_num_cpus))
         self.embedder: ClipEmbedder = ClipEmbedder(
@@ -434,7 +434,7 @@ class Worker:
         return Decoded([Item(self._decode(source, keep), "image")])
 
     def _decode_on_device(self, data: bytes) -> DecodedImage:
-        from raylens.actors.device_decode import decode_jpeg_on_device
+        from raylens.media.device_decode import decode_jpeg_on_device
 
         return decode_jpeg_on_device(
             data,

@@ -12,11 +12,11 @@ from typing import Any
 
 import ray
 
-from raylens.actors.model_id import model_id_for
+from raylens.actors.queue import JobQueue
 from raylens.cluster.index import VectorIndex
-from raylens.cluster.queue import JobQueue
 from raylens.cluster.settings import Settings
 from raylens.errors import ModelLoadError, RaylensError, StoreUnavailable
+from raylens.models.model_id import model_id_for
 
 log = logging.getLogger("raylens.system")
 
@@ -153,7 +153,7 @@ def start_worker(settings: Settings, name: str, gpus: float | None = None) -> An
     GPU the cluster lacks stays pending, which is what makes Ray's autoscaler add a GPU node."""
     # Imported here: the worker module brings torch, open_clip and dlib (seconds of imports),
     # which the supervisor, the Serve replica and the CLI, all importers of this module, skip.
-    from raylens.cluster.worker import Worker
+    from raylens.actors.worker import Worker
 
     gpus = worker_gpus(settings) if gpus is None else gpus
     options = worker_options(settings, name, gpus)
@@ -170,7 +170,7 @@ def start_workers(settings: Settings) -> list[dict[str, Any]]:
 
 def start_supervisor(settings: Settings) -> Any:
     """The progress-based health check of the workers (cluster/supervisor.py)."""
-    from raylens.cluster.supervisor import Supervisor
+    from raylens.actors.supervisor import Supervisor
 
     sup = (
         ray.remote(Supervisor)

@@ -8,7 +8,6 @@ the actor's event loop never blocks (invariant 7) and writes are serialised (sin
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import deque
@@ -17,8 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from raylens.cluster import metrics
-from raylens.cluster.jobs import LANE_ORDER, Job, JobSpec, JobState, Lane
+from raylens.actors import metrics
+from raylens.cluster.jobs import (
+    LANE_ORDER,
+    Failure,
+    Job,
+    JobSpec,
+    JobState,
+    Lane,
+    SubmitResult,
+    request_fingerprint,
+)
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import JobStore, open_job_store
 from raylens.errors import (
@@ -40,29 +48,6 @@ _TERMINAL_RESYNC_S = 60.0
 class Lease:
     worker_id: str | None  # None: lease found running in the store on rebuild; owner unknown
     deadline: float
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    job_id: str
-    created: bool
-    state: JobState
-
-
-def request_fingerprint(specs: Sequence[JobSpec]) -> str:
-    """What makes two submissions the same request: their contents and pipelines, in order."""
-    h = hashlib.sha256()
-    for spec in specs:
-        h.update(f"{spec.sha256}:{spec.pipeline.value};".encode())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Failure:
-    job_id: str
-    code: ErrorCode
-    message: str
-    retryable: bool = False  # True: counts as an attempt and re-queues until max_attempts
 
 
 class JobQueue:

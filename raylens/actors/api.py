@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import numpy as np
 import ray
 
-from raylens.cluster import system
+from raylens.actors import launch
+from raylens.actors.queue import SubmitResult
 from raylens.cluster.intake import check_upload, spec_for_upload
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline
 from raylens.cluster.payloads import PayloadStore, open_payload_store
-from raylens.cluster.queue import SubmitResult
 from raylens.cluster.settings import Settings
 from raylens.errors import (
     InvalidRequest,
@@ -69,7 +69,7 @@ class ClusterAPI:
     # ---- handles ------------------------------------------------------------------------------
     async def _queue_handle(self) -> Any:
         if self._queue is None:
-            self._queue = await self._run(system.queue_handle, self.settings)
+            self._queue = await self._run(launch.queue_handle, self.settings)
         return self._queue
 
     async def _queue_call(self, method: str, *args: Any) -> Any:
@@ -91,7 +91,7 @@ class ClusterAPI:
     async def _worker_list(self, refresh: bool = False) -> list[Any]:
         stale = time.monotonic() - self._workers_at > WORKER_REFRESH_S
         if refresh or stale or not self._workers:
-            self._workers = await self._run(system.worker_handles, self.settings)
+            self._workers = await self._run(launch.worker_handles, self.settings)
             self._workers_at = time.monotonic()
         return self._workers
 
@@ -265,7 +265,7 @@ class ClusterAPI:
             return await self._run(getattr(self._index_server, method), *args)
         try:
             if self._index is None:
-                self._index = await self._run(system.index_handle, self.settings)
+                self._index = await self._run(launch.index_handle, self.settings)
             return await asyncio.wait_for(
                 getattr(self._index, method).remote(*args), timeout=self.settings.search_timeout_s
             )

@@ -461,8 +461,8 @@ def check_torch(info: Mapping[str, Any], nvidia_present: bool) -> list[Check]:
 
 def check_device(settings: Settings) -> Check:
     """The device and dtype a worker on this machine would pick (no model loaded)."""
-    from raylens.actors.device import select_device, select_dtype
     from raylens.errors import ModelLoadError
+    from raylens.models.device import select_device, select_dtype
 
     try:
         device = select_device(settings.clip_device)
@@ -733,7 +733,7 @@ def probe_ray(
     limit = 3 * timeout_s + RAY_PROBE_OVERHEAD_S  # join, queue stats, worker reports
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "raylens.cluster.doctor", "--ray-probe", json.dumps(spec)],
+            [sys.executable, "-m", "raylens.cli.doctor", "--ray-probe", json.dumps(spec)],
             capture_output=True,
             text=True,
             timeout=limit,
@@ -1355,7 +1355,7 @@ def check_model(settings: Settings, batch: int = MODEL_BATCH) -> Check:
 
     t0 = time.perf_counter()
     try:
-        from raylens.actors.clip import ClipEmbedder
+        from raylens.models.clip import ClipEmbedder
 
         embedder = ClipEmbedder(
             settings.clip_model,
@@ -1450,8 +1450,8 @@ def check_faces(settings: Settings) -> Check:
         return Check(
             "face models", SKIP, "faces disabled (RAYLENS_FACES_ENABLED=false)", group="models"
         )
-    from raylens.actors.faces import MODEL_FILES, models_dir
     from raylens.errors import ModelLoadError
+    from raylens.models.faces import MODEL_FILES, models_dir
 
     try:
         folder = models_dir()
@@ -1760,7 +1760,7 @@ def cli_doctor(args: Any) -> int:
 def _probe_main(argv: Iterable[str]) -> int:
     args = list(argv)
     if len(args) != 2 or args[0] != "--ray-probe":
-        print("usage: python -m raylens.cluster.doctor --ray-probe SPEC_JSON", file=sys.stderr)
+        print("usage: python -m raylens.cli.doctor --ray-probe SPEC_JSON", file=sys.stderr)
         return 2
     spec = json.loads(args[1])
     try:

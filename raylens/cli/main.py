@@ -76,9 +76,9 @@ def _stop_local_ray(settings: Settings) -> None:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from raylens.cluster import system
+    from raylens.actors import launch
 
-    address = system.resolve_address(settings, args.address)
+    address = launch.resolve_address(settings, args.address)
     local = address == settings.local_ray_address
     if local and not _local_cluster_running(settings):
         print(
@@ -87,7 +87,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         _start_local_ray(settings)
-    system.connect(settings, address)
+    launch.connect(settings, address)
     if settings.random_weights:
         print(
             "WARNING: RAYLENS_CLIP_PRETRAINED=none: random weights, vectors are meaningless "
@@ -100,7 +100,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        info = system.start(settings)
+        info = launch.start(settings)
     except RaylensError:
         if local:
             _stop_local_ray(settings)
@@ -137,7 +137,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         from raylens.serve_app.deploy import undeploy
 
         undeploy()
-    stopped = system.stop(settings)
+    stopped = launch.stop(settings)
     ray.shutdown()
     if local:
         _stop_local_ray(settings)
@@ -161,30 +161,30 @@ def start_http(settings: Settings) -> str:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    from raylens.cluster import system
+    from raylens.actors import launch
     from raylens.serve_app.deploy import undeploy
 
     try:
-        system.connect(settings, args.address)
+        launch.connect(settings, args.address)
         undeploy()
-        stopped = system.stop(settings)
+        stopped = launch.stop(settings)
         print(f"stopped {stopped['workers']} worker(s), queue and index", file=sys.stderr)
     except RaylensError as exc:
         print(f"nothing to stop: {exc.message}", file=sys.stderr)
     import ray
 
     ray.shutdown()
-    if system.resolve_address(settings, args.address) == settings.local_ray_address:
+    if launch.resolve_address(settings, args.address) == settings.local_ray_address:
         _stop_local_ray(settings)
     return 0
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from raylens.cluster import intake, system
+    from raylens.actors import ingest, launch
 
-    system.connect(settings, args.address)
-    queue = system.queue_handle(settings)
-    summary = intake.ingest(
+    launch.connect(settings, args.address)
+    queue = launch.queue_handle(settings)
+    summary = ingest.ingest(
         settings,
         Path(args.path),
         queue,
@@ -212,10 +212,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from raylens.cluster import system
+    from raylens.actors import launch
 
-    system.connect(settings, args.address)
-    st = system.status(settings)
+    launch.connect(settings, args.address)
+    st = launch.status(settings)
     if args.json:
         print(json.dumps(st, default=str))
         return 0
@@ -255,12 +255,12 @@ def _read_image(path: str) -> bytes:
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from raylens.cluster import system
-    from raylens.cluster.api import ClusterAPI
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
 
     if (args.text is None) == (args.face is None):
         raise SettingsError("give a search text or --face PATH (one of them)")
-    system.connect(settings, args.address)
+    launch.connect(settings, args.address)
     if args.face is not None:
         out = asyncio.run(
             ClusterAPI(settings).search_faces(image=_read_image(args.face), top_k=args.top_k)
@@ -279,7 +279,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
                 f"face {h['face_index']} {h['box']}  (job {h['job_id']})"
             )
         return 0
-    hits = system.search_text(settings, args.text, args.top_k)
+    hits = launch.search_text(settings, args.text, args.top_k)
     if args.json:
         print(json.dumps({"query": args.text, "hits": hits}))
         return 0
@@ -295,10 +295,10 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_faces(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from raylens.cluster import system
-    from raylens.cluster.api import ClusterAPI
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
 
-    system.connect(settings, args.address)
+    launch.connect(settings, args.address)
     faces = asyncio.run(ClusterAPI(settings).faces(_read_image(args.path)))
     for face in faces:
         face.pop("vector", None)
@@ -314,14 +314,14 @@ def cmd_faces(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from raylens.cluster import system
+    from raylens.actors import launch
 
     if bool(args.ids) == bool(args.failed):
         raise SettingsError("give job ids, or --failed [--code CODE] (one of them)")
     if args.code and not args.failed:
         raise SettingsError("--code goes with --failed")
-    system.connect(settings, args.address)
-    queue = system.queue_handle(settings)
+    launch.connect(settings, args.address)
+    queue = launch.queue_handle(settings)
     if args.failed:
         code = ErrorCode(args.code) if args.code else None
         moved = ray.get(queue.retry_failed.remote(code, args.limit))
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if args.command == "doctor":  # reports invalid settings instead of stopping at them
-        from raylens.cluster.doctor import cli_doctor
+        from raylens.cli.doctor import cli_doctor
 
         return cli_doctor(args)
     try:
