@@ -19,9 +19,9 @@ import numpy as np
 import ray
 
 from raylens.actors import launch
-from raylens.actors.queue import SubmitResult
+from raylens.actors.handles import UNAVAILABLE
 from raylens.cluster.intake import check_upload, spec_for_upload
-from raylens.cluster.jobs import Job, JobState, Lane, Pipeline
+from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, SubmitResult
 from raylens.cluster.payloads import PayloadStore, open_payload_store
 from raylens.cluster.settings import Settings
 from raylens.errors import (
@@ -33,12 +33,12 @@ from raylens.errors import (
 )
 
 log = logging.getLogger("raylens.api")
+_UNAVAILABLE_OR_TIMEOUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncio.TimeoutError)
 T = TypeVar("T")
 
 # Payload fields a search may filter on: plain names (what the workers write), scalar values.
 FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
 WORKER_REFRESH_S = 10.0
-_UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -80,7 +80,7 @@ class ClusterAPI:
                 return await getattr(queue, method).remote(*args)
             except ray.exceptions.RayTaskError as exc:
                 raise _as_raylens(exc) from None
-            except _UNAVAILABLE as exc:
+            except UNAVAILABLE as exc:
                 self._queue = None
                 if attempt:
                     raise StoreUnavailable(
@@ -112,7 +112,7 @@ class ClusterAPI:
                 )
             except ray.exceptions.RayTaskError as exc:
                 raise _as_raylens(exc) from None
-            except (*_UNAVAILABLE, asyncio.TimeoutError) as exc:
+            except _UNAVAILABLE_OR_TIMEOUT as exc:
                 last = exc
         self._workers_at = 0.0  # look the workers up again next time
         raise StoreUnavailable(
@@ -271,7 +271,7 @@ class ClusterAPI:
             )
         except ray.exceptions.RayTaskError as exc:
             raise _as_raylens(exc) from None
-        except (*_UNAVAILABLE, ValueError, asyncio.TimeoutError) as exc:
+        except _UNAVAILABLE_OR_TIMEOUT as exc:
             self._index = None  # look the index actor up again next time
             raise StoreUnavailable(
                 f"the raylens index is unavailable: {type(exc).__name__}: {exc}"[:300]

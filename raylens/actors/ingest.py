@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from raylens.actors.handles import UNAVAILABLE, Backoff, call_with_retry
 from raylens.cluster.intake import discover, spec_for_path
 from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, Pipeline, SubmitResult
 from raylens.cluster.settings import Settings
@@ -32,25 +33,18 @@ def submit(
     chunk = settings.ingest_chunk
     for i in range(0, len(specs), chunk):
         part = list(specs[i : i + chunk])
-        delay = settings.ingest_poll_s
-        started = time.monotonic()
-        while True:
-            try:
-                out += ray.get(queue.submit.remote(part))
-                break
-            except (
-                QueueFull,
-                ray.exceptions.RayActorError,
-                ray.exceptions.ActorUnavailableError,
-            ) as exc:
-                # Full: wait for room. Queue restarting: resubmitting is safe, since the same
-                # content returns the job already created.
-                if patience_s is not None and time.monotonic() - started > patience_s:
-                    raise
-                if on_wait:
-                    on_wait(getattr(exc, "message", "queue restarting"))
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        # Full: wait for room. Queue restarting: resubmitting is safe, since the same content
+        # returns the job already created.
+        out += call_with_retry(
+            lambda: ray.get(queue.submit.remote(part)),  # noqa: B023 (called at once)
+            what="queue",
+            deadline_s=patience_s,
+            backoff=Backoff(first_s=settings.ingest_poll_s, cap_s=max(5.0, settings.ingest_poll_s)),
+            retry_on=(QueueFull, *UNAVAILABLE),
+            on_wait=(lambda exc, _d: on_wait(getattr(exc, "message", "queue restarting")))
+            if on_wait
+            else None,
+        )
     return out
 
 
@@ -170,7 +164,7 @@ def _collect(
     for i in range(0, len(ids), 1000):
         try:
             jobs: list[Job | None] = ray.get(queue.states.remote(ids[i : i + 1000]))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+        except UNAVAILABLE:
             bar.set_postfix_str("queue restarting", refresh=False)
             return  # the queue is being rebuilt from the store; look again next poll
         for job_id, job in zip(ids[i : i + 1000], jobs):

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from raylens.actors.handles import ActorMissing, lookup
 from raylens.actors.queue import JobQueue
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.settings import Settings
@@ -59,13 +60,13 @@ def worker_gpus(settings: Settings) -> float:
 
 
 def _actor(name: str, settings: Settings) -> Any:
-    return ray.get_actor(name, namespace=settings.namespace)
+    return lookup(name, settings.namespace)
 
 
 def queue_handle(settings: Settings) -> Any:
     try:
         return _actor(settings.queue_actor_name, settings)
-    except ValueError:
+    except ActorMissing:
         raise StoreUnavailable(
             "the raylens queue is not running on this Ray cluster; start it with `raylens up`"
         ) from None
@@ -92,7 +93,7 @@ def named_workers(settings: Settings) -> list[tuple[str, Any]]:
     for name in worker_names(settings):
         try:
             out.append((name, _actor(name, settings)))
-        except ValueError:
+        except ActorMissing:
             continue
     return out
 
@@ -226,7 +227,7 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
     stopped: dict[str, Any] = {"workers": 0}
     try:  # first, so it does not replace workers that are being stopped
         ray.kill(_actor(settings.supervisor_actor_name, settings), no_restart=True)
-    except ValueError:
+    except ActorMissing:
         pass
     workers = worker_handles(settings)
     drains = [w.stop.remote(timeout_s) for w in workers]
@@ -241,7 +242,7 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
         try:
             ray.kill(_actor(name, settings), no_restart=True)
             stopped[name] = True
-        except ValueError:
+        except ActorMissing:
             stopped[name] = False
     return stopped
 

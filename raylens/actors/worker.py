@@ -23,6 +23,7 @@ import numpy as np
 import ray
 
 from raylens.actors import metrics
+from raylens.actors.handles import call_with_retry, lookup
 from raylens.actors.queue import Failure
 from raylens.cluster.index import VectorIndex, point_id
 from raylens.cluster.jobs import Job, Pipeline, SourceKind
@@ -50,14 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raylens.worker")
 T = TypeVar("T")
-
-# Errors that mean "the queue or index actor is restarting": wait and call again.
-_RETRYABLE_RAY_ERRORS: tuple[type[BaseException], ...] = (
-    ray.exceptions.RayActorError,
-    ray.exceptions.ActorUnavailableError,
-    ray.exceptions.GetTimeoutError,
-    ValueError,  # ray.get_actor while the named actor is being re-created
-)
 
 
 @dataclass
@@ -131,7 +124,7 @@ class RemoteIndex:
         collection: str | None = None,
     ) -> int:
         try:
-            actor = ray.get_actor(self.settings.index_actor_name, namespace=self.settings.namespace)
+            actor = lookup(self.settings.index_actor_name, self.settings.namespace)
             return ray.get(actor.upsert.remote(list(ids), vectors, list(payloads), collection))
         except IndexUnavailable:
             raise
@@ -309,18 +302,13 @@ class Worker:
 
     def _queue_call(self, make: Callable[[Any], Any], *, forever: bool = False) -> Any:
         """Call the queue actor, riding out its restarts (the store keeps the truth meanwhile)."""
-        delay = 0.2
-        deadline = time.monotonic() + self.settings.lease_timeout_s
-        while True:
-            try:
-                q = ray.get_actor(self.settings.queue_actor_name, namespace=self.settings.namespace)
-                return ray.get(make(q))
-            except _RETRYABLE_RAY_ERRORS as exc:
-                if time.monotonic() > deadline and (not forever or self._stop.is_set()):
-                    raise
-                log.warning("queue unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        name, ns = self.settings.queue_actor_name, self.settings.namespace
+        return call_with_retry(
+            lambda: ray.get(make(lookup(name, ns))),
+            what="queue",
+            deadline_s=self.settings.lease_timeout_s,
+            keep_going=lambda: forever and not self._stop.is_set(),
+        )
 
     def _fetch_loop(self) -> None:
         while not (self._stop.is_set() or self._draining.is_set()):
