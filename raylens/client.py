@@ -29,13 +29,12 @@ from typing import Any
 
 import httpx
 
+from raylens.media.formats import IMAGE_SUFFIXES
+
 with warnings.catch_warnings():  # in a kernel without ipywidgets tqdm.auto falls back to text
     warnings.simplefilter("ignore")
     from tqdm.auto import tqdm
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 TERMINAL_STATES = frozenset({"done", "failed"})
 

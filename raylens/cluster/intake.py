@@ -11,13 +11,9 @@ from raylens.cluster.jobs import JobSpec, Lane, Pipeline, SourceKind
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.settings import Settings
 from raylens.errors import EmptyInput, SourceMissing, TooLarge, UnsupportedFormat
-from raylens.media.transforms import sniff_format
-from raylens.media.video import VIDEO_SUFFIXES, sniff_video
+from raylens.media.formats import MEDIA_SUFFIXES, sniff_format
+from raylens.media.video import sniff_video
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
-MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 _HASH_CHUNK = 1 << 20
 
 

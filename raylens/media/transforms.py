@@ -23,26 +23,16 @@ from raylens.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
+from raylens.media.formats import ACCEPTED, describe, sniff_format
 
 if TYPE_CHECKING:  # torch is imported where it is used: the ingress sniffs uploads without it
     import torch
 
-ACCEPTED = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
 # The eval-time geometry open_clip's pretrained configs use ("longest" appears in none).
 RESIZE_MODES = ("shortest", "squash")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 INTERPOLATIONS = tuple(_RESAMPLE)
 
-# Magic bytes of the formats we accept (checked on content, never on the file name).
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
 # Pillow is only ever asked to try the plugin that matches the magic: less parser surface.
 _PIL_FORMAT = {
     "jpeg": "JPEG",
@@ -52,21 +42,6 @@ _PIL_FORMAT = {
     "bmp": "BMP",
     "tiff": "TIFF",
 }
-# What rejected bytes most often are, so the error message can say so.
-_KNOWN_OTHER: tuple[tuple[bytes, str], ...] = (
-    (b"%PDF", "a PDF document"),
-    (b"<svg", "an SVG drawing"),
-    (b"<?xml", "an XML/SVG document"),
-    (b"<!doctype html", "an HTML page"),
-    (b"<html", "an HTML page"),
-    (b"{", "JSON text"),
-    (b"PK\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "a gzip archive"),
-)
-_FTYP_BRANDS: tuple[tuple[tuple[bytes, ...], str], ...] = (
-    ((b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"), "a HEIC/HEIF image"),
-    ((b"avif", b"avis"), "an AVIF image"),
-)
 # Pillow's words for "the data stopped early" (its messages vary by plugin and version).
 _TRUNCATION_HINTS = (
     "truncated",
@@ -93,31 +68,6 @@ class DecodedImage:
     # With keep_side: the whole picture, aspect kept, longest side <= keep_side (for faces)
     full: np.ndarray | None = None
     full_scale: float = 1.0  # full-image pixels per original pixel
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format from magic bytes ("jpeg", "png", ...), or None if not one we accept."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
-def _describe(data: bytes) -> str:
-    """A short human description of bytes that are not an accepted image."""
-    head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM or whitespace before markup
-    what = next((n for magic, n in _KNOWN_OTHER if head.lower().startswith(magic.lower())), None)
-    if what is None and data[4:8] == b"ftyp":
-        brand = data[8:12]
-        what = next((n for brands, n in _FTYP_BRANDS if brand in brands), "an MP4/MOV video")
-    snippet = head[:16] if what else data[:16]
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in snippet):
-        shown = repr(snippet.decode("ascii"))
-    else:
-        shown = repr(snippet)
-    return f"looks like {what}, starts with {shown}" if what else f"starts with {shown}"
 
 
 def _is_complete(data: bytes, fmt: str) -> bool | None:
@@ -231,7 +181,7 @@ def decode_image(
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedFormat(
-            f"not a supported image ({_describe(data)}); accepted: {', '.join(ACCEPTED)}"
+            f"not a supported image ({describe(data)}); accepted: {', '.join(ACCEPTED)}"
         )
     try:
         return _decode(data, size, max_pixels, fmt, resize_mode, interpolation, keep_side)

@@ -28,7 +28,6 @@ from raylens.errors import (
     UnsupportedFormat,
 )
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
 VIDEO_CONTAINERS = ("mp4", "mov", "webm", "mkv")
 REASONS = ("interval", "scene")
 
