@@ -15,8 +15,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from raylens.errors import CorruptVideo, EmptyInput, SourceMissing, TooLarge, UnsupportedFormat
+from raylens.media.formats import VIDEO_SUFFIXES
 from raylens.media.video import (
-    VIDEO_SUFFIXES,
     VideoLimits,
     sample_frames,
     sniff_video,
