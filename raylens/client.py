@@ -13,6 +13,12 @@ Every call retries 429/502/503/504 answers and connection errors with exponentia
 every retry of that request, so a retry never creates a second job.
 """
 
+# One module on purpose. It is the whole HTTP client: Client, its two errors, and the helpers
+# only they use (retry delays, error answers, walking a folder into file parts). A notebook user
+# reads it in one sitting, or copies it beside a notebook with raylens/media/formats.py, its only
+# raylens import (pure Python, for the image suffixes a folder walk picks up). Split, it would be
+# files that are only ever used together, and a copy would need all of them.
+
 from __future__ import annotations
 
 import collections

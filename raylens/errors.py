@@ -14,13 +14,16 @@
     │   └── SourceMissing             source_missing        422
     ├── QueueFull                     queue_full            429
     ├── StoreUnavailable              store_unavailable     503
-    ├── Overloaded                    overloaded            503  the ingress is at its limit
     ├── IndexUnavailable              index_unavailable     503  (on a job: counted as an attempt)
     ├── JobNotFound                   not_found             404
     ├── InvalidTransition             invalid_transition    409
     ├── InvalidRequest                invalid_request       422  bad parameters of an API call
     │   └── IdempotencyConflict       idempotency_conflict  422  a used key, other content
     └── Unauthorized                  unauthorized          401  missing or wrong API key
+
+A code only the HTTP ingress answers with (no exception class: the middleware builds the 503):
+    overloaded         503 with Retry-After: a replica has RAYLENS_HTTP_MAX_ONGOING_REQUESTS
+                       requests in flight
 
 Codes that only appear on failed jobs (no exception class of their own):
     dead_letter        the job used up max_attempts (lease expiries or model errors)
@@ -135,11 +138,6 @@ class QueueFull(RaylensError):
 
 class StoreUnavailable(RaylensError):
     code = ErrorCode.STORE_UNAVAILABLE
-    http_status = 503
-
-
-class Overloaded(RaylensError):
-    code = ErrorCode.OVERLOADED
     http_status = 503
 
 

@@ -15,7 +15,7 @@ from open_clip.constants import HF_WEIGHTS_NAME
 
 from raylens.errors import ModelLoadError
 from raylens.media.transforms import decode_image
-from raylens.models import clip
+from raylens.models import clip, weights
 from raylens.models.clip import ClipEmbedder
 from raylens.models.device import select_device, select_dtype
 
@@ -293,12 +293,12 @@ def test_embedder_fails_fast_when_hf_hub_offline_is_set_and_the_tag_is_not_cache
 
 def test_embedder_fails_fast_when_this_machine_is_offline() -> None:
     """The real environment, nothing patched: a tag that is neither cached nor downloadable."""
-    if clip._cached_tag_file(open_clip.get_pretrained_cfg(REAL_MODEL, REAL_TAG)):
+    if weights.cached_tag_file(open_clip.get_pretrained_cfg(REAL_MODEL, REAL_TAG)):
         pytest.skip(f"{REAL_MODEL}:{REAL_TAG} weights are cached here")
     from huggingface_hub import constants
 
-    host, port, _ = clip._download_route(constants.ENDPOINT)
-    if clip._reachable(host, port):
+    host, port, _ = weights.download_route(constants.ENDPOINT)
+    if weights.reachable(host, port):
         pytest.skip(f"{host} is reachable: the tag would download (hundreds of MB)")
     t0 = time.monotonic()
     with pytest.raises(ModelLoadError, match="RAYLENS_CLIP_PRETRAINED"):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from raylens.actors.worker import decode_device_for
+from raylens.cluster.pipeline import decode_device_for
 from raylens.errors import DecompressionBomb, EmptyInput, ModelLoadError, TruncatedImage
 from raylens.media.device_decode import decode_jpeg_on_device
 from raylens.media.transforms import decode_image

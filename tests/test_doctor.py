@@ -269,6 +269,22 @@ def test_ray_address_follows_the_cli_order(tmp_path: Path) -> None:
     assert doctor.ray_address(s2, None, {"RAY_ADDRESS": "h:1"})[0] == "b:3"
 
 
+def test_the_ray_probe_child_runs_as_a_module_and_answers_in_one_marked_line() -> None:
+    spec = {"address": None, "namespace": "x", "queue": "q", "worker_prefix": "w", "timeout": 1}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylens.cli.doctor", "--ray-probe", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    line = (proc.stdout.strip().splitlines() or [""])[-1]
+    assert proc.returncode == 0 and line.startswith(doctor.RAY_PROBE_MARK), proc.stderr[-2000:]
+    facts = json.loads(line[len(doctor.RAY_PROBE_MARK) :])
+    assert facts["state"] == "failed" and "refusing to start a cluster" in facts["error"]
+
+
 def test_ray_not_running_is_a_warning_and_a_refused_join_names_the_token() -> None:
     down = doctor.check_ray({"address": "127.0.0.1:1", "state": "not_running"}, "2.60.0")
     assert [c.status for c in down] == [WARN, SKIP] and "not running" in down[0].detail
@@ -404,6 +420,25 @@ def test_the_sqlite_job_store_is_counted_without_writing(tmp_path: Path) -> None
     store.close()
     check = doctor.check_sqlite_store(s)
     assert check.status == OK and "queued 1" in check.detail and "wal journal" in check.detail
+
+
+def test_the_timed_model_load_uses_the_workers_model_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raylens.cluster import model_setup
+    from raylens.errors import ModelLoadError
+
+    calls: list[tuple[Settings, bool]] = []
+
+    def refuse(s: Settings, *, warmup: bool = True) -> Any:
+        calls.append((s, warmup))
+        raise ModelLoadError("x.pt is unreadable; set RAYLENS_CLIP_PRETRAINED to a readable file")
+
+    monkeypatch.setattr(model_setup, "build_embedder", refuse)
+    s = settings(tmp_path)
+    check = doctor.check_model(s)
+    assert calls == [(s, False)]
+    assert check.status == ERROR and check.fix == "set RAYLENS_CLIP_PRETRAINED to a readable file"
 
 
 def test_warnings_always_carry_a_fix_and_the_text_report_shows_it() -> None:

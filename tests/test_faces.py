@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data as skdata  # dev dependency: its bundled photos are test data
 
 from raylens.media.transforms import decode_image
-from raylens.models.faces import FaceOptions, largest, load_face_backend
+from raylens.models.faces import Face, FaceOptions, load_face_backend
 
 THRESHOLD = 0.6  # dlib's own same-person distance, the default RAYLENS_FACE_MATCH_THRESHOLD
 
@@ -24,6 +24,11 @@ def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def largest(faces: list[Face]) -> Face | None:
+    """The face with the largest box (by area), whatever order the backend returned."""
+    return max(faces, key=lambda f: f.area, default=None)
 
 
 def faces_in(backend, data: bytes, keep_side: int = 1024):

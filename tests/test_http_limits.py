@@ -58,6 +58,42 @@ def test_the_upload_cap_stops_reading_a_streamed_body_as_soon_as_it_is_passed(
     assert pulled["chunks"] <= 5, f"read {pulled['chunks']} chunks past a 200 kB cap"
 
 
+@pytest.mark.parametrize(
+    ("path", "data", "message"),
+    [
+        ("/v1/search", {"top_k": "ten"}, "top_k must be an integer, got 'ten'"),
+        ("/v1/search", {"filters": "{nope"}, "filters must be a JSON object"),
+        ("/v1/faces/search", {"top_k": "1.5"}, "top_k must be an integer, got '1.5'"),
+        ("/v1/faces/search", {"face_index": "first"}, "face_index must be an integer"),
+        ("/v1/faces/search", {"max_distance": "near"}, "max_distance must be a number"),
+    ],
+)
+def test_image_queries_answer_422_naming_the_bad_form_field_on_either_route(
+    tmp_path: Path, path: str, data: dict[str, str], message: str
+) -> None:
+    # One parser reads the multipart query of both routes; it fails before any cluster call.
+    settings = Settings(data_dir=tmp_path)
+    files = {"image": ("q.jpg", image_bytes(1), "image/jpeg")}
+    resp = call(settings, "POST", path, files=files, data=data)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request"
+    assert message in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/search", "/v1/faces/search"])
+def test_an_image_query_without_exactly_one_image_part_answers_422(
+    tmp_path: Path, path: str
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    two = [("image", (f"{i}.jpg", image_bytes(i), "image/jpeg")) for i in (1, 2)]
+    misnamed = call(
+        settings, "POST", path, files={"other": ("q.jpg", image_bytes(1), "image/jpeg")}
+    )
+    assert misnamed.status_code == 422 and misnamed.json()["error"]["code"] == "invalid_request"
+    assert "exactly one file part named 'image'" in misnamed.json()["error"]["message"]
+    twice = call(settings, "POST", path, files=two)
+    assert twice.status_code == 422 and twice.json()["error"]["code"] == "invalid_request"
+
+
 @pytest.mark.integration
 def test_with_api_keys_every_route_but_healthz_needs_a_valid_bearer_key(
     ray_cluster: None, settings_for: Any

@@ -53,3 +53,13 @@ def test_settings_survive_pickling_when_sent_to_actors(tmp_path) -> None:
 
     s = Settings(data_dir=tmp_path, max_batch_size=7)
     assert pickle.loads(pickle.dumps(s)) == s
+
+
+def test_settings_describe_every_field_when_listed() -> None:
+    """Every RAYLENS_* variable says what it does: settings.py is the reference the README cites."""
+    undescribed = [
+        f"RAYLENS_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert not undescribed, f"settings without a description: {undescribed}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import ray
 
 from raylens.actors import launch
 from raylens.actors.handles import UNAVAILABLE
+from raylens.cluster.hits import check_filters, check_one_query, check_top_k, face_matches, hit_out
 from raylens.cluster.intake import check_upload, spec_for_upload
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, SubmitResult
 from raylens.cluster.payloads import PayloadStore, open_payload_store
@@ -36,8 +36,6 @@ log = logging.getLogger("raylens.api")
 _UNAVAILABLE_OR_TIMEOUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncio.TimeoutError)
 T = TypeVar("T")
 
-# Payload fields a search may filter on: plain names (what the workers write), scalar values.
-FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
 WORKER_REFRESH_S = 10.0
 
 
@@ -203,18 +201,13 @@ class ClusterAPI:
         top_k: int = 10,
         filters: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Embed the query on a worker (not behind the job backlog), then ask the index."""
-        given = [name for name, v in (("text", text), ("image", image), ("vector", vector)) if v]
-        if len(given) != 1:
-            raise InvalidRequest(
-                "give exactly one of text, image or vector"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        if not 1 <= top_k <= self.settings.search_max_top_k:
-            raise InvalidRequest(
-                f"top_k must be 1..{self.settings.search_max_top_k} (RAYLENS_SEARCH_MAX_TOP_K), "
-                f"got {top_k}"
-            )
+        """Embed the query on a worker (not behind the job backlog), then ask the index.
+
+        The one search path: the HTTP ingress awaits it, the CLI runs it through
+        `launch.search_text`. Hits are best first, shaped by `cluster.hits.hit_out`.
+        """
+        check_one_query(text, image, vector)
+        check_top_k(top_k, self.settings.search_max_top_k)
         checked = check_filters(filters)
         t0 = time.perf_counter()
         if text is not None:
@@ -297,8 +290,7 @@ class ClusterAPI:
         within max_distance (default RAYLENS_FACE_MATCH_THRESHOLD), closest first."""
         if (image is None) == (face_id is None):
             raise InvalidRequest("give exactly one of an image or a face_id")
-        if not 1 <= top_k <= self.settings.search_max_top_k:
-            raise InvalidRequest(f"top_k must be 1..{self.settings.search_max_top_k}, got {top_k}")
+        check_top_k(top_k, self.settings.search_max_top_k)
         limit = self.settings.face_match_threshold if max_distance is None else max_distance
         if limit <= 0:
             raise InvalidRequest(f"max_distance must be positive, got {limit}")
@@ -324,7 +316,7 @@ class ClusterAPI:
             vector = point["vector"]
             query = {"face_id": face_id, **{k: point["payload"].get(k) for k in ("box", "job_id")}}
         hits = await self._index_search(vector, top_k, None, collection)
-        matches = [face_hit(h) for h in hits if float(h["score"]) <= limit]
+        matches = face_matches(hits, limit)
         return {
             "query": query,
             "max_distance": limit,
@@ -369,53 +361,3 @@ def _as_raylens(exc: ray.exceptions.RayTaskError) -> RaylensError:
         return cause
     log.error("actor call failed: %s", exc)
     return RaylensError(f"internal error in a raylens actor: {type(cause).__name__}: {cause}")
-
-
-def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Filters are {payload field: exact value}; values must be scalars."""
-    if not filters:
-        return None
-    if not isinstance(filters, dict):
-        raise InvalidRequest("filters must be an object of {payload field: value}")
-    for key, value in filters.items():
-        if not isinstance(key, str) or not FILTER_KEY.match(key):
-            raise InvalidRequest(f"filter field {key!r} is not a payload field name")
-        if not isinstance(value, (str, int, bool)):
-            raise InvalidRequest(
-                f"filter {key!r}: value must be a string, integer or boolean, got "
-                f"{type(value).__name__}"
-            )
-    return filters
-
-
-def face_hit(hit: dict[str, Any]) -> dict[str, Any]:
-    payload = hit.get("payload") or {}
-    return {
-        "id": hit["id"],
-        "distance": round(float(hit["score"]), 5),
-        "job_id": payload.get("job_id"),
-        "source": payload.get("source"),
-        "name": payload.get("name"),
-        "sha256": payload.get("sha256"),
-        "face_index": payload.get("face_index"),
-        "box": payload.get("box"),
-        "parent_point_id": payload.get("parent_point_id"),
-        "video_id": payload.get("video_id"),
-        "timestamp_s": payload.get("timestamp_s"),
-        "payload": payload,
-    }
-
-
-def hit_out(hit: dict[str, Any]) -> dict[str, Any]:
-    payload = hit.get("payload") or {}
-    return {
-        "id": hit["id"],
-        "score": float(hit["score"]),
-        "job_id": payload.get("job_id"),
-        "source": payload.get("source"),
-        "name": payload.get("name"),
-        "sha256": payload.get("sha256"),
-        "video_id": payload.get("video_id"),
-        "timestamp_s": payload.get("timestamp_s"),
-        "payload": payload,
-    }

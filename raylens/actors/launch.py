@@ -5,6 +5,7 @@ Resources are declared here, from settings, and nowhere else (ray.remote(...).op
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -270,12 +271,15 @@ def status(settings: Settings) -> dict[str, Any]:
 
 
 def search_text(settings: Settings, text: str, top_k: int = 10) -> list[dict[str, Any]]:
-    """Embed text on a worker (beside its batch loop, not behind the backlog), then query."""
-    workers = worker_handles(settings)
-    if not workers:
-        raise StoreUnavailable("no raylens workers are running; start them with `raylens up`")
-    vector = ray.get(workers[0].embed_texts.remote([text]))[0]
-    index = index_handle(settings)
-    if index is not None:
-        return ray.get(index.search.remote(vector, top_k))
-    return VectorIndex(settings).search(vector, top_k)
+    """Text search for synchronous callers (the CLI): the hits of `ClusterAPI.search`, run to
+    completion here, so the CLI and the HTTP ingress share one search path (same checks, same
+    round robin over workers, same timeouts, same hit shape). Call it where no event loop runs."""
+    # api imports this module (for the actor handles), so it is imported here, when used.
+    from raylens.actors.api import ClusterAPI
+
+    api = ClusterAPI(settings, io_threads=2)
+    try:
+        hits: list[dict[str, Any]] = asyncio.run(api.search(text=text, top_k=top_k))["hits"]
+    finally:
+        api.close()
+    return hits

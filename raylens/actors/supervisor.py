@@ -39,6 +39,13 @@ class Supervisor:
         self._answered: set[str] = set()  # workers that have answered a report at least once
         self._draining: dict[str, asyncio.Task[Any]] = {}
         self.scale_state = scaler.ScalerState()
+        # The loop runs from construction, so a supervisor that Ray restarts (max_restarts=-1)
+        # goes on supervising with no caller having to ping it first. Ray runs an async actor's
+        # __init__ on its event loop; where a Ray version does not, ping/report start it.
+        try:
+            self._ensure_started()
+        except RuntimeError:
+            pass
 
     def _ensure_started(self) -> None:
         if self._task is None or self._task.done():

@@ -1,0 +1,1 @@
+"""The `raylens` command line; `doctor/` holds its checks, one module per section."""

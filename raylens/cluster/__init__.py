@@ -1,0 +1,1 @@
+"""The job system's data and rules, without Ray actors or HTTP (docs/architecture.md)."""

@@ -13,7 +13,8 @@ from raylens.cluster.settings import Settings
 from raylens.errors import IndexUnavailable, RaylensError, SettingsError
 
 # Fixed namespace so a point id depends only on (content, model): retries and duplicate
-# submissions overwrite the same point instead of adding one (invariant 3).
+# submissions overwrite the same point instead of adding one (invariant 3,
+# docs/architecture.md).
 POINT_NAMESPACE = uuid.UUID("6f1f4d0e-8a43-4f7b-9c1e-2b4c1d9a7e55")
 
 

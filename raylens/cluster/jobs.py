@@ -43,10 +43,6 @@ class Lane(str, Enum):
     NORMAL = "normal"
     BULK = "bulk"
 
-    @property
-    def rank(self) -> int:
-        return LANE_ORDER.index(self)
-
 
 LANE_ORDER: tuple[Lane, ...] = (Lane.INTERACTIVE, Lane.NORMAL, Lane.BULK)
 

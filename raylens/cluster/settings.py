@@ -1,4 +1,8 @@
-"""The one settings object: every limit and location, read from RAYLENS_* variables once."""
+"""The one settings object: every limit and location, read from RAYLENS_* variables once.
+
+Over 400 lines on purpose: it is one flat list of ~80 fields, each with its limits and its
+description (invariant 9, docs/architecture.md); splitting it would scatter the one object.
+"""
 
 from __future__ import annotations
 
@@ -38,12 +42,25 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(
         default=None, description="Qdrant server URL; unset = Qdrant local mode in the data dir."
     )
-    qdrant_api_key: str | None = Field(default=None, repr=False)
-    qdrant_collection: str = Field(default="raylens_images", min_length=1)
+    qdrant_api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="API key sent to the Qdrant server at qdrant_url (unused in local mode).",
+    )
+    qdrant_collection: str = Field(
+        default="raylens_images",
+        min_length=1,
+        description="Collection of image vectors (OpenCLIP, one point per image or frame).",
+    )
     qdrant_faces_collection: str = Field(
         default="raylens_faces", min_length=1, description="Collection of face embeddings."
     )
-    qdrant_timeout_s: float = Field(default=30.0, gt=0)
+    qdrant_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Timeout of each call to the Qdrant server, in whole seconds (the client "
+        "takes an int; unused in local mode).",
+    )
 
     # --- model ------------------------------------------------------------------------------
     clip_model: str = Field(default="ViT-B-32", min_length=1, description="OpenCLIP architecture.")
@@ -57,7 +74,11 @@ class Settings(BaseSettings):
         default=None,
         description="Optional JSON file with an extra OpenCLIP architecture config to register.",
     )
-    clip_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    clip_device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        default="auto",
+        description="Where the model runs: auto (cuda, then mps, then cpu), cuda, mps or cpu; "
+        "a device the worker lacks fails its model load.",
+    )
     clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         default="auto", description="auto = fp16 on cuda, fp32 elsewhere."
     )
@@ -87,7 +108,13 @@ class Settings(BaseSettings):
         le=8192,
         description="Images are searched for faces at most this large (longest side, pixels).",
     )
-    face_jitters: int = Field(default=1, ge=1, le=100)
+    face_jitters: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="dlib re-samples each face this many times when embedding it (more is "
+        "slower, slightly more robust).",
+    )
     face_match_threshold: float = Field(
         default=0.6,
         gt=0,
@@ -104,7 +131,12 @@ class Settings(BaseSettings):
         le=1,
         description="Also sample a frame when the picture changes by more than this (0..1).",
     )
-    video_max_duration_s: float = Field(default=3600.0, gt=0)
+    video_max_duration_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest video accepted, seconds (checked on the header before decoding, "
+        "and on every frame's timestamp).",
+    )
     video_max_frames: int = Field(
         default=4000, ge=1, description="Sampled frames per video (an hour at 1/s fits)."
     )
@@ -116,22 +148,46 @@ class Settings(BaseSettings):
     )
 
     # --- workers ----------------------------------------------------------------------------
-    num_workers: int = Field(default=1, ge=1, le=1024)
+    num_workers: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Worker actors started (kept within min_workers..max_workers).",
+    )
     worker_num_gpus: float | None = Field(
         default=None,
         ge=0,
         description="GPU share per worker (fractional allowed). Unset = 1 if the cluster has "
         "GPUs, else 0.",
     )
-    worker_num_cpus: float = Field(default=1.0, gt=0)
+    worker_num_cpus: float = Field(
+        default=1.0,
+        gt=0,
+        description="CPUs each worker reserves in Ray; also its torch threads (rounded) unless "
+        "torch_threads is set.",
+    )
     worker_resources: dict[str, float] = Field(
         default_factory=dict,
         description='Custom Ray resources each worker asks for, as JSON (e.g. {"gpu_node": 1}): '
         "places workers on the nodes that declare them (`ray start --resources`).",
     )
-    max_batch_size: int = Field(default=32, ge=1, le=4096)
-    batch_wait_ms: int = Field(default=20, ge=0, le=60_000)
-    decode_threads: int = Field(default=2, ge=1, le=256)
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Most jobs one lease hands a worker, and most images (or video frames) "
+        "per model call.",
+    )
+    batch_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=60_000,
+        description="Once a first job is queued, how long a lease waits for the batch to fill "
+        "up to max_batch_size.",
+    )
+    decode_threads: int = Field(
+        default=2, ge=1, le=256, description="Threads per worker that decode a batch's inputs."
+    )
     decode_device: Literal["cpu", "cuda", "auto"] = Field(
         default="cpu",
         description="Where JPEGs are decoded: cpu (Pillow, reduced-scale decode of large JPEGs), "
@@ -146,7 +202,12 @@ class Settings(BaseSettings):
         description="Decode the next batch while the current one is inferred. 'off' makes "
         "decoding and inference take turns on the CPU; 'auto' overlaps only on cuda/mps.",
     )
-    worker_start_timeout_s: float = Field(default=600.0, gt=0)
+    worker_start_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long workers get to load their models: start-up waits this long for "
+        "them, and the supervisor does not call a new worker unresponsive before then.",
+    )
     worker_stall_timeout_s: float = Field(
         default=300.0,
         gt=0,
@@ -158,8 +219,20 @@ class Settings(BaseSettings):
     )
     # Scaling: the supervisor keeps the worker count between min_workers and max_workers (both
     # default to num_workers, which is what `raylens up` starts: no scaling unless max > min).
-    min_workers: int | None = Field(default=None, ge=1, le=1024)
-    max_workers: int | None = Field(default=None, ge=1, le=1024)
+    min_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Fewest workers the supervisor scales down to (unset: num_workers, or "
+        "max_workers when that is lower).",
+    )
+    max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Most workers the supervisor scales up to (unset: num_workers, or "
+        "min_workers when that is higher).",
+    )
     scale_up_backlog: int = Field(
         default=64,
         ge=1,
@@ -179,26 +252,66 @@ class Settings(BaseSettings):
     )
 
     # --- queue and jobs -----------------------------------------------------------------------
-    lease_timeout_s: float = Field(default=60.0, gt=0)
-    lease_check_interval_s: float = Field(default=1.0, gt=0)
+    lease_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A leased job neither acked nor extended within this is re-queued as "
+        "lease_expired (an attempt); a worker that makes progress extends its leases every "
+        "third of it.",
+    )
+    lease_check_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the queue actor looks for expired leases (and publishes its "
+        "metrics).",
+    )
     lease_poll_s: float = Field(
         default=2.0, gt=0, description="How long an idle worker's lease call waits for work."
     )
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    queue_max_depth: int = Field(default=100_000, ge=1)
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Attempts a job gets (lease expiries and model errors count; input errors "
+        "fail at once) before it fails as dead_letter.",
+    )
+    queue_max_depth: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most queued jobs; a submission that would go above it is refused whole "
+        "with queue_full (nothing written).",
+    )
     max_input_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Upload/file cap.")
     max_image_pixels: int = Field(
         default=89_478_485, ge=1, description="Decompression-bomb limit (width x height)."
     )
 
     # --- ray and CLI --------------------------------------------------------------------------
-    namespace: str = Field(default="raylens", min_length=1)
+    namespace: str = Field(
+        default="raylens",
+        min_length=1,
+        description="Ray namespace of raylens's named actors (queue, index, supervisor, "
+        "workers); two systems on one cluster need two namespaces.",
+    )
     ray_address: str | None = Field(
         default=None, description="Cluster to join; unset = RAY_ADDRESS, else a local cluster."
     )
-    ray_port: int = Field(default=6390, ge=1, le=65535)
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    ray_port: int = Field(
+        default=6390,
+        ge=1,
+        le=65535,
+        description="Port of the local head node `raylens up` starts (`ray start --port`).",
+    )
+    dashboard_host: str = Field(
+        default="127.0.0.1",
+        description="Address the Ray dashboard of the local head node `raylens up` starts binds.",
+    )
+    dashboard_port: int = Field(
+        default=8265,
+        ge=1,
+        le=65535,
+        description="Port of the Ray dashboard of the local head node `raylens up` starts.",
+    )
     ingest_chunk: int = Field(default=256, ge=1, description="Jobs submitted per queue call.")
     ingest_poll_s: float = Field(
         default=0.2,
@@ -211,7 +324,9 @@ class Settings(BaseSettings):
 
     # --- HTTP ingress (Ray Serve) ----------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Address the Serve HTTP proxy binds.")
-    http_port: int = Field(default=8000, ge=1, le=65535)
+    http_port: int = Field(
+        default=8000, ge=1, le=65535, description="Port the Serve HTTP proxy listens on."
+    )
     http_replicas: int = Field(
         default=1, ge=1, le=256, description="Ingress replicas (the least, when autoscaling)."
     )
@@ -259,7 +374,11 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         default=86_400.0, gt=0, description="How long an Idempotency-Key is remembered."
     )
-    search_max_top_k: int = Field(default=1000, ge=1)
+    search_max_top_k: int = Field(
+        default=1000,
+        ge=1,
+        description="Largest top_k a search may ask for (image, text and face searches).",
+    )
     search_timeout_s: float = Field(
         default=30.0, gt=0, description="How long a query waits for a worker and Qdrant."
     )

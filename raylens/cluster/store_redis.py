@@ -60,7 +60,8 @@ def redis_client(
     socket_timeout_s: float = SOCKET_TIMEOUT_S,
     retries: int = RETRIES,
 ) -> redis.Redis:
-    """A binary-safe client: replies stay bytes (invariant 8); nothing connects until first use."""
+    """A binary-safe client: replies stay bytes (invariant 8, docs/architecture.md); nothing
+    connects until first use."""
     client = redis.Redis.from_url(
         url,
         decode_responses=False,

@@ -1,0 +1,1 @@
+"""Media: format sniffing, safe image decode, device JPEG decode and video frames."""

@@ -1,4 +1,4 @@
-"""Format sniffing: the one home of magic bytes and file suffixes raylens accepts.
+"""Format sniffing: the one home of magic bytes and file suffixes raylens accepts (images, videos).
 
 Content decides the format (magic bytes), never the file name; suffixes only choose which files
 a folder walk picks up. Pure Python, no Pillow or PyAV, so the ingress, the CLI and the HTTP
@@ -8,6 +8,7 @@ client can use it without the decoders.
 from __future__ import annotations
 
 ACCEPTED = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
+VIDEO_CONTAINERS = ("mp4", "mov", "webm", "mkv")
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 )
@@ -35,10 +36,20 @@ _KNOWN_OTHER: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", "a ZIP archive"),
     (b"\x1f\x8b", "a gzip archive"),
 )
-_FTYP_BRANDS: tuple[tuple[tuple[bytes, ...], str], ...] = (
-    ((b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"), "a HEIC/HEIF image"),
-    ((b"avif", b"avis"), "an AVIF image"),
+# ISO BMFF brands of still images (HEIF/AVIF): they start with ftyp too but are not videos.
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 )
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_FTYP_BRANDS: tuple[tuple[frozenset[bytes], str], ...] = (
+    (_HEIF_BRANDS, "a HEIC/HEIF image"),
+    (_AVIF_BRANDS, "an AVIF image"),
+)
+# An EBML (Matroska/WebM) file starts with this element id; its DocType says which one.
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+_EBML_DOCTYPE_ID = b"\x42\x82"
+# How many leading bytes sniff_video needs (the EBML DocType sits within them).
+VIDEO_SNIFF_BYTES = 64
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -64,3 +75,41 @@ def describe(data: bytes) -> str:
     else:
         shown = repr(snippet)
     return f"looks like {what}, starts with {shown}" if what else f"starts with {shown}"
+
+
+def sniff_video(data: bytes) -> str | None:
+    """The container from magic bytes ("mp4", "mov", "webm", "mkv"), or None if not one."""
+    if data[4:8] == b"ftyp" and len(data) >= 12:
+        brand = data[8:12]
+        if brand in _HEIF_BRANDS or brand in _AVIF_BRANDS:
+            return None
+        return "mov" if brand == b"qt  " else "mp4"
+    if data.startswith(EBML_MAGIC):
+        return "webm" if _ebml_doctype(data[:VIDEO_SNIFF_BYTES]) == b"webm" else "mkv"
+    return None
+
+
+def _ebml_doctype(head: bytes) -> bytes | None:
+    """The DocType string of an EBML header ("webm", "matroska"), if it is in head."""
+    at = head.find(_EBML_DOCTYPE_ID, 4)
+    vint = read_ebml_vint(head, at + 2) if at >= 0 else None
+    if vint is None:
+        return None
+    size, start, _ = vint
+    return head[start : start + size].rstrip(b"\x00")
+
+
+def read_ebml_vint(buf: bytes, pos: int) -> tuple[int, int, bool] | None:
+    """An EBML variable-size integer at pos: (value, end position, is "unknown size")."""
+    if pos >= len(buf):
+        return None
+    first = buf[pos]
+    width = 1
+    while width <= 8 and not first & (0x80 >> (width - 1)):
+        width += 1
+    if width > 8 or pos + width > len(buf):
+        return None
+    value = first & (0xFF >> width)
+    for b in buf[pos + 1 : pos + width]:
+        value = (value << 8) | b
+    return value, pos + width, value == (1 << (7 * width)) - 1

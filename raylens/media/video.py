@@ -1,4 +1,4 @@
-"""Pure video transforms: sniff a container, decode it safely, sample frames as RGB arrays.
+"""Pure video transforms: open a sniffed container, decode it safely, sample frames as RGB.
 
 No state and no jobs: bytes (or a local file) in, sampled frames plus what the video was
 (or an InputError naming what is wrong) out. Every frame is decoded (correctness first: no
@@ -28,20 +28,28 @@ from raylens.errors import (
     UnsupportedFormat,
 )
 
-VIDEO_CONTAINERS = ("mp4", "mov", "webm", "mkv")
-REASONS = ("interval", "scene")
+# sniff_video and VIDEO_CONTAINERS live in media.formats (the one home of magic bytes); they are
+# re-exported here because the worker, intake and tests import them from this module.
+from raylens.media.formats import (
+    EBML_MAGIC,
+    VIDEO_CONTAINERS,
+    VIDEO_SNIFF_BYTES,
+    read_ebml_vint,
+    sniff_video,
+)
+
+__all__ = [
+    "VIDEO_CONTAINERS",
+    "VideoFrame",
+    "VideoInfo",
+    "VideoLimits",
+    "sample_frames",
+    "sniff_video",
+]
 
 # The one FFmpeg demuxer each sniffed container is opened with (never FFmpeg's own probing:
 # less parser surface, and bytes that claim to be MP4 are never read as something else).
 _DEMUXER = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}
-_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
-_EBML_DOCTYPE_ID = b"\x42\x82"
-# ISO BMFF brands of still images (HEIF/AVIF): they start with ftyp too but are not videos.
-_IMAGE_BRANDS = frozenset(
-    {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
-    | {b"avif", b"avis"}
-)
-_SNIFF_BYTES = 64
 _EBML_SEGMENT_ID = b"\x18\x53\x80\x67"
 # Top-level ISO BMFF boxes walked to find a cut file (fragmented MP4 has two per fragment).
 _MAX_TOP_BOXES = 100_000
@@ -108,44 +116,6 @@ class VideoInfo:
     seconds: float  # wall time sample_frames took
 
 
-def sniff_video(data: bytes) -> str | None:
-    """The container from magic bytes ("mp4", "mov", "webm", "mkv"), or None if not one."""
-    if data[4:8] == b"ftyp" and len(data) >= 12:
-        brand = data[8:12]
-        if brand in _IMAGE_BRANDS:
-            return None
-        return "mov" if brand == b"qt  " else "mp4"
-    if data.startswith(_EBML_MAGIC):
-        return "webm" if _ebml_doctype(data[:_SNIFF_BYTES]) == b"webm" else "mkv"
-    return None
-
-
-def _ebml_doctype(head: bytes) -> bytes | None:
-    """The DocType string of an EBML header ("webm", "matroska"), if it is in head."""
-    at = head.find(_EBML_DOCTYPE_ID, 4)
-    vint = _read_vint(head, at + 2) if at >= 0 else None
-    if vint is None:
-        return None
-    size, start, _ = vint
-    return head[start : start + size].rstrip(b"\x00")
-
-
-def _read_vint(buf: bytes, pos: int) -> tuple[int, int, bool] | None:
-    """An EBML variable-size integer at pos: (value, end position, is "unknown size")."""
-    if pos >= len(buf):
-        return None
-    first = buf[pos]
-    width = 1
-    while width <= 8 and not first & (0x80 >> (width - 1)):
-        width += 1
-    if width > 8 or pos + width > len(buf):
-        return None
-    value = first & (0xFF >> width)
-    for b in buf[pos + 1 : pos + width]:
-        value = (value << 8) | b
-    return value, pos + width, value == (1 << (7 * width)) - 1
-
-
 def sample_frames(
     source: bytes | str | Path, limits: VideoLimits, *, max_side: int | None = None
 ) -> tuple[list[VideoFrame], VideoInfo]:
@@ -180,14 +150,14 @@ def _open_source(source: bytes | str | Path) -> tuple[BinaryIO, str]:
     """A readable file object for source, and its sniffed container."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        head = data[:_SNIFF_BYTES]
+        head = data[:VIDEO_SNIFF_BYTES]
         fh: BinaryIO = io.BytesIO(data)
     else:
         try:
             fh = open(source, "rb")  # closed by sample_frames
         except FileNotFoundError:
             raise SourceMissing(f"no such video file: {source}") from None
-        head = fh.read(_SNIFF_BYTES)
+        head = fh.read(VIDEO_SNIFF_BYTES)
         fh.seek(0)
     if not head:
         fh.close()
@@ -247,13 +217,13 @@ def _check_iso_boxes(fh: BinaryIO, total: int) -> None:
 def _check_ebml_segment(fh: BinaryIO, total: int) -> None:
     fh.seek(0)
     head = fh.read(256)
-    header = _read_vint(head, len(_EBML_MAGIC))
+    header = read_ebml_vint(head, len(EBML_MAGIC))
     if header is None:
         return
     at = header[1] + header[0]  # end of the EBML header element
     if head[at : at + 4] != _EBML_SEGMENT_ID:
         return
-    segment = _read_vint(head, at + 4)
+    segment = read_ebml_vint(head, at + 4)
     if segment is None or segment[2]:
         return  # unknown size: written live, nothing to check against
     size, start, _ = segment

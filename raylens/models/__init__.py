@@ -1,0 +1,1 @@
+"""Model families (OpenCLIP, faces), device choice and model ids; nothing of jobs or stores."""

@@ -170,7 +170,3 @@ class DlibFaces(FaceBackend):
 def load_face_backend(options: FaceOptions) -> FaceBackend:
     """The configured backend (dlib today; a GPU backend would be picked here)."""
     return DlibFaces(options)
-
-
-def largest(faces: Sequence[Face]) -> Face | None:
-    return max(faces, key=lambda f: f.area, default=None)

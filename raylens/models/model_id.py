@@ -10,7 +10,8 @@ RANDOM_SEED = 0
 
 
 @lru_cache(maxsize=16)
-def _file_sha12(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha12(path: str, _size: int, _mtime_ns: int) -> str:
+    # _size and _mtime_ns are only part of the cache key: a rewritten file is hashed again.
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):

@@ -1,16 +1,23 @@
-"""Multipart bodies read as a stream, with the size cap enforced while reading (never after)."""
+"""Request bodies read as a stream, with the size cap enforced while reading (never after)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import json
+from collections.abc import AsyncGenerator, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from raylens.errors import InvalidRequest, TooLarge, UnsupportedFormat
+from raylens.serve_app.error_handlers import validation_message
 
 FIELD_LIMIT = 64 * 1024  # a plain form field (priority, top_k, filters) is small
+JSON_LIMIT = 4 * 1024 * 1024  # a JSON query: text or one vector
+M = TypeVar("M", bound=BaseModel)
 
 
 def too_large(size: int | str, limit: int) -> TooLarge:
@@ -73,3 +80,75 @@ def text_field(form: FormData, field: str) -> str | None:
     if not isinstance(value, str):
         raise InvalidRequest(f"form field {field!r} must be text, not a file")
     return value
+
+
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    """A small JSON body, capped while it streams in, validated as `model` (422 if not)."""
+    body = b"".join([chunk async for chunk in capped(request, JSON_LIMIT)])
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message(list(exc.errors()))) from None
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """A multipart image query: the image and the form fields its route reads, parsed."""
+
+    image: bytes
+    top_k: int = 10
+    filters: Any = None  # parsed JSON; ClusterAPI.search checks it is {field: scalar}
+    face_index: int | None = None
+    max_distance: float | None = None
+
+
+def _integer(field: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRequest(f"{field} must be an integer, got {text!r}") from None
+
+
+def _number(field: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"{field} must be a number, got {text!r}") from None
+
+
+def _json(field: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{field} must be a JSON object: {exc}") from None
+
+
+QUERY_FIELDS: dict[str, Callable[[str, str], Any]] = {
+    "top_k": _integer,
+    "filters": _json,
+    "face_index": _integer,
+    "max_distance": _number,
+}
+
+
+async def read_image_query(
+    request: Request, max_input_bytes: int, fields: Collection[str]
+) -> ImageQuery:
+    """The one parser of multipart image queries (search by image, search by face): exactly
+    one file part named `image`, plus the form `fields` of QUERY_FIELDS the route takes (other
+    fields are ignored). An absent or empty field keeps its default."""
+    # Room for the form fields beside the image, which is capped at RAYLENS_MAX_INPUT_BYTES.
+    form = await read_multipart(request, max_input_bytes + FIELD_LIMIT, 1)
+    try:
+        images = await file_parts(form, "image")
+        texts = {name: text_field(form, name) for name in fields}
+    finally:
+        await form.close()
+    if len(images) != 1:
+        raise InvalidRequest("send exactly one file part named 'image'")
+    values = {name: QUERY_FIELDS[name](name, text) for name, text in texts.items() if text}
+    return ImageQuery(image=images[0][1], **values)

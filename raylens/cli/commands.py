@@ -1,0 +1,167 @@
+"""The commands that talk to a running raylens: ingest, status, search, faces, jobs retry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from raylens.cluster.jobs import Lane, Pipeline
+from raylens.cluster.settings import Settings
+from raylens.errors import ErrorCode, SettingsError, SourceMissing
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.actors import ingest, launch
+
+    launch.connect(settings, args.address)
+    queue = launch.queue_handle(settings)
+    summary = ingest.ingest(
+        settings,
+        Path(args.path),
+        queue,
+        Lane(args.priority),
+        progress=not args.no_progress,
+        pipeline=Pipeline(args.pipeline),
+    )
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_code.items()))
+        print(
+            f"{summary.files} files: {summary.submitted} submitted, {summary.skipped} skipped "
+            f"(already done), {summary.duplicates} duplicates; {summary.done} done, "
+            f"{summary.failed} failed{f' ({codes})' if codes else ''} in {summary.seconds:.1f}s "
+            f"({summary.images_per_s} images/s)"
+            + (
+                f"; submission -> stored p50 {summary.latency_p50_s:.2f}s, "
+                f"p99 {summary.latency_p99_s:.2f}s"
+                if summary.latency_p50_s is not None and summary.latency_p99_s is not None
+                else ""
+            )
+        )
+    return 0 if summary.complete else 3
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.actors import launch
+
+    launch.connect(settings, args.address)
+    st = launch.status(settings)
+    if args.json:
+        print(json.dumps(st, default=str))
+        return 0
+    q = st["queue"]
+    print(
+        "queue depth: "
+        + ", ".join(f"{k} {v}" for k, v in q["depth"].items())
+        + f"; leased {q['leased']} (max depth {q['max_depth']})"
+    )
+    print("jobs: " + ", ".join(f"{k} {v}" for k, v in q["jobs"].items()))
+    idx = st.get("index", {})
+    print(
+        f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')}, "
+        f"{idx.get('faces', '?')} faces in {idx.get('faces_collection', '?')} "
+        f"({idx.get('where', idx.get('error', ''))})"
+    )
+    for r in st["workers"]:
+        if "error" in r:
+            print(f"worker: unavailable: {r['error']}")
+            continue
+        print(
+            f"{r['worker']} pid {r['pid']}: {r['model_id']} on {r['device']} ({r['dtype']}), "
+            f"dim {r['dim']}, loaded {r['load_count']}x in {r['load_seconds']:.1f}s; "
+            f"{r['batches']} batches, {r['images']} jobs, {r.get('frames', 0)} video frames, "
+            f"{r.get('faces', 0)} faces, {r['failed_inputs']} bad inputs"
+        )
+    return 0
+
+
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SourceMissing(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
+
+    if (args.text is None) == (args.face is None):
+        raise SettingsError("give a search text or --face PATH (one of them)")
+    launch.connect(settings, args.address)
+    if args.face is not None:
+        out = asyncio.run(
+            ClusterAPI(settings).search_faces(image=_read_image(args.face), top_k=args.top_k)
+        )
+        if args.json:
+            print(json.dumps(out, default=str))
+            return 0
+        q = out["query"]
+        print(f"query: face {q['face_index']} of {q['faces_in_image']} at {q['box']}")
+        if not out["hits"]:
+            print(f"no stored face within distance {out['max_distance']}")
+        for i, h in enumerate(out["hits"], 1):
+            where = f" at {h['timestamp_s']}s" if h.get("timestamp_s") is not None else ""
+            print(
+                f"{i:3d}. {h['distance']:.4f}  {h['name'] or h['source']}{where}  "
+                f"face {h['face_index']} {h['box']}  (job {h['job_id']})"
+            )
+        return 0
+    hits = launch.search_text(settings, args.text, args.top_k)
+    if args.json:
+        print(json.dumps({"query": args.text, "hits": hits}))
+        return 0
+    if not hits:
+        print("no hits (is anything ingested?)")
+    for i, h in enumerate(hits, 1):
+        p = h["payload"]
+        where = f" at {p['timestamp_s']}s" if p.get("timestamp_s") is not None else ""
+        print(f"{i:3d}. {h['score']:.4f}  {p.get('source')}{where}  (job {p.get('job_id')})")
+    return 0
+
+
+def cmd_faces(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
+
+    launch.connect(settings, args.address)
+    faces = asyncio.run(ClusterAPI(settings).faces(_read_image(args.path)))
+    for face in faces:
+        face.pop("vector", None)
+    if args.json:
+        print(json.dumps({"path": args.path, "faces": faces}))
+        return 0
+    print(f"{len(faces)} face(s) in {args.path}")
+    for f in faces:
+        print(f"  face {f['face_index']}: box {f['box']}, score {f['score']}")
+    return 0
+
+
+def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from raylens.actors import launch
+
+    if bool(args.ids) == bool(args.failed):
+        raise SettingsError("give job ids, or --failed [--code CODE] (one of them)")
+    if args.code and not args.failed:
+        raise SettingsError("--code goes with --failed")
+    launch.connect(settings, args.address)
+    queue = launch.queue_handle(settings)
+    if args.failed:
+        code = ErrorCode(args.code) if args.code else None
+        moved = ray.get(queue.retry_failed.remote(code, args.limit))
+    else:
+        moved = ray.get(queue.retry.remote(list(args.ids)))
+    if args.json:
+        print(json.dumps({"requeued": moved}))
+    else:
+        what = f" (failed with {args.code})" if args.code else ""
+        print(f"re-queued {len(moved)} failed job(s){what}")
+    return 0

@@ -1,0 +1,164 @@
+"""`raylens up` and `raylens down`: the local Ray head, the actors and the HTTP ingress."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from raylens.cluster.settings import Settings
+from raylens.errors import RaylensError
+
+MARKER = "ray-started-by-raylens"
+
+
+def _ray_bin() -> str:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def _local_cluster_running(settings: Settings) -> bool:
+    """Is a head node already listening on our own local port (an earlier `up --detach`)?"""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", settings.ray_port)) == 0
+
+
+def _start_local_ray(settings: Settings) -> None:
+    """`ray start --head` so other processes (`raylens ingest`, `ray job submit`) can join."""
+    cmd = [
+        _ray_bin(),
+        "start",
+        "--head",
+        f"--port={settings.ray_port}",
+        f"--dashboard-host={settings.dashboard_host}",
+        f"--dashboard-port={settings.dashboard_port}",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+    ]
+    # A new session: Ctrl+C in the terminal reaches `raylens up` (which drains and stops Ray
+    # in order), not the Ray daemons directly.
+    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+    if proc.returncode != 0:
+        raise RaylensError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / MARKER).write_text(str(time.time()))
+
+
+def _stop_local_ray(settings: Settings) -> None:
+    marker = settings.data_dir / MARKER
+    if marker.exists():
+        subprocess.run([_ray_bin(), "stop"], capture_output=True)
+        marker.unlink(missing_ok=True)
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from raylens.actors import launch
+
+    address = launch.resolve_address(settings, args.address)
+    local = address == settings.local_ray_address
+    if local and not _local_cluster_running(settings):
+        print(
+            f"starting a local Ray cluster (dashboard http://{settings.dashboard_host}:"
+            f"{settings.dashboard_port})",
+            file=sys.stderr,
+        )
+        _start_local_ray(settings)
+    launch.connect(settings, address)
+    if settings.random_weights:
+        print(
+            "WARNING: RAYLENS_CLIP_PRETRAINED=none: random weights, vectors are meaningless "
+            "(benchmarks and smoke runs only)",
+            file=sys.stderr,
+        )
+    print(
+        f"starting raylens: {settings.num_workers} worker(s), model {settings.clip_model} "
+        f"({settings.clip_pretrained})",
+        file=sys.stderr,
+    )
+    try:
+        info = launch.start(settings)
+    except RaylensError:
+        if local:
+            _stop_local_ray(settings)
+        raise
+    for r in info["workers"]:
+        print(
+            f"  {r['worker']}: {r['model_id']} on {r['device']} ({r['dtype']}), dim {r['dim']}, "
+            f"loaded in {r['load_seconds']:.1f}s",
+            file=sys.stderr,
+        )
+    url = None
+    if not args.no_http:
+        url = start_http(settings)
+    print(
+        f"raylens is up; data in {settings.data_dir}; dashboard "
+        f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+        + (f"; HTTP API {url} (docs {url}/docs)" if url else ""),
+        file=sys.stderr,
+    )
+    if args.detach:
+        return 0
+    stopping = {"now": False}
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("running in the foreground; Ctrl+C stops it", file=sys.stderr)
+    while not stopping["now"]:
+        time.sleep(0.5)
+    print("\nstopping raylens (finishing batches in hand)...", file=sys.stderr)
+    if url:
+        from raylens.serve_app.deploy import undeploy
+
+        undeploy()
+    stopped = launch.stop(settings)
+    ray.shutdown()
+    if local:
+        _stop_local_ray(settings)
+    print(
+        f"stopped: {stopped['workers']} worker(s); queued jobs stay in the store", file=sys.stderr
+    )
+    return 0
+
+
+def start_http(settings: Settings) -> str:
+    """The Serve ingress (imported here: the CLI's other commands do not need Serve)."""
+    from raylens.serve_app.deploy import deploy
+
+    try:
+        return deploy(settings)
+    except Exception as exc:  # e.g. the port is taken
+        raise RaylensError(
+            f"could not start the HTTP ingress on {settings.http_host}:{settings.http_port} "
+            f"({type(exc).__name__}: {exc}); set RAYLENS_HTTP_PORT or use --no-http"
+        ) from exc
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from raylens.actors import launch
+    from raylens.serve_app.deploy import undeploy
+
+    try:
+        launch.connect(settings, args.address)
+        undeploy()
+        stopped = launch.stop(settings)
+        print(f"stopped {stopped['workers']} worker(s), queue and index", file=sys.stderr)
+    except RaylensError as exc:
+        print(f"nothing to stop: {exc.message}", file=sys.stderr)
+    import ray
+
+    ray.shutdown()
+    if launch.resolve_address(settings, args.address) == settings.local_ray_address:
+        _stop_local_ray(settings)
+    return 0

@@ -1,0 +1,324 @@
+"""QueueRules: the queue's decisions over the job store and its lanes, in synchronous steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, SubmitResult
+from raylens.cluster.lanes import Lanes, Queued
+from raylens.cluster.settings import Settings
+from raylens.cluster.store import JobStore
+from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull
+
+log = logging.getLogger("raylens.queue")
+
+Result = tuple[str, dict[str, Any]]  # (job id, result) of a job done
+
+
+@dataclass
+class AckOutcome:
+    """What one ack did to the store: jobs that ended, jobs re-queued, how many dead-lettered."""
+
+    done: list[Job] = field(default_factory=list)
+    failed: list[Job] = field(default_factory=list)
+    requeued: list[Job] = field(default_factory=list)
+    dead_letter: int = 0
+
+    def by_kind(self) -> dict[str, list[Job]]:
+        return {"done": self.done, "failed": self.failed, "requeued": self.requeued}
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(jobs) for kind, jobs in self.by_kind().items()}
+
+
+class QueueRules:
+    """Submit with dedup, idempotency keys and a depth cap; lease; ack, retry, dead letter.
+
+    The queue actor awaits the store while other calls run, so each operation is split into
+    steps that touch one side only: *store steps* read and write the job store (the actor runs
+    them on its single store thread) and never touch the lanes; *memory steps* change the lanes
+    and counters (on the actor's event loop) and never touch the store. A lane changed from the
+    store thread would race the loop's own reads of it. Tests call the steps in the actor's order.
+    """
+
+    def __init__(
+        self, settings: Settings, model_id: str, store: JobStore, lanes: Lanes | None = None
+    ) -> None:
+        self.settings = settings
+        self.model_id = model_id
+        self.store = store
+        self.lanes = Lanes() if lanes is None else lanes
+        self.counters = {"leased": 0, "acked": 0, "failed": 0, "requeued": 0, "dead_letter": 0}
+        self.started_at = time.time()
+        self.rebuilt: dict[str, int] = {"queued": 0, "running": 0}
+        # done/failed counts for the metrics; only touched by store steps, so they serialise
+        # with the writes they count
+        self._terminal: dict[str, int] | None = None
+        self.terminal_read_at = 0.0
+
+    # ---- start-up (both sides: runs before the actor serves calls) ----------------------------
+    def rebuild(self) -> dict[str, int]:
+        """Reload every non-terminal job: queued ones into their lanes, running ones as leases.
+
+        A running job's worker may still be working and will ack; if it does not ack within one
+        lease period the reaper re-queues it like any expired lease.
+        """
+        queued = running = 0
+        deadline = time.time() + self.settings.lease_timeout_s
+        for job in self.store.iter_state(JobState.QUEUED):
+            self.lanes.push(job.id, job.lane, job.updated_at)
+            queued += 1
+        for job in self.store.iter_state(JobState.RUNNING):
+            self.lanes.hold([job.id], None, deadline)
+            running += 1
+        log.info("queue rebuilt from store: %d queued, %d running", queued, running)
+        self.rebuilt = {"queued": queued, "running": running}
+        return self.rebuilt
+
+    # ---- submit -------------------------------------------------------------------------------
+    def keyed_jobs(self, key: str, fingerprint: str) -> list[SubmitResult] | None:
+        """Store step: the jobs a request with this key made before, or None if unknown."""
+        record = self.store.get_idempotency(key)
+        if record is None:
+            return None
+        if record[0] != fingerprint:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was used for a different request (other files or "
+                "pipeline); use a new key for new content"
+            )
+        jobs = self.store.get_many(record[1])
+        return [
+            SubmitResult(job_id, False, job.state if job else JobState.FAILED)
+            for job_id, job in zip(record[1], jobs)
+        ]
+
+    def new_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
+        """Memory step: the jobs for these specs; QueueFull when they would pass the cap."""
+        depth = self.lanes.depth()
+        if depth + len(specs) > self.settings.queue_max_depth:
+            raise QueueFull(
+                f"queue holds {depth} jobs; {len(specs)} more would pass "
+                f"RAYLENS_QUEUE_MAX_DEPTH={self.settings.queue_max_depth}"
+            )
+        # A microsecond apart, so a rebuilt queue restores submission order within a batch.
+        return [Job.new(spec, self.model_id, now=now + i * 1e-6) for i, spec in enumerate(specs)]
+
+    def create(
+        self, jobs: list[Job], key: str | None, fingerprint: str
+    ) -> tuple[list[SubmitResult] | None, list[tuple[Job, bool]]]:
+        """Store step: create_or_get, and remember the key (so keyed twins serialise here).
+
+        Returns (the earlier jobs of a keyed twin that got there first, or None; stored jobs).
+        """
+        if key is not None:
+            known = self.keyed_jobs(key, fingerprint)
+            if known is not None:
+                return known, []
+        stored = self.store.create_or_get(jobs)
+        if key is not None:
+            self.store.put_idempotency(
+                key, fingerprint, [job.id for job, _ in stored], self.settings.idempotency_ttl_s
+            )
+        return None, stored
+
+    def queue_created(self, stored: list[tuple[Job, bool]], now: float) -> list[SubmitResult]:
+        """Memory step: queue the jobs that were created (an existing job is not queued again)."""
+        out = []
+        for job, created in stored:
+            if created:
+                self.lanes.push(job.id, job.lane, now)
+            out.append(SubmitResult(job.id, created, job.state))
+        return out
+
+    # ---- retry --------------------------------------------------------------------------------
+    def failed_ids(self, code: ErrorCode | None, limit: int) -> list[str]:
+        """Store step: ids of jobs failed (with `code`, when given), oldest first."""
+        ids = []
+        for job in self.store.iter_state(JobState.FAILED):
+            if code is None or job.error_code is code:
+                ids.append(job.id)
+                if len(ids) >= limit:
+                    break
+        return ids
+
+    def requeue_failed(self, job_ids: list[str]) -> list[Job]:
+        """Store step: move failed jobs back to queued (attempts reset)."""
+        moved = []
+        for job in self.store.get_many(job_ids):
+            if job is None or job.state is not JobState.FAILED:
+                continue
+            current = self.store.find_by_content(job.content_key)
+            if current is not None and current.id != job.id:
+                continue  # the content was submitted again as a newer job; that one counts
+            moved.append(job.moved(JobState.QUEUED, attempts=0, note="retry"))
+        self.store.put(moved)
+        self._count_terminal(failed=-len(moved))
+        return moved
+
+    def queue_retried(self, moved: list[Job]) -> list[str]:
+        """Memory step: queue the retried jobs at the tails of their lanes."""
+        for job in moved:
+            self.lanes.push(job.id, job.lane, job.updated_at)
+        return [job.id for job in moved]
+
+    # ---- lease --------------------------------------------------------------------------------
+    def take(self, worker_id: str, max_jobs: int) -> list[Queued]:
+        """Memory step: lease up to max_jobs ids, highest lane first, with a fresh deadline."""
+        return self.lanes.lease(max_jobs, worker_id, time.time() + self.settings.lease_timeout_s)
+
+    def mark_running(self, ids: list[str], worker_id: str) -> list[Job]:
+        """Store step: move the taken jobs that are still queued to running (one attempt more)."""
+        now = time.time()
+        running = [
+            job.moved(JobState.RUNNING, now=now, attempts=job.attempts + 1, note=worker_id)
+            for job in self.store.get_many(ids)
+            if job is not None and job.state is JobState.QUEUED
+        ]
+        self.store.put(running)
+        return running
+
+    def settle_taken(self, taken: Sequence[Queued], running: Sequence[Job]) -> list[Job]:
+        """Memory step: keep the leases of the jobs now running; a job gone or already terminal
+        in the store is never leased."""
+        leased = {job.id for job in running}
+        for t in taken:
+            if t.job_id not in leased:
+                self.lanes.drop_lease(t.job_id)
+        self.counters["leased"] += len(running)
+        return list(running)
+
+    # ---- ack ----------------------------------------------------------------------------------
+    def forget(self, done: Sequence[Result], failed: Sequence[Failure]) -> None:
+        """Memory step, before the ack's store step: the acked jobs are no longer leased or queued
+        (whoever held them: the work is valid and its effects idempotent)."""
+        for job_id in [job_id for job_id, _ in done] + [f.job_id for f in failed]:
+            self.lanes.drop_lease(job_id)
+            self.lanes.discard(job_id)
+
+    def apply_ack(self, done: list[Result], failed: list[Failure]) -> AckOutcome:
+        """Store step: record results. Input failures end the job; retryable ones re-queue or
+        dead-letter. Acks for terminal (or unknown) jobs are ignored, so a late duplicate never
+        changes a finished job."""
+        now = time.time()
+        results = dict(done)
+        failures = {f.job_id: f for f in failed}
+        out = AckOutcome()
+        for job in self.store.get_many(list(results) + list(failures)):
+            if job is None or job.state.terminal:
+                continue
+            if job.state is JobState.QUEUED:  # re-queued after its lease expired, now finished
+                job = job.moved(JobState.RUNNING, now=now, attempts=max(job.attempts, 1))
+            if job.id in results:
+                out.done.append(job.moved(JobState.DONE, now=now, result=results[job.id]))
+                continue
+            f = failures[job.id]
+            moved = self._fail_or_requeue(job, f, now)
+            if moved.state is JobState.QUEUED:
+                out.requeued.append(moved)
+                continue
+            out.failed.append(moved)
+            if f.retryable:  # a retryable failure ends a job only when it runs out of attempts
+                out.dead_letter += 1
+        self.store.put(out.done + out.failed + out.requeued)
+        self._count_terminal(done=len(out.done), failed=len(out.failed))
+        return out
+
+    def _fail_or_requeue(self, job: Job, f: Failure, now: float) -> Job:
+        if not f.retryable:
+            return job.moved(JobState.FAILED, now=now, error=(f.code, f.message))
+        if job.attempts >= self.settings.max_attempts:
+            return job.moved(
+                JobState.FAILED,
+                now=now,
+                error=(
+                    ErrorCode.DEAD_LETTER,
+                    f"gave up after {job.attempts} attempts (RAYLENS_MAX_ATTEMPTS="
+                    f"{self.settings.max_attempts}); last error {f.code.value}: {f.message}",
+                ),
+            )
+        return job.moved(JobState.QUEUED, now=now, note=f"{f.code.value}: {f.message}")
+
+    def after_ack(self, outcome: AckOutcome) -> dict[str, int]:
+        """Memory step: re-queued jobs go back to the heads of their lanes; returns the counts."""
+        for job in outcome.requeued:
+            self.lanes.push_front(job.id, job.lane, job.updated_at)
+        counts = outcome.counts()
+        self.counters["acked"] += counts["done"]
+        self.counters["failed"] += counts["failed"]
+        self.counters["requeued"] += counts["requeued"]
+        self.counters["dead_letter"] += outcome.dead_letter
+        return counts
+
+    # ---- failures the queue makes up: nack, release, lease expiry (memory steps) -------------
+    def nack_failures(self, worker_id: str, job_ids: Sequence[str], message: str) -> list[Failure]:
+        """Jobs given back by the worker that holds them: a retryable failure (an attempt)."""
+        mine = [
+            j
+            for j in job_ids
+            if (lease := self.lanes.lease_of(j)) is not None and lease.worker_id == worker_id
+        ]
+        return [Failure(j, ErrorCode.INTERNAL, message, retryable=True) for j in mine]
+
+    def release_failures(self, worker_id: str, reason: str) -> list[Failure]:
+        """Every job leased by a worker that was replaced: re-queued now (attempt + 1)."""
+        return [
+            Failure(j, ErrorCode.LEASE_EXPIRED, reason, retryable=True)
+            for j in self.lanes.held_by(worker_id)
+        ]
+
+    def expired_failures(self, now: float | None = None) -> list[Failure]:
+        """Every job whose lease deadline has passed: re-queued (or dead-lettered) by an ack."""
+        now = time.time() if now is None else now
+        return [
+            Failure(
+                job_id,
+                ErrorCode.LEASE_EXPIRED,
+                f"lease expired after {self.settings.lease_timeout_s}s "
+                f"(worker {owner or 'unknown'} died or hung)",
+                retryable=True,
+            )
+            for job_id, owner in self.lanes.expired(now).items()
+        ]
+
+    def heartbeat(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        """Memory step: extend the leases this worker still holds; returns how many."""
+        return self.lanes.extend(worker_id, job_ids, time.time() + self.settings.lease_timeout_s)
+
+    # ---- counts -------------------------------------------------------------------------------
+    def resync_terminal(self) -> None:
+        """Store step: done/failed counts re-read from the store."""
+        self.terminal_read_at = time.time()
+        counts = self.store.counts()
+        self._terminal = {"done": counts[JobState.DONE], "failed": counts[JobState.FAILED]}
+
+    def _count_terminal(self, done: int = 0, failed: int = 0) -> None:
+        """Store step, after a write: keep the done/failed counts current between re-reads."""
+        if self._terminal is not None:
+            self._terminal["done"] += done
+            self._terminal["failed"] += failed
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per state for the gauges: from memory, done/failed as of the last re-read."""
+        return {
+            "queued": self.lanes.depth(),
+            "running": self.lanes.leased(),
+            **(self._terminal or {}),
+        }
+
+    def stats(self, counts: dict[JobState, int]) -> dict[str, Any]:
+        """Memory step: the queue's stats, given the store's counts per state."""
+        return {
+            "depth": {lane.value: n for lane, n in self.lanes.depths().items()},
+            "oldest_queued_s": self.lanes.oldest_ages(time.time()),
+            "leased": self.lanes.leased(),
+            "jobs": {state.value: n for state, n in counts.items()},
+            "counters": dict(self.counters),
+            "rebuilt": self.rebuilt,
+            "started_at": self.started_at,
+            "model_id": self.model_id,
+            "max_depth": self.settings.queue_max_depth,
+        }

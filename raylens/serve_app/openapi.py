@@ -1,0 +1,141 @@
+"""OpenAPI text the route signatures cannot give: description, tags, error answers, bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raylens.cluster.jobs import Lane, Pipeline
+from raylens.serve_app.schemas import ErrorOut, FaceSearchRequest, SearchRequest
+
+DESCRIPTION = """
+Images in, searchable OpenCLIP vectors out. Upload images as jobs, follow them, search by text,
+image or vector.
+
+**Errors** are always JSON `{"error": {"code": ..., "message": ...}}` with a code from one closed
+set (the same codes failed jobs carry): 401 `unauthorized`, 404 `not_found`, 409
+`invalid_transition`, 413 `too_large` (upload cap, checked while the body streams in), 415
+`unsupported_format` (content is sniffed, file names are ignored), 422 `invalid_request`,
+`idempotency_conflict`, `empty_input`, ..., 429 `queue_full`, 503 `store_unavailable` and 503
+`overloaded` (more than `RAYLENS_HTTP_MAX_ONGOING_REQUESTS` in flight in a replica), all three
+with `Retry-After`. Behind that, Serve itself answers 503 (without Retry-After) when its own
+queue (`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) is full, and 408 after
+`RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
+
+**Auth**: when `RAYLENS_API_KEYS` is set, every route except `/v1/healthz` needs
+`Authorization: Bearer <key>`. Ray's own token auth protects the dashboard and `ray job submit`.
+"""
+
+TAGS = [
+    {"name": "jobs", "description": "Upload images and follow their jobs."},
+    {"name": "search", "description": "Search stored vectors."},
+    {"name": "health", "description": "Liveness and readiness."},
+]
+
+Responses = dict[int | str, dict[str, Any]]
+
+ERRORS: Responses = {
+    401: {"model": ErrorOut, "description": "Missing or wrong API key (`unauthorized`)."},
+    422: {"model": ErrorOut, "description": "Bad parameters (`invalid_request`)."},
+    503: {
+        "model": ErrorOut,
+        "description": "Queue, store or workers unavailable (`store_unavailable`); see "
+        "Retry-After.",
+    },
+}
+UPLOAD_ERRORS: Responses = {
+    **ERRORS,
+    413: {
+        "model": ErrorOut,
+        "description": "Over RAYLENS_MAX_UPLOAD_BYTES or a file over "
+        "RAYLENS_MAX_INPUT_BYTES (`too_large`).",
+    },
+    415: {
+        "model": ErrorOut,
+        "description": "A file is not a supported image (`unsupported_format`).",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "Bad parameters, an empty file (`empty_input`) or "
+        "an Idempotency-Key used for other content (`idempotency_conflict`).",
+    },
+    429: {
+        "model": ErrorOut,
+        "description": "Queue full (`queue_full`); retry after Retry-After "
+        "seconds with the same Idempotency-Key.",
+    },
+}
+NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No such job (`not_found`)."}}
+NOT_FAILED: Responses = {
+    409: {"model": ErrorOut, "description": "Not failed (`invalid_transition`)."}
+}
+
+# The upload and query routes read their bodies as streams (to cap them while they arrive), so
+# FastAPI cannot infer these request bodies from a signature; they are written out here.
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "One or more images (jpeg, png, gif, webp, bmp, "
+                        "tiff) or videos (mp4, mov, webm, mkv).",
+                    },
+                    "priority": {
+                        "type": "string",
+                        "enum": [lane.value for lane in Lane],
+                        "default": "normal",
+                        "description": "Queue lane.",
+                    },
+                    "pipeline": {
+                        "type": "string",
+                        "enum": [p.value for p in Pipeline],
+                        "default": "both",
+                        "description": "embed (OpenCLIP vector), faces, or both.",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def query_body(json_model: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body of a query route: a JSON model, or multipart with an image."""
+    image = {"type": "string", "format": "binary", "description": "Query image."}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": json_model.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": image,
+                        "top_k": {"type": "integer", "default": 10},
+                        **fields,
+                    },
+                }
+            },
+        },
+    }
+
+
+SEARCH_BODY = query_body(
+    SearchRequest, {"filters": {"type": "string", "description": "JSON object of filters."}}
+)
+FACE_SEARCH_BODY = query_body(
+    FaceSearchRequest,
+    {
+        "face_index": {
+            "type": "integer",
+            "description": "Which face of the image (largest first); default 0.",
+        },
+        "max_distance": {"type": "number", "description": "Default: the match threshold."},
+    },
+)

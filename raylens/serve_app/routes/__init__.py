@@ -1,0 +1,1 @@
+"""The HTTP routes, one APIRouter per resource: jobs, search, health."""

@@ -1,0 +1,101 @@
+"""Job routes: upload images as jobs, read one, page through them, retry a failed one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+
+from raylens.actors.api import ClusterAPI
+from raylens.cluster.jobs import JobState, Lane, Pipeline
+from raylens.cluster.settings import Settings
+from raylens.errors import InvalidRequest
+from raylens.serve_app.openapi import ERRORS, NOT_FAILED, NOT_FOUND, UPLOAD_BODY, UPLOAD_ERRORS
+from raylens.serve_app.schemas import JobOut, JobsPage, SubmitOut
+from raylens.serve_app.uploads import file_parts, read_multipart, text_field
+
+
+def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise InvalidRequest(f"{field} must be one of {allowed}, got {value!r}") from None
+
+
+def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRouter:
+    """/v1/jobs and /v1/jobs/{job_id}[/retry], every route behind `auth`."""
+    jobs = APIRouter(tags=["jobs"], dependencies=auth)
+
+    @jobs.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=SubmitOut,
+        responses=UPLOAD_ERRORS,
+        openapi_extra={"requestBody": UPLOAD_BODY},
+        summary="Upload images; one job per file",
+    )
+    async def submit_jobs(
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=200,
+                description="Repeat a request safely: the same key returns the same jobs.",
+            ),
+        ] = None,
+    ) -> SubmitOut:
+        """Answers 202 only once every file and every job record is durable. The same content
+        and pipeline returns the existing job; the same Idempotency-Key returns the jobs the
+        first request made, and with other content answers 422 `idempotency_conflict`."""
+        form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_files)
+        try:
+            lane = _choice(text_field(form, "priority"), Lane, "priority", Lane.NORMAL)
+            pipeline = _choice(text_field(form, "pipeline"), Pipeline, "pipeline", Pipeline.BOTH)
+            files = await file_parts(form, "files")
+        finally:
+            await form.close()
+        submitted = await api.submit_uploads(files, lane, pipeline, idempotency_key)
+        return SubmitOut.model_validate({"jobs": submitted, "idempotency_key": idempotency_key})
+
+    @jobs.get(
+        "/v1/jobs/{job_id}",
+        response_model=JobOut,
+        responses={**ERRORS, **NOT_FOUND},
+        summary="One job: state, lane, attempts, timestamps, error, result",
+    )
+    async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
+        return JobOut.of(await api.get_job(job_id))
+
+    @jobs.get(
+        "/v1/jobs",
+        response_model=JobsPage,
+        responses=ERRORS,
+        summary="Page through jobs, newest first",
+    )
+    async def list_jobs(
+        state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[
+            str | None, Query(max_length=500, description="next_cursor of the previous page.")
+        ] = None,
+    ) -> JobsPage:
+        page, next_cursor = await api.list_jobs(state, limit, cursor)
+        return JobsPage(jobs=[JobOut.of(j) for j in page], next_cursor=next_cursor)
+
+    @jobs.post(
+        "/v1/jobs/{job_id}/retry",
+        status_code=202,
+        response_model=JobOut,
+        responses={**ERRORS, **NOT_FOUND, **NOT_FAILED},
+        summary="Re-queue a failed job",
+    )
+    async def retry_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
+        return JobOut.of(await api.retry(job_id))
+
+    return jobs

@@ -1,0 +1,332 @@
+"""Unit: the worker's batch pipeline without Ray, on the tiny OpenCLIP model and real payloads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from raylens.cluster import model_setup
+from raylens.cluster.faults import FaultDrill, NoFaults, fault_injector
+from raylens.cluster.index import point_id
+from raylens.cluster.jobs import Failure, Job, JobSpec, Pipeline, SourceKind
+from raylens.cluster.payloads_fs import FsPayloadStore
+from raylens.cluster.pipeline import BatchPipeline
+from raylens.cluster.settings import Settings
+from raylens.errors import ErrorCode, IndexUnavailable
+from raylens.models.clip import ClipEmbedder
+
+from _images import image_bytes
+
+
+class RecordingIndex:
+    """An in-memory stand-in for the vector index: remembers every upsert call."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict],
+        collection: str | None = None,
+    ) -> int:
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append(
+            {
+                "ids": list(ids),
+                "vectors": vectors,
+                "payloads": list(payloads),
+                "collection": collection,
+            }
+        )
+        return len(ids)
+
+    def points(self, collection: str | None = None) -> dict[str, dict]:
+        return {
+            pid: payload
+            for call in self.calls
+            if call["collection"] == collection
+            for pid, payload in zip(call["ids"], call["payloads"])
+        }
+
+
+def _settings(tmp_path: Path, tiny_model: Any, **overrides: Any) -> Settings:
+    base: dict[str, Any] = dict(
+        data_dir=tmp_path / "data",
+        clip_model=tiny_model.name,
+        clip_pretrained=str(tiny_model.checkpoint_path),
+        clip_model_config=tiny_model.config_path,
+        worker_num_cpus=1,
+        max_batch_size=4,
+        faces_enabled=False,
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> ClipEmbedder:
+    """Built the way a worker builds it, once for the module."""
+    settings = _settings(tmp_path_factory.mktemp("embedder"), tiny_model)
+    return model_setup.build_embedder(settings, warmup=False)
+
+
+@pytest.fixture
+def payloads(tmp_path: Path) -> FsPayloadStore:
+    return FsPayloadStore(tmp_path / "payloads")
+
+
+def _pipeline(
+    tmp_path: Path, tiny_model: Any, embedder: ClipEmbedder, payloads: FsPayloadStore, **kw: Any
+) -> tuple[BatchPipeline, RecordingIndex]:
+    index: RecordingIndex = kw.pop("index", None) or RecordingIndex()
+    settings = _settings(tmp_path, tiny_model, **kw)
+    pipe = BatchPipeline(settings, embedder, payloads, index, worker_name="w1", worker_id="w1:1")
+    return pipe, index
+
+
+def _upload(
+    payloads: FsPayloadStore,
+    embedder: ClipEmbedder,
+    data: bytes,
+    pipeline: Pipeline = Pipeline.EMBED,
+) -> Job:
+    sha = hashlib.sha256(data).hexdigest()
+    key = payloads.put(data, sha)
+    spec = JobSpec(
+        source_kind=SourceKind.UPLOAD,
+        source=key,
+        sha256=sha,
+        size_bytes=len(data),
+        pipeline=pipeline,
+        name=f"{sha[:8]}.jpg",
+    )
+    return Job.new(spec, embedder.model_id)
+
+
+def _mp4(frames: int = 20, fps: int = 10) -> bytes:
+    """A two-scene clip (black then white), encoded by PyAV."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            rgb = np.full((48, 64, 3), 0 if i < frames // 2 else 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+# --- batch isolation ------------------------------------------------------------------------
+
+
+def test_pipeline_fails_only_the_bad_inputs_when_a_batch_holds_poison(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, index = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    good = [_upload(payloads, embedder, image_bytes(seed)) for seed in range(5)]
+    truncated = _upload(payloads, embedder, image_bytes(99, (200, 150))[:400])
+    garbage = _upload(payloads, embedder, b"<html>not an image</html>\n" * 20)
+    jobs = [good[0], truncated, *good[1:3], garbage, *good[3:]]
+
+    out = pipe.run(jobs)
+
+    assert sorted(job_id for job_id, _ in out.done) == sorted(j.id for j in good)
+    codes = {f.job_id: f.code for f in out.failures}
+    assert codes == {
+        truncated.id: ErrorCode.TRUNCATED_IMAGE,
+        garbage.id: ErrorCode.UNSUPPORTED_FORMAT,
+    }
+    assert not any(f.retryable for f in out.failures)  # bad inputs never come back
+    assert len(index.points()) == len(good)
+
+
+def test_pipeline_fails_a_missing_path_alone_when_its_file_is_gone(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(7))
+    present = Job.new(
+        JobSpec(
+            source_kind=SourceKind.PATH,
+            source=str(photo),
+            sha256=hashlib.sha256(photo.read_bytes()).hexdigest(),
+            size_bytes=photo.stat().st_size,
+            pipeline=Pipeline.EMBED,
+        ),
+        embedder.model_id,
+    )
+    gone = present.model_copy(update={"id": "gone", "source": str(tmp_path / "gone.jpg")})
+
+    out = pipe.run([present, gone])
+
+    assert [job_id for job_id, _ in out.done] == [present.id]
+    assert [(f.job_id, f.code) for f in out.failures] == [("gone", ErrorCode.SOURCE_MISSING)]
+
+
+# --- what is written ------------------------------------------------------------------------
+
+
+def test_pipeline_writes_idempotent_point_ids_when_a_job_is_done(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, index = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    jobs = [_upload(payloads, embedder, image_bytes(seed)) for seed in range(3)]
+
+    first = dict(pipe.run(jobs).done)
+    again = dict(pipe.run(jobs).done)  # a retry: the same points, overwritten
+
+    for job in jobs:
+        pid = point_id(job.sha256, embedder.model_id, "image")
+        assert first[job.id]["point_id"] == again[job.id]["point_id"] == pid
+        assert first[job.id] | {"worker": None} == {
+            "model_id": embedder.model_id,
+            "worker": None,
+            "media": "image",
+            "width": 96,
+            "height": 64,
+            "format": "jpeg",
+            "point_id": pid,
+            "dim": embedder.dim,
+        }
+    assert [c["ids"] for c in index.calls[:1]] == [c["ids"] for c in index.calls[1:]]
+    payload = index.points()[point_id(jobs[0].sha256, embedder.model_id)]
+    assert payload == {
+        "job_id": jobs[0].id,
+        "source": jobs[0].source,
+        "source_kind": "upload",
+        "name": jobs[0].name,
+        "sha256": jobs[0].sha256,
+        "model_id": embedder.model_id,
+        "created_at": payload["created_at"],
+    }
+    assert index.calls[0]["vectors"].shape == (3, embedder.dim)
+
+
+def test_pipeline_writes_one_point_per_sampled_frame_when_the_job_is_a_video(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, index = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    video = _upload(payloads, embedder, _mp4())
+
+    out = pipe.run([video])
+
+    assert out.failures == []
+    ((job_id, result),) = out.done
+    assert result["media"] == "video" and result["frames"] == out.frames >= 1
+    points = index.points()
+    assert len(points) == result["frames"]
+    for pid, payload in points.items():
+        assert pid == point_id(video.sha256, embedder.model_id, f"frame:{payload['frame']}")
+        assert payload["video_id"] == video.id and payload["media"] == "video"
+        assert {"timestamp_s", "sampled_by"} <= payload.keys()
+
+
+def test_pipeline_fails_faces_only_jobs_when_face_models_are_off(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    faces_only = _upload(payloads, embedder, image_bytes(1), Pipeline.FACES)
+    both = _upload(payloads, embedder, image_bytes(2), Pipeline.BOTH)
+
+    out = pipe.run([faces_only, both])
+
+    assert [(f.job_id, f.code, f.retryable) for f in out.failures] == [
+        (faces_only.id, ErrorCode.MODEL_LOAD_FAILED, False)
+    ]
+    ((job_id, result),) = out.done
+    assert job_id == both.id and result["faces_found"] is None
+
+
+def test_pipeline_retries_every_good_job_when_the_index_is_down(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    down = RecordingIndex(fail=IndexUnavailable("index actor unavailable: test"))
+    pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads, index=down)
+    jobs = [_upload(payloads, embedder, image_bytes(seed)) for seed in range(2)]
+    bad = _upload(payloads, embedder, b"")
+
+    out = pipe.run([*jobs, bad])
+
+    assert out.done == [] and out.faces == 0
+    by_id = {f.job_id: f for f in out.failures}
+    assert by_id[bad.id].code is ErrorCode.EMPTY_INPUT and not by_id[bad.id].retryable
+    for job in jobs:
+        assert by_id[job.id].code is ErrorCode.INDEX_UNAVAILABLE and by_id[job.id].retryable
+
+
+def test_pipeline_reports_no_timing_for_a_stage_when_it_had_no_work(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads)
+
+    out = pipe.run([_upload(payloads, embedder, image_bytes(3))])
+
+    stages = out.stage_seconds()
+    assert stages["faces"] is None  # faces are off: the stage did not run
+    assert stages["infer"] is not None and stages["write"] is not None
+
+
+# --- fault drills ---------------------------------------------------------------------------
+
+
+def test_fault_injector_is_a_no_op_when_unset(tmp_path, tiny_model, embedder, payloads) -> None:
+    settings = _settings(tmp_path, tiny_model)
+    assert settings.fault_inject is None
+    injector = fault_injector(settings, "w1", "w1:1")
+
+    def step(items: list) -> list:
+        return items
+
+    assert type(injector) is NoFaults and not injector.active
+    assert injector.wrap(step, lambda items: []) is step
+    pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    assert pipe._embed_step == pipe._embed_items  # the plain bound method: no check per call
+
+
+def test_fault_drill_fails_only_the_poisoned_content_when_poison_is_set(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    jobs = [_upload(payloads, embedder, image_bytes(seed)) for seed in range(4)]
+    poisoned = jobs[2]
+    pipe, _ = _pipeline(
+        tmp_path, tiny_model, embedder, payloads, fault_inject=f"poison:{poisoned.sha256[:16]}"
+    )
+    assert isinstance(pipe.faults, FaultDrill)
+
+    out = pipe.run(jobs)
+
+    assert sorted(j for j, _ in out.done) == sorted(j.id for j in jobs if j is not poisoned)
+    (failure,) = out.failures
+    assert isinstance(failure, Failure)
+    assert (failure.job_id, failure.code, failure.retryable) == (
+        poisoned.id,
+        ErrorCode.MODEL_ERROR,
+        True,
+    )
+    assert "injected fault" in failure.message
+
+
+def test_fault_drill_hangs_once_per_worker_when_hang_once_is_set(tmp_path) -> None:
+    drill = FaultDrill("hang_once:0@w1", data_dir=tmp_path, worker_name="w1", worker_id="w1:1")
+
+    drill.before_embed(["ab"])
+    drill.before_embed(["ab"])
+
+    assert (tmp_path / "fault-hang-once-w1").read_text() == "w1:1"
+    other = FaultDrill("hang_once:0@w2", data_dir=tmp_path, worker_name="w1", worker_id="w1:1")
+    other.before_embed(["ab"])
+    assert not (tmp_path / "fault-hang-once-w2").exists()  # another worker's drill

@@ -1,0 +1,447 @@
+"""Unit: the queue's rules over a real SQLite job store, steps called in the actor's order."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raylens.cluster.jobs import (
+    Failure,
+    Job,
+    JobSpec,
+    JobState,
+    Lane,
+    SourceKind,
+    SubmitResult,
+    request_fingerprint,
+)
+from raylens.cluster.queue_rules import QueueRules
+from raylens.cluster.settings import Settings
+from raylens.cluster.store_sqlite import SqliteJobStore
+from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull
+
+MODEL = "ViT-T-test"
+
+
+def spec(n: int, lane: Lane = Lane.NORMAL) -> JobSpec:
+    sha = hashlib.sha256(f"content-{n}".encode()).hexdigest()
+    return JobSpec(source_kind=SourceKind.UPLOAD, source=sha, sha256=sha, size_bytes=n, lane=lane)
+
+
+@pytest.fixture
+def make_rules(tmp_path: Path) -> Iterator[Any]:
+    """Builds QueueRules on one SQLite file; a second call is a restarted queue."""
+    stores: list[SqliteJobStore] = []
+
+    def make(**overrides: Any) -> QueueRules:
+        settings = Settings(data_dir=tmp_path / "data", redis_url=None, **overrides)
+        store = SqliteJobStore(settings.sqlite_path)
+        stores.append(store)
+        rules = QueueRules(settings, MODEL, store)
+        rules.rebuild()
+        return rules
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+# The actor's orders of steps, without the awaits between them.
+def submit(rules: QueueRules, specs: Sequence[JobSpec], key: str | None = None) -> list[Any]:
+    fingerprint = request_fingerprint(specs)
+    if key is not None:
+        known = rules.keyed_jobs(key, fingerprint)
+        if known is not None:
+            return known
+    now = time.time()
+    jobs = rules.new_jobs(specs, now)
+    known, stored = rules.create(jobs, key, fingerprint)
+    return known if known is not None else rules.queue_created(stored, now)
+
+
+def lease(rules: QueueRules, worker_id: str, max_jobs: int) -> list[Job]:
+    taken = rules.take(worker_id, max_jobs)
+    running = rules.mark_running([t.job_id for t in taken], worker_id)
+    return rules.settle_taken(taken, running)
+
+
+def ack(
+    rules: QueueRules,
+    worker_id: str,
+    done: Sequence[tuple[str, dict[str, Any]]] = (),
+    failed: Sequence[Failure] = (),
+) -> dict[str, int]:
+    rules.forget(done, failed)
+    return rules.after_ack(rules.apply_ack(list(done), list(failed)))
+
+
+def reap(rules: QueueRules, now: float) -> int:
+    failures = rules.expired_failures(now)
+    if failures:
+        ack(rules, "reaper", failed=failures)
+    return len(failures)
+
+
+def job(rules: QueueRules, job_id: str) -> Job:
+    found = rules.store.get(job_id)
+    assert found is not None
+    return found
+
+
+def ids(results: Sequence[SubmitResult]) -> list[str]:
+    return [r.job_id for r in results]
+
+
+def after_lease_period(rules: QueueRules) -> float:
+    return time.time() + rules.settings.lease_timeout_s + 1
+
+
+# ---- lease order ----------------------------------------------------------------------------
+def test_lease_serves_higher_lanes_first_when_every_lane_holds_jobs(make_rules) -> None:
+    rules = make_rules()
+    bulk, normal, interactive = (
+        ids(submit(rules, [spec(i, lane)]))[0]
+        for i, lane in enumerate([Lane.BULK, Lane.NORMAL, Lane.INTERACTIVE])
+    )
+
+    leased = lease(rules, "w1", 2)
+
+    assert [j.id for j in leased] == [interactive, normal]
+    assert all(j.state is JobState.RUNNING and j.attempts == 1 for j in leased)
+    assert job(rules, interactive).state is JobState.RUNNING
+    assert [j.id for j in lease(rules, "w1", 5)] == [bulk]
+    assert rules.counters["leased"] == 3 and rules.lanes.leased() == 3
+
+
+def test_lease_keeps_submission_order_when_jobs_share_a_lane(make_rules) -> None:
+    rules = make_rules()
+    submitted = ids(submit(rules, [spec(i) for i in range(4)]))
+
+    assert [j.id for j in lease(rules, "w1", 4)] == submitted
+
+
+def test_lease_skips_a_job_when_the_store_no_longer_has_it_queued(make_rules) -> None:
+    rules = make_rules()
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    rules.store.put([job(rules, a).moved(JobState.FAILED, error=(ErrorCode.INTERNAL, "x"))])
+
+    leased = lease(rules, "w1", 2)
+
+    assert [j.id for j in leased] == [b]
+    assert rules.lanes.lease_of(a) is None and rules.lanes.leased() == 1
+
+
+# ---- lease expiry and dead letters ---------------------------------------------------------
+def test_reap_requeues_a_job_at_the_head_when_its_lease_expires(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0, max_attempts=3)
+    first, second = ids(submit(rules, [spec(1), spec(2)]))
+    lease(rules, "hung", 1)
+
+    assert reap(rules, now=time.time()) == 0  # deadline not passed yet
+    assert reap(rules, now=after_lease_period(rules)) == 1
+
+    requeued = job(rules, first)
+    assert requeued.state is JobState.QUEUED and requeued.attempts == 1
+    assert requeued.history[-1].note is not None and "worker hung" in requeued.history[-1].note
+    assert rules.lanes.queued_ids(Lane.NORMAL) == [first, second]
+    assert rules.counters["requeued"] == 1
+    assert [(j.id, j.attempts) for j in lease(rules, "w2", 1)] == [(first, 2)]
+
+
+def test_reap_dead_letters_a_job_when_its_lease_expires_max_attempts_times(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0, max_attempts=3)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+
+    for attempt in range(1, 4):
+        assert [(j.id, j.attempts) for j in lease(rules, "hung", 1)] == [(job_id, attempt)]
+        assert reap(rules, now=after_lease_period(rules)) == 1
+
+    dead = job(rules, job_id)
+    assert dead.state is JobState.FAILED and dead.error_code is ErrorCode.DEAD_LETTER
+    assert "3 attempts" in (dead.error_message or "")
+    assert "RAYLENS_MAX_ATTEMPTS=3" in (dead.error_message or "")
+    assert [t.state for t in dead.history].count(JobState.QUEUED) == 3
+    assert rules.counters["dead_letter"] == 1 and rules.counters["failed"] == 1
+    assert rules.lanes.depth() == 0 and rules.lanes.leased() == 0
+
+
+def test_ack_dead_letters_a_retryable_failure_when_attempts_are_used_up(make_rules) -> None:
+    rules = make_rules(max_attempts=1)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "w1", 1)
+
+    counts = ack(rules, "w1", failed=[Failure(job_id, ErrorCode.INTERNAL, "boom", retryable=True)])
+
+    assert counts == {"done": 0, "failed": 1, "requeued": 0}
+    assert job(rules, job_id).error_code is ErrorCode.DEAD_LETTER
+
+
+def test_ack_fails_the_job_at_once_when_the_failure_is_not_retryable(make_rules) -> None:
+    rules = make_rules(max_attempts=3)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "w1", 1)
+
+    ack(rules, "w1", failed=[Failure(job_id, ErrorCode.CORRUPT_IMAGE, "bad bytes")])
+
+    failed = job(rules, job_id)
+    assert failed.state is JobState.FAILED and failed.error_code is ErrorCode.CORRUPT_IMAGE
+    assert failed.error_message == "bad bytes" and rules.counters["dead_letter"] == 0
+
+
+# ---- stale and late acks --------------------------------------------------------------------
+def test_ack_finishes_the_job_when_it_was_requeued_after_its_lease_expired(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "slow", 1)
+    reap(rules, now=after_lease_period(rules))
+    assert rules.lanes.is_queued(job_id)
+
+    counts = ack(rules, "slow", done=[(job_id, {"n": 1})])
+
+    finished = job(rules, job_id)
+    assert counts == {"done": 1, "failed": 0, "requeued": 0}
+    assert finished.state is JobState.DONE and finished.result == {"n": 1}
+    assert finished.attempts == 1
+    assert [t.state for t in finished.history][-2:] == [JobState.RUNNING, JobState.DONE]
+    assert not rules.lanes.is_queued(job_id) and rules.lanes.depth() == 0
+
+
+def test_ack_is_applied_and_drops_the_new_lease_when_the_job_was_leased_again(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "slow", 1)
+    reap(rules, now=after_lease_period(rules))
+    lease(rules, "fresh", 1)
+
+    ack(rules, "slow", done=[(job_id, {"by": "slow"})])
+
+    assert job(rules, job_id).state is JobState.DONE
+    assert rules.lanes.lease_of(job_id) is None
+    assert ack(rules, "fresh", done=[(job_id, {"by": "fresh"})])["done"] == 0
+    assert job(rules, job_id).result == {"by": "slow"}
+
+
+def test_ack_is_ignored_when_the_job_already_finished(make_rules) -> None:
+    rules = make_rules()
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "w1", 1)
+    ack(rules, "w1", done=[(job_id, {"n": 1})])
+
+    counts = ack(
+        rules, "w2", done=[(job_id, {"n": 2})], failed=[Failure("nope", ErrorCode.INTERNAL, "")]
+    )
+
+    assert counts == {"done": 0, "failed": 0, "requeued": 0}
+    assert job(rules, job_id).result == {"n": 1} and rules.counters["acked"] == 1
+
+
+# ---- nack and release -----------------------------------------------------------------------
+def test_nack_requeues_only_the_jobs_the_worker_holds_when_it_gives_jobs_back(make_rules) -> None:
+    rules = make_rules()
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    lease(rules, "w1", 1)
+    lease(rules, "w2", 1)
+
+    failures = rules.nack_failures("w1", [a, b], "stopping")
+    counts = ack(rules, "w1", failed=failures)
+
+    assert [f.job_id for f in failures] == [a] and counts["requeued"] == 1
+    assert job(rules, a).state is JobState.QUEUED and job(rules, a).attempts == 1
+    assert job(rules, b).state is JobState.RUNNING
+
+
+def test_release_requeues_every_job_of_the_worker_when_it_was_replaced(make_rules) -> None:
+    rules = make_rules()
+    submitted = ids(submit(rules, [spec(i) for i in range(3)]))
+    lease(rules, "old", 2)
+    lease(rules, "other", 1)
+
+    failures = rules.release_failures("old", "replaced")
+    ack(rules, "supervisor", failed=failures)
+
+    assert sorted(f.job_id for f in failures) == sorted(submitted[:2])
+    assert all(f.code is ErrorCode.LEASE_EXPIRED for f in failures)
+    assert [job(rules, i).state for i in submitted] == [
+        JobState.QUEUED,
+        JobState.QUEUED,
+        JobState.RUNNING,
+    ]
+    assert rules.release_failures("old", "again") == []
+
+
+def test_heartbeat_extends_only_the_workers_own_leases_when_called(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    lease(rules, "w1", 1)
+    lease(rules, "w2", 1)
+
+    assert rules.heartbeat("w1", [a, b]) == 1
+    assert rules.expired_failures(now=time.time() + 1) == []
+
+
+# ---- submit: dedup, idempotency, cap --------------------------------------------------------
+def test_submit_returns_the_existing_job_when_the_same_content_is_submitted_again(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    first = submit(rules, [spec(1)])
+
+    again = submit(rules, [spec(1), spec(2)])
+
+    assert first[0].created and not again[0].created
+    assert again[0].job_id == first[0].job_id and again[1].created
+    assert rules.lanes.depth() == 2 and rules.store.counts()[JobState.QUEUED] == 2
+
+
+def test_submit_returns_the_first_jobs_when_an_idempotency_key_is_repeated(make_rules) -> None:
+    rules = make_rules()
+    first = submit(rules, [spec(1), spec(2)], key="k1")
+    lease(rules, "w1", 1)
+
+    again = submit(rules, [spec(1), spec(2)], key="k1")
+
+    assert ids(again) == ids(first) and not any(r.created for r in again)
+    assert [r.state for r in again] == [JobState.RUNNING, JobState.QUEUED]
+    assert rules.lanes.depth() == 1
+
+
+def test_submit_raises_idempotency_conflict_when_a_key_is_reused_for_other_content(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    submit(rules, [spec(1)], key="k1")
+
+    with pytest.raises(IdempotencyConflict) as info:
+        submit(rules, [spec(2)], key="k1")
+
+    assert "k1" in info.value.message
+    assert rules.lanes.depth() == 1 and rules.store.counts()[JobState.QUEUED] == 1
+
+
+def test_submit_raises_queue_full_and_writes_nothing_when_the_cap_would_be_passed(
+    make_rules,
+) -> None:
+    rules = make_rules(queue_max_depth=3)
+    submit(rules, [spec(1), spec(2)])
+
+    with pytest.raises(QueueFull) as info:
+        submit(rules, [spec(3), spec(4)])
+
+    assert "RAYLENS_QUEUE_MAX_DEPTH=3" in info.value.message
+    assert rules.lanes.depth() == 2 and rules.store.counts()[JobState.QUEUED] == 2
+    lease(rules, "w1", 2)  # leased jobs no longer count against the cap
+    assert len(submit(rules, [spec(3), spec(4), spec(5)])) == 3
+
+
+# ---- retry ----------------------------------------------------------------------------------
+def test_retry_requeues_failed_jobs_with_attempts_reset_when_their_code_matches(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    a, b, c = ids(submit(rules, [spec(1), spec(2), spec(3)]))
+    lease(rules, "w1", 3)
+    ack(
+        rules,
+        "w1",
+        done=[(c, {})],
+        failed=[
+            Failure(a, ErrorCode.TRUNCATED_IMAGE, "cut"),
+            Failure(b, ErrorCode.CORRUPT_IMAGE, "bad"),
+        ],
+    )
+
+    failed = rules.failed_ids(ErrorCode.TRUNCATED_IMAGE, limit=10)
+    moved = rules.queue_retried(rules.requeue_failed(failed + [c, "unknown"]))
+
+    assert failed == [a] and moved == [a]
+    assert job(rules, a).state is JobState.QUEUED and job(rules, a).attempts == 0
+    assert rules.lanes.queued_ids(Lane.NORMAL) == [a]
+    assert rules.failed_ids(None, limit=10) == [b]
+
+
+def test_retry_skips_a_failed_job_when_its_content_was_submitted_again(make_rules) -> None:
+    rules = make_rules()
+    (old,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "w1", 1)
+    ack(rules, "w1", failed=[Failure(old, ErrorCode.CORRUPT_IMAGE, "bad")])
+    (new,) = ids(submit(rules, [spec(1)]))  # a failed content key is replaced by a new job
+
+    assert new != old and rules.requeue_failed([old]) == []
+
+
+# ---- restart --------------------------------------------------------------------------------
+def test_rebuild_reloads_every_non_terminal_job_when_the_queue_restarts(make_rules) -> None:
+    rules = make_rules()
+    done, running, bulk, normal, interactive = ids(
+        submit(
+            rules,
+            [spec(1), spec(2), spec(3, Lane.BULK), spec(4), spec(5, Lane.INTERACTIVE)],
+        )
+    )
+    assert [j.id for j in lease(rules, "w1", 2)] == [interactive, done]
+    ack(rules, "w1", done=[(done, {})])
+    rules.store.put([job(rules, interactive).moved(JobState.QUEUED, note="nack")])
+    assert [j.id for j in lease(rules, "w2", 1)] == [running]
+
+    restarted = make_rules()
+
+    assert restarted.rebuilt == {"queued": 3, "running": 1}
+    assert restarted.lanes.queued_ids(Lane.INTERACTIVE) == [interactive]
+    assert restarted.lanes.queued_ids(Lane.NORMAL) == [normal]
+    assert restarted.lanes.queued_ids(Lane.BULK) == [bulk]
+    lease_found = restarted.lanes.lease_of(running)
+    assert lease_found is not None and lease_found.worker_id is None
+    assert restarted.lanes.lease_of(done) is None and not restarted.lanes.is_queued(done)
+    assert restarted.stats(restarted.store.counts())["rebuilt"] == {"queued": 3, "running": 1}
+
+
+def test_rebuild_lets_the_first_heartbeat_claim_a_running_job_when_the_queue_restarted(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "w1", 1)
+
+    restarted = make_rules()
+
+    assert restarted.heartbeat("w1", [job_id]) == 1
+    assert restarted.heartbeat("w2", [job_id]) == 0
+    assert restarted.nack_failures("w1", [job_id], "stop")[0].job_id == job_id
+
+
+def test_rebuild_requeues_a_running_job_when_its_worker_never_acks(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "gone", 1)
+    restarted = make_rules(lease_timeout_s=5.0)
+
+    failures = restarted.expired_failures(now=after_lease_period(restarted))
+    ack(restarted, "reaper", failed=failures)
+
+    assert "worker unknown" in failures[0].message
+    assert job(restarted, job_id).state is JobState.QUEUED and restarted.lanes.depth() == 1
+
+
+# ---- counts ---------------------------------------------------------------------------------
+def test_job_counts_follow_acks_and_retries_when_the_terminal_counts_were_read(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    rules.resync_terminal()
+    lease(rules, "w1", 2)
+    ack(rules, "w1", done=[(a, {})], failed=[Failure(b, ErrorCode.CORRUPT_IMAGE, "bad")])
+    assert rules.job_counts() == {"queued": 0, "running": 0, "done": 1, "failed": 1}
+
+    rules.queue_retried(rules.requeue_failed([b]))
+
+    assert rules.job_counts() == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+    stats = rules.stats(rules.store.counts())
+    assert stats["depth"] == {"interactive": 0, "normal": 1, "bulk": 0}
+    assert stats["jobs"] == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+    assert stats["counters"]["acked"] == 1 and stats["max_depth"] == rules.settings.queue_max_depth
