@@ -49,7 +49,7 @@ from _system_fixtures import start_ray, tiny_settings
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 FULL = os.environ.get("RAYLENS_CHAOS") == "full"
 # The long drills (many jobs, many kills, a restart, a sustained overload) run with `make chaos`;
-# `make test` (CI, 20-minute budget) runs the others at small sizes.
+# `make test` (CI; the whole suite stays under 45 minutes) runs the others at small sizes.
 long_drill = pytest.mark.skipif(not FULL, reason="long drill: run it with `make chaos`")
 SIZES = {
     "load_jobs": 2000 if FULL else 300,

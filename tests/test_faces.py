@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,3 +86,31 @@ def test_a_batch_returns_faces_per_image_in_order_with_boxes_in_original_pixels(
     assert batch[0] == [] and len(batch[1]) == len(scaled)
     box_small, box_big = largest(small).box, largest(scaled).box
     assert all(abs(b / 4 - s) < 12 for b, s in zip(box_big, box_small)), (box_big, box_small)
+
+
+def test_threads_sharing_one_backend_get_the_same_faces_as_one_thread(backend) -> None:
+    """The worker runs its batch loop and query calls (faces_in_bytes) on one backend from
+    several threads at once; dlib's detector, shape predictor and ResNet are not documented as
+    thread-safe, so each concurrent result must equal the single-threaded one exactly."""
+    astronaut = skdata.astronaut()
+    images = [astronaut, np.ascontiguousarray(astronaut[:, ::-1])]
+    scales = [1.0, 1.0]
+
+    def key(batch: list[list[Face]]) -> list[list[tuple[Any, ...]]]:
+        return [
+            [(f.box, f.score, tuple(f.landmarks), f.vector.tobytes()) for f in faces]
+            for faces in batch
+        ]
+
+    expected = key(backend.faces(images, scales))
+    assert all(expected)  # a face in every image, or the comparison would prove little
+    start = threading.Barrier(4)
+
+    def run(_: int) -> list[list[list[tuple[Any, ...]]]]:
+        start.wait()
+        return [key(backend.faces(images, scales)) for _ in range(2)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rs in pool.map(run, range(4)) for r in rs]
+    assert len(results) == 8
+    assert [r == expected for r in results] == [True] * 8  # no thread saw other results

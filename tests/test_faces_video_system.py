@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from raylens.cluster import intake
 from raylens.cluster.settings import Settings
 from raylens.serve_app.app import create_app
 
+from _ports import free_port
 from _system_fixtures import tiny_settings
 
 pytestmark = pytest.mark.integration
@@ -72,7 +77,8 @@ class Api:
     def __call__(self, method: str, path: str, **kw: Any) -> httpx.Response:
         async def run() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            base = "http://localhost"  # a Host the ingress answers (bound to 127.0.0.1)
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
                 return await client.request(method, path, timeout=120, **kw)
 
         return asyncio.run(run())
@@ -144,6 +150,61 @@ def test_a_photo_without_people_has_zero_faces_and_cannot_be_a_face_query(api: A
     assert resp.status_code == 422 and "no face" in resp.json()["error"]["message"]
     missing = api("POST", "/v1/faces/search", json={"face_id": "0" * 32})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+class QdrantLike(BaseHTTPRequestHandler):
+    """Answers the three requests a face lookup by id makes as a Qdrant 1.x server does: a
+    collection that exists, no point for a UUID, and a 400 for an id that is no point id."""
+
+    asked: list[str] = []
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.endswith("/exists"):
+            self._answer(200, {"result": {"exists": True}, "status": "ok", "time": 0.0})
+        else:
+            self._answer(200, {"title": "qdrant - vector search engine", "version": "1.12.0"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.asked.extend(str(i) for i in body.get("ids", []))
+        try:
+            [uuid.UUID(str(i)) for i in body.get("ids", [])]
+        except ValueError:
+            error = "Format error in JSON body: value is not a valid point ID, valid values are "
+            self._answer(400, {"status": {"error": error + "either an unsigned integer or a UUID"}})
+            return
+        self._answer(200, {"result": [], "status": "ok", "time": 0.0})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_face_search_by_an_unknown_face_id_is_404_on_a_qdrant_server_whatever_the_id(
+    tmp_path: Path, tiny_model: Any
+) -> None:
+    """A Qdrant server answers an id that is no UUID with a 400, which raylens read as an outage:
+    503 index_unavailable, retried 8 times by the client. No stored face has such an id: 404."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), QdrantLike)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        api = Api(tiny_settings(tmp_path / "data", tiny_model, qdrant_url=url))
+        for face_id in ("nope", "123", "0" * 32, str(uuid.uuid4())):
+            resp = api("POST", "/v1/faces/search", json={"face_id": face_id})
+            assert resp.status_code == 404, (face_id, resp.text)
+            assert resp.json()["error"]["code"] == "not_found" and face_id in resp.text
+        assert QdrantLike.asked == ["0" * 32, QdrantLike.asked[-1]]  # only UUIDs were looked up
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_pipeline_chooses_embedding_faces_or_both(api: Api) -> None:

@@ -24,7 +24,7 @@ from _images import image_bytes
 def call(settings: Settings, method: str, path: str, **kw: Any) -> httpx.Response:
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(settings))
-        async with httpx.AsyncClient(transport=transport, base_url="http://raylens") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return await client.request(method, path, **kw)
 
     return asyncio.run(run())

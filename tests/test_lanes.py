@@ -125,3 +125,14 @@ def test_lanes_drop_lease_returns_the_lease_when_it_was_held() -> None:
 
     assert dropped is not None and dropped.worker_id == "w1"
     assert lanes.drop_lease("a") is None and lanes.leased() == 0
+
+
+def test_lanes_drop_lease_if_keeps_the_lease_when_the_token_is_an_older_one() -> None:
+    lanes = Lanes()
+    lanes.hold(["a"], "w2", deadline=10.0)
+    lanes.set_token("a", 2)
+
+    assert lanes.drop_lease_if("a", 1) is None
+    held = lanes.lease_of("a")
+    assert held is not None and held.worker_id == "w2" and held.token == 2
+    assert lanes.drop_lease_if("a", 2) is not None and lanes.leased() == 0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
-from collections.abc import Iterator
+import os
+import resource
+import signal
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from raylens.cluster import payloads_fs
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.payloads_fs import FsPayloadStore
 from raylens.cluster.payloads_redis import RedisPayloadStore
@@ -115,6 +121,104 @@ def test_fs_payload_store_raises_store_unavailable_when_the_root_cannot_be_writt
     store = FsPayloadStore(tmp_path / "file" / "payloads")  # a folder under a plain file
     with pytest.raises(StoreUnavailable, match="payloads"):
         store.put(NOT_UTF8)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+Restore = Callable[[], None]
+
+
+def _fail_fchmod(monkeypatch: pytest.MonkeyPatch) -> Restore | None:
+    def boom(fd: int, mode: int) -> None:
+        raise PermissionError(errno.EPERM, "fchmod refused")
+
+    monkeypatch.setattr(payloads_fs.os, "fchmod", boom)
+    return None
+
+
+def _file_size_limit(monkeypatch: pytest.MonkeyPatch) -> Restore | None:
+    """A real write failure: the process may not grow a file past 1 KiB (EFBIG)."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, old_limit[1]))
+
+    def restore() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+    return restore
+
+
+def _fail_file_fsync(monkeypatch: pytest.MonkeyPatch) -> Restore | None:
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "fsync failed")
+        real(fd)
+
+    monkeypatch.setattr(payloads_fs.os, "fsync", fsync)
+    return None
+
+
+def _fail_replace(monkeypatch: pytest.MonkeyPatch) -> Restore | None:
+    def boom(src: str, dst: str) -> None:
+        raise OSError(errno.EXDEV, "rename failed")
+
+    monkeypatch.setattr(payloads_fs.os, "replace", boom)
+    return None
+
+
+FAILURES = [_fail_fchmod, _file_size_limit, _fail_file_fsync, _fail_replace]
+
+
+@pytest.mark.parametrize("fail", FAILURES, ids=lambda f: f.__name__)
+def test_fs_payload_store_leaves_no_temp_file_and_no_open_fd_when_a_write_fails(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fail: Callable[[pytest.MonkeyPatch], Restore | None],
+) -> None:
+    store = FsPayloadStore(tmp_path / "p")
+    data = ALL_BYTES * 10  # 25 KiB: past the 1 KiB file size limit
+    key = hashlib.sha256(data).hexdigest()
+    store.put(b"warm up: makes no folder of this key")
+    before = _open_fds()
+    restore = fail(monkeypatch)
+    try:
+        with pytest.raises(StoreUnavailable, match=key):
+            store.put(data)
+    finally:
+        if restore is not None:
+            restore()
+    assert _open_fds() == before  # no fd leaked
+    folder = tmp_path / "p" / key[:2]
+    assert not folder.exists() or list(folder.iterdir()) == []  # no temp file left
+    monkeypatch.undo()
+    assert store.put(data) == key and store.get(key) == data  # and the store still works
+
+
+def test_fs_payload_store_fsyncs_the_folder_when_the_payload_was_already_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process may have renamed the file in without its folder fsync yet: a put that
+    acknowledges the payload through the fast path must make the entry durable too."""
+    store = FsPayloadStore(tmp_path / "p")
+    key = store.put(ALL_BYTES)
+    synced: list[tuple[int, int]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_dev, st.st_ino))
+        real(fd)
+
+    monkeypatch.setattr(payloads_fs.os, "fsync", fsync)
+    assert store.put(ALL_BYTES) == key
+    folder = (tmp_path / "p" / key[:2]).stat()
+    assert (folder.st_dev, folder.st_ino) in synced
 
 
 # ---- redis specifics ----------------------------------------------------------------------------

@@ -115,3 +115,47 @@ def test_retry_failed_requeues_only_the_failed_jobs_with_the_code_asked_for(
     assert states == [JobState.QUEUED, JobState.FAILED, JobState.QUEUED, JobState.DONE]
     assert ray.get(queue.retry_failed.remote(None)) == [ids[1]]
     assert ray.get(queue.retry_failed.remote(None)) == []
+
+
+def test_depth_cap_holds_when_submits_arrive_concurrently(
+    tmp_path, settings_for, queue_for
+) -> None:
+    settings = settings_for(queue_max_depth=5)
+    queue = queue_for(settings)
+    specs = _specs(tmp_path, 12)
+
+    refs = [queue.submit.remote(specs[i : i + 2]) for i in range(0, 12, 2)]  # all in flight
+    admitted = refused = 0
+    for ref in refs:
+        try:
+            admitted += len(ray.get(ref))
+        except QueueFull:
+            refused += 1
+
+    stats = ray.get(queue.stats.remote())
+    assert admitted <= 5 and refused >= 4
+    assert sum(stats["depth"].values()) == admitted == stats["jobs"]["queued"]
+
+
+def test_stale_failure_ack_is_ignored_when_another_worker_holds_the_lease(
+    tmp_path, settings_for, queue_for
+) -> None:
+    from raylens.actors.queue import Failure
+
+    settings = settings_for(lease_timeout_s=3.0, lease_check_interval_s=0.1, max_attempts=5)
+    queue = queue_for(settings)
+    job_id = ray.get(queue.submit.remote(_specs(tmp_path, 1)))[0].job_id
+    (old,) = ray.get(queue.lease.remote("A", 1, 5.0))
+    (new,) = ray.get(queue.lease.remote("B", 1, 15.0))  # after A's lease expired and was reaped
+    assert new.attempts == old.attempts + 1
+
+    late = [Failure(job_id, ErrorCode.INTERNAL, "late", retryable=True)]
+    counts = ray.get(queue.ack.remote("A", [], late, {job_id: old.attempts}))
+
+    assert counts == {"done": 0, "failed": 0, "requeued": 0}
+    assert ray.get(queue.states.remote([job_id]))[0].state is JobState.RUNNING
+    assert ray.get(queue.heartbeat.remote("B", [job_id])) == 1  # B's lease untouched
+    done = ray.get(queue.ack.remote("B", [(job_id, {"by": "B"})], [], {job_id: new.attempts}))
+    assert done["done"] == 1
+    job = ray.get(queue.states.remote([job_id]))[0]
+    assert job.state is JobState.DONE and job.result == {"by": "B"}

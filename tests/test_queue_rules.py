@@ -20,10 +20,10 @@ from raylens.cluster.jobs import (
     SubmitResult,
     request_fingerprint,
 )
-from raylens.cluster.queue_rules import QueueRules
+from raylens.cluster.queue_rules import QueueRules, StoredThenFailed
 from raylens.cluster.settings import Settings
 from raylens.cluster.store_sqlite import SqliteJobStore
-from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull
+from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull, StoreUnavailable
 
 MODEL = "ViT-T-test"
 
@@ -60,7 +60,13 @@ def submit(rules: QueueRules, specs: Sequence[JobSpec], key: str | None = None) 
             return known
     now = time.time()
     jobs = rules.new_jobs(specs, now)
-    known, stored = rules.create(jobs, key, fingerprint)
+    try:
+        known, stored = rules.create(jobs, key, fingerprint)
+    except StoredThenFailed as exc:
+        rules.queue_created(exc.stored, now)
+        raise exc.error from None
+    finally:
+        rules.release_admitted(len(jobs))
     return known if known is not None else rules.queue_created(stored, now)
 
 
@@ -75,9 +81,9 @@ def ack(
     worker_id: str,
     done: Sequence[tuple[str, dict[str, Any]]] = (),
     failed: Sequence[Failure] = (),
+    tokens: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    rules.forget(done, failed)
-    return rules.after_ack(rules.apply_ack(list(done), list(failed)))
+    return rules.after_ack(rules.apply_ack(list(done), list(failed), tokens))
 
 
 def reap(rules: QueueRules, now: float) -> int:
@@ -98,7 +104,7 @@ def ids(results: Sequence[SubmitResult]) -> list[str]:
 
 
 def after_lease_period(rules: QueueRules) -> float:
-    return time.time() + rules.settings.lease_timeout_s + 1
+    return rules.clock() + rules.settings.lease_timeout_s + 1
 
 
 # ---- lease order ----------------------------------------------------------------------------
@@ -142,7 +148,7 @@ def test_reap_requeues_a_job_at_the_head_when_its_lease_expires(make_rules) -> N
     first, second = ids(submit(rules, [spec(1), spec(2)]))
     lease(rules, "hung", 1)
 
-    assert reap(rules, now=time.time()) == 0  # deadline not passed yet
+    assert reap(rules, now=rules.clock()) == 0  # deadline not passed yet
     assert reap(rules, now=after_lease_period(rules)) == 1
 
     requeued = job(rules, first)
@@ -211,21 +217,6 @@ def test_ack_finishes_the_job_when_it_was_requeued_after_its_lease_expired(make_
     assert not rules.lanes.is_queued(job_id) and rules.lanes.depth() == 0
 
 
-def test_ack_is_applied_and_drops_the_new_lease_when_the_job_was_leased_again(make_rules) -> None:
-    rules = make_rules(lease_timeout_s=5.0)
-    (job_id,) = ids(submit(rules, [spec(1)]))
-    lease(rules, "slow", 1)
-    reap(rules, now=after_lease_period(rules))
-    lease(rules, "fresh", 1)
-
-    ack(rules, "slow", done=[(job_id, {"by": "slow"})])
-
-    assert job(rules, job_id).state is JobState.DONE
-    assert rules.lanes.lease_of(job_id) is None
-    assert ack(rules, "fresh", done=[(job_id, {"by": "fresh"})])["done"] == 0
-    assert job(rules, job_id).result == {"by": "slow"}
-
-
 def test_ack_is_ignored_when_the_job_already_finished(make_rules) -> None:
     rules = make_rules()
     (job_id,) = ids(submit(rules, [spec(1)]))
@@ -281,7 +272,7 @@ def test_heartbeat_extends_only_the_workers_own_leases_when_called(make_rules) -
     lease(rules, "w2", 1)
 
     assert rules.heartbeat("w1", [a, b]) == 1
-    assert rules.expired_failures(now=time.time() + 1) == []
+    assert rules.expired_failures(now=rules.clock() + 1) == []
 
 
 # ---- submit: dedup, idempotency, cap --------------------------------------------------------
@@ -445,3 +436,261 @@ def test_job_counts_follow_acks_and_retries_when_the_terminal_counts_were_read(
     assert stats["depth"] == {"interactive": 0, "normal": 1, "bulk": 0}
     assert stats["jobs"] == {"queued": 1, "running": 0, "done": 1, "failed": 0}
     assert stats["counters"]["acked"] == 1 and stats["max_depth"] == rules.settings.queue_max_depth
+
+
+# ---- store faults: memory follows the store (invariant 11) ----------------------------------
+class FlakyStore:
+    """The real SQLite store, with StoreUnavailable raised on the next N calls of a method."""
+
+    def __init__(self, inner: SqliteJobStore) -> None:
+        self._inner = inner
+        self._fail: dict[str, int] = {}
+
+    def fail_next(self, method: str, n: int = 1) -> None:
+        self._fail[method] = n
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._fail.get(name, 0) > 0:
+                self._fail[name] -= 1
+                raise StoreUnavailable(f"injected: {name} failed")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def flaky_rules(make_rules) -> tuple[QueueRules, FlakyStore]:
+    rules = make_rules(lease_timeout_s=5.0)
+    flaky = FlakyStore(rules.store)
+    rules.store = flaky  # type: ignore[assignment]
+    return rules, flaky
+
+
+def tokens_of(leased: Sequence[Job]) -> dict[str, int]:
+    return {j.id: j.attempts for j in leased}
+
+
+def assert_settled(rules: QueueRules, job_ids: Sequence[str]) -> None:
+    """Every job is terminal and nothing of it is left in the lanes or leases."""
+    for job_id in job_ids:
+        assert job(rules, job_id).state in (JobState.DONE, JobState.FAILED), job_id
+        assert rules.lanes.lease_of(job_id) is None and not rules.lanes.is_queued(job_id)
+
+
+def test_ack_keeps_the_leases_when_its_store_write_fails_and_lands_on_retry(flaky_rules) -> None:
+    rules, flaky = flaky_rules
+    submitted = ids(submit(rules, [spec(1), spec(2)]))
+    leased = lease(rules, "w1", 2)
+    done = [(submitted[0], {"n": 1})]
+    failed = [Failure(submitted[1], ErrorCode.CORRUPT_IMAGE, "bad")]
+
+    flaky.fail_next("put")
+    with pytest.raises(StoreUnavailable):
+        ack(rules, "w1", done=done, failed=failed, tokens=tokens_of(leased))
+
+    assert all(job(rules, j).state is JobState.RUNNING for j in submitted)
+    assert all(rules.lanes.lease_of(j) is not None for j in submitted)
+    assert rules.counters["acked"] == 0
+    counts = ack(rules, "w1", done=done, failed=failed, tokens=tokens_of(leased))
+    assert counts == {"done": 1, "failed": 1, "requeued": 0}
+    assert_settled(rules, submitted)
+
+
+def test_reap_keeps_the_expired_lease_when_its_store_write_fails_and_requeues_next_tick(
+    flaky_rules,
+) -> None:
+    rules, flaky = flaky_rules
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "gone", 1)
+
+    flaky.fail_next("put")
+    with pytest.raises(StoreUnavailable):
+        reap(rules, now=after_lease_period(rules))
+    assert job(rules, job_id).state is JobState.RUNNING and rules.lanes.lease_of(job_id)
+
+    assert reap(rules, now=after_lease_period(rules)) == 1
+    assert job(rules, job_id).state is JobState.QUEUED and rules.lanes.is_queued(job_id)
+    leased = lease(rules, "w2", 1)
+    ack(rules, "w2", done=[(job_id, {})], tokens=tokens_of(leased))
+    assert_settled(rules, [job_id])
+
+
+def test_nack_and_release_keep_the_leases_when_their_store_write_fails(flaky_rules) -> None:
+    rules, flaky = flaky_rules
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    lease(rules, "w1", 1)
+    lease(rules, "w2", 1)
+
+    flaky.fail_next("put", 2)
+    with pytest.raises(StoreUnavailable):
+        ack(rules, "w1", failed=rules.nack_failures("w1", [a], "stopping"))
+    with pytest.raises(StoreUnavailable):
+        ack(rules, "supervisor", failed=rules.release_failures("w2", "replaced"))
+    assert rules.lanes.lease_of(a) is not None and rules.lanes.lease_of(b) is not None
+
+    ack(rules, "w1", failed=rules.nack_failures("w1", [a], "stopping"))
+    ack(rules, "supervisor", failed=rules.release_failures("w2", "replaced"))
+    assert rules.lanes.depth() == 2
+    leased = lease(rules, "w3", 2)
+    ack(rules, "w3", done=[(a, {}), (b, {})], tokens=tokens_of(leased))
+    assert_settled(rules, [a, b])
+
+
+def test_submit_queues_the_created_jobs_when_the_idempotency_write_fails(flaky_rules) -> None:
+    rules, flaky = flaky_rules
+    specs = [spec(1), spec(2)]
+
+    flaky.fail_next("put_idempotency")
+    with pytest.raises(StoreUnavailable):
+        submit(rules, specs, key="k1")
+    assert rules.lanes.depth() == 2  # committed jobs are in a lane whatever failed after
+
+    again = submit(rules, specs, key="k1")  # the client's retry dedups onto the same jobs
+    assert rules.lanes.depth() == 2
+    leased = lease(rules, "w1", 5)
+    assert sorted(j.id for j in leased) == sorted(ids(again))
+    ack(rules, "w1", done=[(j.id, {}) for j in leased], tokens=tokens_of(leased))
+    assert_settled(rules, ids(again))
+
+
+def test_submit_queues_an_existing_queued_job_when_no_lane_holds_it(make_rules) -> None:
+    rules = make_rules()
+    orphan = Job.new(spec(1), MODEL, now=time.time())
+    rules.store.create_or_get([orphan])  # committed, but the queue never heard of it
+
+    (result,) = submit(rules, [spec(1)])
+
+    assert result.job_id == orphan.id and not result.created
+    assert rules.lanes.is_queued(orphan.id)
+
+
+# ---- fencing tokens: a stale ack never overrides the current holder (invariant 11) ----------
+def test_stale_failure_ack_is_ignored_when_the_lease_was_given_to_another_worker(
+    make_rules,
+) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    old = tokens_of(lease(rules, "A", 1))
+    reap(rules, now=after_lease_period(rules))
+    new = tokens_of(lease(rules, "B", 1))
+    assert new[job_id] > old[job_id]
+
+    counts = ack(rules, "A", failed=[Failure(job_id, ErrorCode.INTERNAL, "late", True)], tokens=old)
+
+    assert counts == {"done": 0, "failed": 0, "requeued": 0}
+    assert job(rules, job_id).state is JobState.RUNNING and job(rules, job_id).attempts == 2
+    held = rules.lanes.lease_of(job_id)
+    assert held is not None and held.worker_id == "B"
+    assert ack(rules, "B", done=[(job_id, {"by": "B"})], tokens=new)["done"] == 1
+    assert job(rules, job_id).result == {"by": "B"}
+    assert_settled(rules, [job_id])
+
+
+def test_stale_done_ack_is_ignored_and_keeps_the_lease_when_another_worker_holds_the_job(
+    make_rules,
+) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    old = tokens_of(lease(rules, "A", 1))
+    reap(rules, now=after_lease_period(rules))
+    new = tokens_of(lease(rules, "B", 1))
+
+    assert ack(rules, "A", done=[(job_id, {"by": "A"})], tokens=old)["done"] == 0
+
+    held = rules.lanes.lease_of(job_id)
+    assert held is not None and held.worker_id == "B"
+    assert job(rules, job_id).state is JobState.RUNNING
+    assert ack(rules, "B", done=[(job_id, {"by": "B"})], tokens=new)["done"] == 1
+    assert job(rules, job_id).result == {"by": "B"}
+
+
+def test_stale_failure_ack_is_ignored_when_the_job_was_requeued_after_expiry(make_rules) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    old = tokens_of(lease(rules, "A", 1))
+    reap(rules, now=after_lease_period(rules))
+
+    ack(rules, "A", failed=[Failure(job_id, ErrorCode.CORRUPT_IMAGE, "late")], tokens=old)
+
+    assert job(rules, job_id).state is JobState.QUEUED and rules.lanes.is_queued(job_id)
+
+
+# ---- monotonic deadlines, the depth cap under concurrent submits ----------------------------
+def test_lease_does_not_expire_when_the_wall_clock_jumps_forward(make_rules, monkeypatch) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    submit(rules, [spec(1)])
+    lease(rules, "w1", 1)
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 86_400.0)
+
+    assert rules.expired_failures() == []
+
+
+def test_depth_cap_holds_when_two_submits_are_admitted_before_either_is_written(
+    make_rules,
+) -> None:
+    rules = make_rules(queue_max_depth=3)
+    now = time.time()
+
+    rules.new_jobs([spec(1), spec(2)], now)  # admitted; its store write still in flight
+    with pytest.raises(QueueFull):
+        rules.new_jobs([spec(3), spec(4)], now)
+
+
+def test_depth_cap_admits_again_when_a_failed_store_write_was_rolled_back(flaky_rules) -> None:
+    rules, flaky = flaky_rules
+    rules.settings = rules.settings.model_copy(update={"queue_max_depth": 3})
+
+    flaky.fail_next("create_or_get")
+    with pytest.raises(StoreUnavailable):
+        submit(rules, [spec(1), spec(2), spec(3)])
+
+    assert len(submit(rules, [spec(1), spec(2), spec(3)])) == 3
+    assert rules.lanes.depth() == 3
+
+
+# ---- the worker's side of the ack: retried until it lands -----------------------------------
+def test_worker_retries_its_ack_with_backoff_when_the_queue_answers_store_unavailable(
+    monkeypatch,
+) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from raylens.actors import worker as worker_module
+
+    sent: list[tuple[Any, ...]] = []
+    failures_left = [3]
+
+    class FakeQueue:
+        class ack:  # noqa: N801 (a stand-in for the actor method)
+            @staticmethod
+            def remote(*args: Any) -> tuple[Any, ...]:
+                return args
+
+    def queue_call(make: Any, *, forever: bool = False) -> Any:
+        args = make(FakeQueue)
+        if failures_left[0]:
+            failures_left[0] -= 1
+            raise StoreUnavailable("store down")
+        sent.append(args)
+        return {"done": 1}
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(worker_module.time, "sleep", sleeps.append)
+    stub = SimpleNamespace(
+        worker_id="w1",
+        _queue_call=queue_call,
+        _stop=threading.Event(),
+        settings=SimpleNamespace(lease_timeout_s=5.0),
+        stats=SimpleNamespace(last_progress_at=0.0),
+    )
+
+    worker_module.Worker._ack(stub, [("j1", {})], [], {"j1": 1})  # type: ignore[arg-type]
+
+    assert sent == [("w1", [("j1", {})], [], {"j1": 1})]
+    assert len(sleeps) == 3 and sleeps == sorted(sleeps) and sleeps[0] > 0

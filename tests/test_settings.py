@@ -63,3 +63,29 @@ def test_settings_describe_every_field_when_listed() -> None:
         if not (field.description or "").strip()
     ]
     assert not undescribed, f"settings without a description: {undescribed}"
+
+
+@pytest.mark.parametrize("value", [" ,", ",", " ", " , ,"])
+def test_api_keys_of_only_blanks_and_commas_are_refused_at_start_up(monkeypatch, value) -> None:
+    monkeypatch.setenv("RAYLENS_API_KEYS", value)
+
+    with pytest.raises(SettingsError, match="RAYLENS_API_KEYS"):
+        load_settings()
+
+
+def test_http_allowed_hosts_and_origins_are_parsed_and_validated(monkeypatch) -> None:
+    monkeypatch.setenv("RAYLENS_HTTP_ALLOWED_HOSTS", " search.example.com, 10.0.0.5:8000 ,")
+    monkeypatch.setenv("RAYLENS_HTTP_ALLOWED_ORIGINS", "https://app.example,http://localhost:3000")
+
+    s = load_settings()
+
+    assert s.http_allowed_host_list == ["search.example.com", "10.0.0.5:8000"]
+    assert s.http_allowed_origin_list == ["https://app.example", "http://localhost:3000"]
+    monkeypatch.setenv("RAYLENS_HTTP_ALLOWED_ORIGINS", "app.example/path")
+    with pytest.raises(SettingsError, match="RAYLENS_HTTP_ALLOWED_ORIGINS"):
+        load_settings()
+    monkeypatch.setenv("RAYLENS_HTTP_ALLOWED_ORIGINS", "")
+    for bad in ("http://x.example/", "x.example:http", "[::1"):
+        monkeypatch.setenv("RAYLENS_HTTP_ALLOWED_HOSTS", bad)
+        with pytest.raises(SettingsError, match="RAYLENS_HTTP_ALLOWED_HOSTS"):
+            load_settings()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import threading
 import time
 from typing import Any
 
@@ -35,11 +37,77 @@ def resolve_address(settings: Settings, address: str | None = None) -> str | Non
     return settings.local_ray_address
 
 
+# A TCP connect to the GCS before ray.init: with no GCS there ray.init retries for minutes and
+# ignores SIGINT/SIGTERM, so a CLI verb with no cluster would hang instead of saying so.
+GCS_PROBE_TIMEOUT_S = 2.0
+
+
+def gcs_endpoint(address: str | None) -> tuple[str, int, str]:
+    """(host, port, name) that ray.init(address=address) will dial, resolved as Ray resolves it:
+    None reads RAY_ADDRESS, "auto" Ray's current-cluster file (or a running local GCS), and
+    127.0.0.1/localhost become this node's IP. name is what to show the user. Raises
+    StoreUnavailable when Ray itself finds no cluster ("auto" with none running)."""
+    from ray._private import services
+
+    name = str(address) if address else f"{os.environ.get('RAY_ADDRESS', '')} (RAY_ADDRESS)"
+    raw = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if not raw:  # ray.init would start a new cluster inside this process
+        raise StoreUnavailable(no_cluster_message(name))
+    if raw.startswith(("http://", "https://")):  # the dashboard/jobs API, not a cluster
+        raise StoreUnavailable(
+            f"{name} is an HTTP address (the dashboard's); give the GCS address instead, "
+            "e.g. HEAD:6379, or ray://HEAD:10001"
+        )
+    if "://" in raw:  # Ray Client: the client server, no GCS resolution
+        host, _, port = raw.split("://", 1)[1].rstrip("/").rpartition(":")
+        return host.strip("[]"), int(port) if port.isdigit() else 10001, name
+    try:
+        canonical = services.canonicalize_bootstrap_address(raw)
+    except ConnectionError:
+        raise StoreUnavailable(no_cluster_message(name)) from None
+    except ValueError as exc:
+        raise StoreUnavailable(f"bad Ray cluster address {name}: {exc}") from None
+    if canonical is None:  # "local": ray.init would start a cluster in this process
+        raise StoreUnavailable(no_cluster_message(name))
+    host, _, port = canonical.rpartition(":")
+    return host.strip("[]"), int(port), name
+
+
+def no_cluster_message(name: str) -> str:
+    return (
+        f"no Ray cluster at {name}; start one with `raylens up` (or `raylens up --detach`), "
+        "or point RAYLENS_RAY_ADDRESS / --address at a running one"
+    )
+
+
+def gcs_listening(host: str, port: int, timeout_s: float = GCS_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connect to host:port opens within timeout_s (in a thread: the socket
+    timeout does not cover name resolution)."""
+    ok: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                ok.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=attempt, name="raylens-gcs-probe", daemon=True)
+    probe.start()
+    probe.join(timeout_s + 1.0)
+    return bool(ok)
+
+
 def connect(settings: Settings, address: str | None = None) -> None:
-    """Join a running Ray cluster (or reuse the one this process already joined)."""
+    """Join a running Ray cluster (or reuse the one this process already joined). Raises
+    StoreUnavailable within seconds when nothing listens at the address."""
     if ray.is_initialized():
         return
     address = resolve_address(settings, address)
+    host, port, name = gcs_endpoint(address)
+    if not gcs_listening(host, port):
+        shown = name if host in name else f"{name}, i.e. {host}:{port}"
+        raise StoreUnavailable(no_cluster_message(shown))
     try:
         ray.init(
             address=address,
@@ -48,10 +116,7 @@ def connect(settings: Settings, address: str | None = None) -> None:
             logging_level=logging.WARNING,
         )
     except ConnectionError as exc:
-        raise StoreUnavailable(
-            f"no Ray cluster at {address!r} ({exc}); start one with `raylens up` "
-            "or set RAYLENS_RAY_ADDRESS"
-        ) from None
+        raise StoreUnavailable(f"{no_cluster_message(name)} ({exc})") from None
 
 
 def worker_gpus(settings: Settings) -> float:

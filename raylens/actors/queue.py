@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from raylens.cluster.jobs import (
     SubmitResult,
     request_fingerprint,
 )
-from raylens.cluster.queue_rules import QueueRules
+from raylens.cluster.queue_rules import QueueRules, StoredThenFailed
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import JobStore, open_job_store
 from raylens.errors import ErrorCode, InvalidRequest, JobNotFound
@@ -92,8 +92,18 @@ class JobQueue:
             if known is not None:
                 return known
         now = time.time()
+        # Admitted under the depth cap on the loop, before the write; released however it ends.
         jobs = self.rules.new_jobs(specs, now)
-        known, stored = await self._io_call(self.rules.create, jobs, idempotency_key, fingerprint)
+        try:
+            known, stored = await self._io_call(
+                self.rules.create, jobs, idempotency_key, fingerprint
+            )
+        except StoredThenFailed as exc:  # committed, then the key's write failed: queue them
+            self.rules.queue_created(exc.stored, now)
+            self._notify()
+            raise exc.error from None
+        finally:
+            self.rules.release_admitted(len(jobs))
         if known is not None:
             return known  # a concurrent twin with the same key got there first
         out = self.rules.queue_created(stored, now)
@@ -159,16 +169,23 @@ class JobQueue:
         worker_id: str,
         done: Sequence[tuple[str, dict[str, Any]]] = (),
         failed: Sequence[Failure] = (),
+        tokens: Mapping[str, int] | None = None,
     ) -> dict[str, int]:
         """Record results. Input failures end the job; retryable ones re-queue or dead-letter.
 
-        An ack for a job that is no longer leased by this worker is still applied when the job is
-        not terminal (the work is valid and its effects idempotent); acks for terminal jobs are
-        ignored, so a late duplicate never changes a finished job.
+        `tokens` maps job ids to the fencing token of the lease the ack answers (the `attempts`
+        of the job as leased). A stale ack (an older lease than the current one) never overrides
+        the current holder: its failures are ignored, and so is its done while a newer lease runs
+        the job (a done for a job queued again is applied: the work is valid, its effects
+        idempotent). Acks for terminal jobs are ignored. See QueueRules for the rule.
+
+        Memory changes only after the store write succeeded (invariant 11): when it fails
+        (StoreUnavailable), leases and lanes are as before and the ack can be sent again.
         """
         self._ensure_started()
-        self.rules.forget(done, failed)
-        outcome = await self._io_call(self.rules.apply_ack, list(done), list(failed))
+        outcome = await self._io_call(
+            self.rules.apply_ack, list(done), list(failed), dict(tokens or {})
+        )
         counts = self.rules.after_ack(outcome)
         if outcome.requeued:
             self._notify()

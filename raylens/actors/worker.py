@@ -24,14 +24,14 @@ import numpy as np
 import ray
 
 from raylens.actors import metrics
-from raylens.actors.handles import call_with_retry, lookup
+from raylens.actors.handles import Backoff, call_with_retry, lookup
 from raylens.cluster import model_setup
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.jobs import Job
 from raylens.cluster.payloads import open_payload_store
 from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline
 from raylens.cluster.settings import Settings
-from raylens.errors import IndexUnavailable, ModelLoadError
+from raylens.errors import IndexUnavailable, ModelLoadError, StoreUnavailable
 
 if TYPE_CHECKING:
     from raylens.models.clip import ClipEmbedder
@@ -289,11 +289,41 @@ class Worker:
     def _process(self, batch: Batch) -> None:
         """Run the batch through the pipeline, ack its results and failures, record its cost."""
         out = self.pipeline.process(batch)
-        done, failures = out.done, out.failures
-        self._queue_call(lambda q: q.ack.remote(self.worker_id, done, failures), forever=True)
+        # The fencing token of each lease is the job's attempt number as leased (QueueRules).
+        tokens = {j.id: j.attempts for j in batch.jobs}
+        self._ack(out.done, out.failures, tokens)
         with self._held_lock:
             self._held.difference_update(j.id for j in batch.jobs)
         self._record(batch, out)
+
+    def _ack(self, done: Any, failures: Any, tokens: dict[str, int]) -> None:
+        """Ack a batch, retried with backoff until it lands.
+
+        A StoreUnavailable from the queue means its store write failed and it changed nothing
+        (invariant 11), so the same ack is sent again: the tokens make a repeat harmless. The
+        ids stay held meanwhile, and the wait counts as progress, so heartbeats keep the leases
+        alive through a store outage (an infrastructure fault is no job's attempt, invariant
+        10). After stop(), it gives up once a lease period has passed (stop nacks what is held).
+        """
+        backoff = Backoff(first_s=0.5, cap_s=10.0)
+        stopped_at: float | None = None
+        while True:
+            try:
+                self._queue_call(
+                    lambda q: q.ack.remote(self.worker_id, done, failures, tokens), forever=True
+                )
+                return
+            except Exception as exc:
+                if not _store_unavailable(exc):
+                    raise
+                if self._stop.is_set():
+                    stopped_at = stopped_at or time.monotonic()
+                    if time.monotonic() - stopped_at > self.settings.lease_timeout_s:
+                        raise
+                delay = backoff.next()
+                log.warning("ack not recorded (job store unavailable); retrying in %.1fs", delay)
+                self.stats.last_progress_at = time.time()
+                time.sleep(delay)
 
     def _record(self, batch: Batch, out: BatchOutcome) -> None:
         s = self.stats
@@ -313,3 +343,10 @@ class Worker:
             self.name, len(batch.jobs), decode=batch.decode_s, **out.stage_seconds()
         )
         metrics.record_memory(self.name, self.embedder.device)
+
+
+def _store_unavailable(exc: BaseException) -> bool:
+    """The queue answered StoreUnavailable (raised in the actor, so wrapped by Ray)."""
+    return isinstance(exc, StoreUnavailable) or isinstance(
+        getattr(exc, "cause", None), StoreUnavailable
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raylens.cluster.settings import Settings
-from raylens.errors import RaylensError
+from raylens.errors import RaylensError, StoreUnavailable
 
 MARKER = "ray-started-by-raylens"
 
@@ -58,6 +58,51 @@ def _stop_local_ray(settings: Settings) -> None:
         marker.unlink(missing_ok=True)
 
 
+def check_weights_here(settings: Settings) -> None:
+    """Pre-flight of RAYLENS_CLIP_PRETRAINED on this machine, before anything starts: an
+    OpenCLIP tag that is not in the local Hugging Face cache while the hub cannot be reached
+    (HF_HUB_OFFLINE, or no TCP connect to it or its proxy) raises ModelLoadError naming the
+    setting, which the workers would otherwise raise only after Ray and the actors had started.
+    Online, or with a checkpoint file or none, it returns without importing open_clip."""
+    pretrained = settings.clip_pretrained
+    if settings.random_weights or Path(pretrained).expanduser().is_file():
+        return
+    from huggingface_hub import constants
+
+    from raylens.models import weights
+
+    if weights.looks_like_path(pretrained):  # a checkpoint that is not there: refused now
+        weights.weights_args(None, settings.clip_model, pretrained)  # raises before open_clip
+    why = "HF_HUB_OFFLINE is set"
+    if not constants.HF_HUB_OFFLINE:
+        host, port, via = weights.download_route(constants.ENDPOINT)
+        if weights.reachable(host, port):
+            return  # the workers can download it
+        why = f"{host}:{port}{via} cannot be reached"
+    print(
+        f"{why}: looking for the {pretrained!r} weights of {settings.clip_model} "
+        "(RAYLENS_CLIP_PRETRAINED) in the local cache",
+        file=sys.stderr,
+    )
+    import open_clip
+
+    weights.weights_args(open_clip, settings.clip_model, pretrained)
+
+
+def _prepare_local(settings: Settings) -> None:
+    """The workers run here: weights they can neither find nor fetch fail before Ray starts;
+    then the local head, unless an earlier `up --detach` left one running."""
+    check_weights_here(settings)
+    if _local_cluster_running(settings):
+        return
+    print(
+        f"starting a local Ray cluster (dashboard http://{settings.dashboard_host}:"
+        f"{settings.dashboard_port})",
+        file=sys.stderr,
+    )
+    _start_local_ray(settings)
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
@@ -65,13 +110,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     address = launch.resolve_address(settings, args.address)
     local = address == settings.local_ray_address
-    if local and not _local_cluster_running(settings):
-        print(
-            f"starting a local Ray cluster (dashboard http://{settings.dashboard_host}:"
-            f"{settings.dashboard_port})",
-            file=sys.stderr,
-        )
-        _start_local_ray(settings)
+    if local:
+        _prepare_local(settings)
     launch.connect(settings, address)
     if settings.random_weights:
         print(
@@ -151,6 +191,13 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         launch.connect(settings, args.address)
+    except StoreUnavailable as exc:
+        # No cluster answers: nothing to stop. A marker left by a head that died is stale;
+        # `ray stop` would stop every other Ray on this machine, so only the marker goes.
+        print(f"nothing to stop: {exc.message.split(';')[0]}", file=sys.stderr)
+        (settings.data_dir / MARKER).unlink(missing_ok=True)
+        return 0
+    try:
         undeploy()
         stopped = launch.stop(settings)
         print(f"stopped {stopped['workers']} worker(s), queue and index", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,7 +42,9 @@ class VectorIndex:
                 self.client = QdrantClient(
                     url=settings.qdrant_url,
                     api_key=settings.qdrant_api_key,
-                    timeout=int(settings.qdrant_timeout_s),
+                    # The client takes whole seconds; int() would make 0.5 s a 0 s timeout that
+                    # fails every call. Round up: a timeout is never shorter than asked.
+                    timeout=math.ceil(settings.qdrant_timeout_s),
                 )
                 self.where = settings.qdrant_url
             else:
@@ -176,8 +179,13 @@ class VectorIndex:
         return self.client.count(collection, exact=True).count
 
     def get(self, point_id: str, collection: str | None = None) -> dict[str, Any] | None:
-        """One point with its vector and payload, or None."""
+        """One point with its vector and payload, or None (also for an id that is no UUID:
+        raylens stores none, and a Qdrant server would answer it with a parse error)."""
         collection = collection or self.collection
+        try:
+            uuid.UUID(point_id)
+        except (TypeError, ValueError, AttributeError):
+            return None
         if not self._exists(collection):
             return None
         try:

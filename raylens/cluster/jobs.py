@@ -191,3 +191,6 @@ class Failure:
     code: ErrorCode
     message: str
     retryable: bool = False  # True: counts as an attempt and re-queues until max_attempts
+    # The fencing token of the lease this failure answers (the job's attempt number when it was
+    # leased); None: the ack's tokens (or none) decide. See QueueRules.apply_ack.
+    token: int | None = None

@@ -13,7 +13,10 @@ from raylens.cluster.jobs import LANE_ORDER, Lane
 @dataclass
 class Lease:
     worker_id: str | None  # None: lease found running in the store on rebuild; owner unknown
-    deadline: float
+    deadline: float  # on the queue's monotonic clock, never the wall clock
+    # The fencing token of this lease: the job's attempt number once it is marked running (the
+    # worker gets it with the job and sends it back with its ack); None until then.
+    token: int | None = None
 
 
 class Queued(NamedTuple):
@@ -103,6 +106,20 @@ class Lanes:
 
     def drop_lease(self, job_id: str) -> Lease | None:
         return self._leases.pop(job_id, None)
+
+    def set_token(self, job_id: str, token: int) -> None:
+        """Give a held lease its fencing token (the job's attempt number in the store)."""
+        lease = self._leases.get(job_id)
+        if lease is not None:
+            lease.token = token
+
+    def drop_lease_if(self, job_id: str, token: int) -> Lease | None:
+        """Drop the lease only when it is the one `token` answers (or has no token yet): a
+        stale ack never drops the lease of a newer holder."""
+        lease = self._leases.get(job_id)
+        if lease is None or lease.token not in (None, token):
+            return None
+        return self._leases.pop(job_id)
 
     def lease(self, n: int, worker_id: str, deadline: float) -> list[Queued]:
         """Pop up to n ids (highest lane first) and lease them to the worker."""

@@ -19,6 +19,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd` (os.write may write fewer than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class FsPayloadStore(PayloadStore):
     """Payloads as files `root/ab/cdef...` named by their sha256 hex.
 
@@ -48,15 +55,20 @@ class FsPayloadStore(PayloadStore):
             # Same content, same name: an existing whole file is this payload already. Its size
             # is checked so a file truncated by something outside raylens gets rewritten.
             if path.is_file() and path.stat().st_size == len(data):
+                # Its writer may be another process that renamed it in but has not fsynced the
+                # folders yet: make the entries durable before acknowledging the payload.
+                _fsync_dir(path.parent)
+                _fsync_dir(self.root)
                 return key
             self._mkdir(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[2:10]}.", suffix=".tmp")
             try:
-                os.fchmod(fd, 0o644)  # mkstemp makes 0600; workers may run as another user
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:
+                    os.fchmod(fd, 0o644)  # mkstemp makes 0600; workers may run as another user
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)  # on every path: a failed write must not leak the descriptor
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

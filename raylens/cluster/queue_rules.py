@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,19 @@ log = logging.getLogger("raylens.queue")
 Result = tuple[str, dict[str, Any]]  # (job id, result) of a job done
 
 
+class StoredThenFailed(Exception):
+    """A submit's jobs were committed, then a later write of the same step failed.
+
+    Carries the stored jobs so the memory step queues the created ones before the error is
+    raised to the caller: a job committed as queued is always in a lane (invariant 4).
+    """
+
+    def __init__(self, stored: list[tuple[Job, bool]], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.stored = stored
+        self.error = error
+
+
 @dataclass
 class AckOutcome:
     """What one ack did to the store: jobs that ended, jobs re-queued, how many dead-lettered."""
@@ -27,6 +40,9 @@ class AckOutcome:
     failed: list[Job] = field(default_factory=list)
     requeued: list[Job] = field(default_factory=list)
     dead_letter: int = 0
+    # acked jobs already terminal in the store: whatever memory still holds of them goes
+    finished: list[str] = field(default_factory=list)
+    stale: int = 0  # acks ignored because they answered a lease that is not the current one
 
     def by_kind(self) -> dict[str, list[Job]]:
         return {"done": self.done, "failed": self.failed, "requeued": self.requeued}
@@ -43,6 +59,28 @@ class QueueRules:
     them on its single store thread) and never touch the lanes; *memory steps* change the lanes
     and counters (on the actor's event loop) and never touch the store. A lane changed from the
     store thread would race the loop's own reads of it. Tests call the steps in the actor's order.
+
+    Memory follows the store (invariant 11): a memory step that depends on a write runs only
+    after that write succeeded, so a failed write leaves the leases and lanes as they were and
+    the operation can simply be tried again (the reaper does so every tick). The one memory step
+    that runs before its write, admission under the depth cap, is rolled back when it fails.
+
+    Lease deadlines are on a monotonic clock (`clock`); the wall clock only stamps job records.
+
+    Fencing (invariant 11): each lease carries a token, the job's attempt number in the store
+    once it is marked running (`Job.attempts` of the job the worker leased). Acks send it back,
+    and the store step decides by it, against the job's record:
+    - a failure is applied only when the job is running under that very token (or the ack has
+      no token: an old caller). A failure for an older lease is stale and ignored: the lease it
+      answers already expired (the reaper counted that attempt) and the job is queued again or
+      held by a newer lease.
+    - a done is applied when the job is running under that token, or when the job is queued
+      (its lease expired and nobody holds it): the work is valid and its vectors are written
+      under idempotent ids. A done for an older lease while a newer lease runs the job is
+      ignored: it never overrides the newer holder's state and never drops its lease; the
+      newer holder finishes the job and writes the same vectors.
+    - an ack for a terminal job is ignored, so a late duplicate never changes a finished job.
+    A memory step drops a lease only when its token matches the ack that was applied.
     """
 
     def __init__(
@@ -54,6 +92,8 @@ class QueueRules:
         self.lanes = Lanes() if lanes is None else lanes
         self.counters = {"leased": 0, "acked": 0, "failed": 0, "requeued": 0, "dead_letter": 0}
         self.started_at = time.time()
+        self.clock: Callable[[], float] = time.monotonic  # lease deadlines; never the wall clock
+        self._admitted = 0  # jobs admitted under the depth cap whose store write is in flight
         self.rebuilt: dict[str, int] = {"queued": 0, "running": 0}
         # done/failed counts for the metrics; only touched by store steps, so they serialise
         # with the writes they count
@@ -68,12 +108,13 @@ class QueueRules:
         lease period the reaper re-queues it like any expired lease.
         """
         queued = running = 0
-        deadline = time.time() + self.settings.lease_timeout_s
+        deadline = self.clock() + self.settings.lease_timeout_s
         for job in self.store.iter_state(JobState.QUEUED):
             self.lanes.push(job.id, job.lane, job.updated_at)
             queued += 1
         for job in self.store.iter_state(JobState.RUNNING):
             self.lanes.hold([job.id], None, deadline)
+            self.lanes.set_token(job.id, job.attempts)
             running += 1
         log.info("queue rebuilt from store: %d queued, %d running", queued, running)
         self.rebuilt = {"queued": queued, "running": running}
@@ -97,13 +138,21 @@ class QueueRules:
         ]
 
     def new_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
-        """Memory step: the jobs for these specs; QueueFull when they would pass the cap."""
-        depth = self.lanes.depth()
+        """Memory step: the jobs for these specs, admitted under the depth cap; QueueFull when
+        they would pass it.
+
+        Check and admission are one step on the event loop, so concurrent submits cannot all
+        pass the check while their writes are in flight. The caller must call
+        release_admitted(len(specs)) once the submit's store step has ended, however it ended
+        (queue_created has by then put the created jobs in the lanes).
+        """
+        depth = self.lanes.depth() + self._admitted
         if depth + len(specs) > self.settings.queue_max_depth:
             raise QueueFull(
                 f"queue holds {depth} jobs; {len(specs)} more would pass "
                 f"RAYLENS_QUEUE_MAX_DEPTH={self.settings.queue_max_depth}"
             )
+        self._admitted += len(specs)
         # A microsecond apart, so a rebuilt queue restores submission order within a batch.
         return [Job.new(spec, self.model_id, now=now + i * 1e-6) for i, spec in enumerate(specs)]
 
@@ -113,6 +162,7 @@ class QueueRules:
         """Store step: create_or_get, and remember the key (so keyed twins serialise here).
 
         Returns (the earlier jobs of a keyed twin that got there first, or None; stored jobs).
+        Raises StoredThenFailed when the jobs were committed and the key's write failed.
         """
         if key is not None:
             known = self.keyed_jobs(key, fingerprint)
@@ -120,17 +170,33 @@ class QueueRules:
                 return known, []
         stored = self.store.create_or_get(jobs)
         if key is not None:
-            self.store.put_idempotency(
-                key, fingerprint, [job.id for job, _ in stored], self.settings.idempotency_ttl_s
-            )
+            try:
+                self.store.put_idempotency(
+                    key, fingerprint, [job.id for job, _ in stored], self.settings.idempotency_ttl_s
+                )
+            except Exception as exc:
+                raise StoredThenFailed(stored, exc) from exc
         return None, stored
 
+    def release_admitted(self, n: int) -> None:
+        """Memory step: the submit's store step ended; its admission no longer counts."""
+        self._admitted = max(0, self._admitted - n)
+
     def queue_created(self, stored: list[tuple[Job, bool]], now: float) -> list[SubmitResult]:
-        """Memory step: queue the jobs that were created (an existing job is not queued again)."""
+        """Memory step: queue the jobs that were created. An existing job is not queued again,
+        unless the store has it queued and nothing in memory holds it (a submit whose later
+        write failed before its jobs reached a lane): lanes are hints, and a lease re-checks the
+        store, so an extra entry costs nothing while a missing one strands the job."""
         out = []
         for job, created in stored:
             if created:
                 self.lanes.push(job.id, job.lane, now)
+            elif (
+                job.state is JobState.QUEUED
+                and self.lanes.lease_of(job.id) is None
+                and not self.lanes.is_queued(job.id)
+            ):
+                self.lanes.push(job.id, job.lane, job.updated_at)
             out.append(SubmitResult(job.id, created, job.state))
         return out
 
@@ -168,7 +234,7 @@ class QueueRules:
     # ---- lease --------------------------------------------------------------------------------
     def take(self, worker_id: str, max_jobs: int) -> list[Queued]:
         """Memory step: lease up to max_jobs ids, highest lane first, with a fresh deadline."""
-        return self.lanes.lease(max_jobs, worker_id, time.time() + self.settings.lease_timeout_s)
+        return self.lanes.lease(max_jobs, worker_id, self.clock() + self.settings.lease_timeout_s)
 
     def mark_running(self, ids: list[str], worker_id: str) -> list[Job]:
         """Store step: move the taken jobs that are still queued to running (one attempt more)."""
@@ -184,38 +250,52 @@ class QueueRules:
     def settle_taken(self, taken: Sequence[Queued], running: Sequence[Job]) -> list[Job]:
         """Memory step: keep the leases of the jobs now running; a job gone or already terminal
         in the store is never leased."""
-        leased = {job.id for job in running}
+        leased = {job.id: job.attempts for job in running}
         for t in taken:
-            if t.job_id not in leased:
+            if t.job_id in leased:
+                self.lanes.set_token(t.job_id, leased[t.job_id])  # the lease's fencing token
+            else:
                 self.lanes.drop_lease(t.job_id)
         self.counters["leased"] += len(running)
         return list(running)
 
     # ---- ack ----------------------------------------------------------------------------------
-    def forget(self, done: Sequence[Result], failed: Sequence[Failure]) -> None:
-        """Memory step, before the ack's store step: the acked jobs are no longer leased or queued
-        (whoever held them: the work is valid and its effects idempotent)."""
-        for job_id in [job_id for job_id, _ in done] + [f.job_id for f in failed]:
-            self.lanes.drop_lease(job_id)
-            self.lanes.discard(job_id)
-
-    def apply_ack(self, done: list[Result], failed: list[Failure]) -> AckOutcome:
+    def apply_ack(
+        self,
+        done: list[Result],
+        failed: list[Failure],
+        tokens: Mapping[str, int] | None = None,
+    ) -> AckOutcome:
         """Store step: record results. Input failures end the job; retryable ones re-queue or
-        dead-letter. Acks for terminal (or unknown) jobs are ignored, so a late duplicate never
-        changes a finished job."""
+        dead-letter. `tokens` (job id -> fencing token of the lease the ack answers; a Failure's
+        own token wins) decide which acks are stale: see the class docstring. Changes no memory:
+        after_ack applies the outcome once this write succeeded."""
         now = time.time()
+        tokens = tokens or {}
         results = dict(done)
         failures = {f.job_id: f for f in failed}
         out = AckOutcome()
         for job in self.store.get_many(list(results) + list(failures)):
-            if job is None or job.state.terminal:
+            if job is None:
                 continue
-            if job.state is JobState.QUEUED:  # re-queued after its lease expired, now finished
-                job = job.moved(JobState.RUNNING, now=now, attempts=max(job.attempts, 1))
+            if job.state.terminal:
+                out.finished.append(job.id)
+                continue
             if job.id in results:
+                token = tokens.get(job.id)
+                current = job.state is JobState.QUEUED or token in (None, job.attempts)
+                if not current:  # a newer lease runs the job: its holder finishes it
+                    out.stale += 1
+                    continue
+                if job.state is JobState.QUEUED:  # re-queued after its lease expired, now done
+                    job = job.moved(JobState.RUNNING, now=now, attempts=max(job.attempts, 1))
                 out.done.append(job.moved(JobState.DONE, now=now, result=results[job.id]))
                 continue
             f = failures[job.id]
+            token = f.token if f.token is not None else tokens.get(job.id)
+            if job.state is not JobState.RUNNING or token not in (None, job.attempts):
+                out.stale += 1  # that lease already expired, and its attempt was counted
+                continue
             moved = self._fail_or_requeue(job, f, now)
             if moved.state is JobState.QUEUED:
                 out.requeued.append(moved)
@@ -243,9 +323,18 @@ class QueueRules:
         return job.moved(JobState.QUEUED, now=now, note=f"{f.code.value}: {f.message}")
 
     def after_ack(self, outcome: AckOutcome) -> dict[str, int]:
-        """Memory step: re-queued jobs go back to the heads of their lanes; returns the counts."""
+        """Memory step, after the ack's write succeeded: the acked jobs are no longer leased
+        (only the lease the ack answered is dropped) or queued; re-queued jobs go back to the
+        heads of their lanes. Returns the counts."""
+        for job in outcome.done + outcome.failed:
+            self.lanes.drop_lease_if(job.id, job.attempts)
+            self.lanes.discard(job.id)
         for job in outcome.requeued:
+            self.lanes.drop_lease_if(job.id, job.attempts)
             self.lanes.push_front(job.id, job.lane, job.updated_at)
+        for job_id in outcome.finished:  # terminal in the store: nothing may hold it
+            self.lanes.drop_lease(job_id)
+            self.lanes.discard(job_id)
         counts = outcome.counts()
         self.counters["acked"] += counts["done"]
         self.counters["failed"] += counts["failed"]
@@ -256,37 +345,44 @@ class QueueRules:
     # ---- failures the queue makes up: nack, release, lease expiry (memory steps) -------------
     def nack_failures(self, worker_id: str, job_ids: Sequence[str], message: str) -> list[Failure]:
         """Jobs given back by the worker that holds them: a retryable failure (an attempt)."""
-        mine = [
-            j
-            for j in job_ids
-            if (lease := self.lanes.lease_of(j)) is not None and lease.worker_id == worker_id
-        ]
-        return [Failure(j, ErrorCode.INTERNAL, message, retryable=True) for j in mine]
+        out = []
+        for j in job_ids:
+            lease = self.lanes.lease_of(j)
+            if lease is not None and lease.worker_id == worker_id:
+                out.append(Failure(j, ErrorCode.INTERNAL, message, True, token=lease.token))
+        return out
 
     def release_failures(self, worker_id: str, reason: str) -> list[Failure]:
         """Every job leased by a worker that was replaced: re-queued now (attempt + 1)."""
-        return [
-            Failure(j, ErrorCode.LEASE_EXPIRED, reason, retryable=True)
-            for j in self.lanes.held_by(worker_id)
-        ]
+        out = []
+        for j in self.lanes.held_by(worker_id):
+            lease = self.lanes.lease_of(j)
+            token = lease.token if lease is not None else None
+            out.append(Failure(j, ErrorCode.LEASE_EXPIRED, reason, True, token=token))
+        return out
 
     def expired_failures(self, now: float | None = None) -> list[Failure]:
-        """Every job whose lease deadline has passed: re-queued (or dead-lettered) by an ack."""
-        now = time.time() if now is None else now
-        return [
-            Failure(
-                job_id,
-                ErrorCode.LEASE_EXPIRED,
-                f"lease expired after {self.settings.lease_timeout_s}s "
-                f"(worker {owner or 'unknown'} died or hung)",
-                retryable=True,
+        """Every job whose lease deadline (on `clock`, monotonic) has passed: re-queued (or
+        dead-lettered) by an ack that carries the expired lease's token."""
+        now = self.clock() if now is None else now
+        out = []
+        for job_id, owner in self.lanes.expired(now).items():
+            lease = self.lanes.lease_of(job_id)
+            out.append(
+                Failure(
+                    job_id,
+                    ErrorCode.LEASE_EXPIRED,
+                    f"lease expired after {self.settings.lease_timeout_s}s "
+                    f"(worker {owner or 'unknown'} died or hung)",
+                    retryable=True,
+                    token=lease.token if lease is not None else None,
+                )
             )
-            for job_id, owner in self.lanes.expired(now).items()
-        ]
+        return out
 
     def heartbeat(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Memory step: extend the leases this worker still holds; returns how many."""
-        return self.lanes.extend(worker_id, job_ids, time.time() + self.settings.lease_timeout_s)
+        return self.lanes.extend(worker_id, job_ids, self.clock() + self.settings.lease_timeout_s)
 
     # ---- counts -------------------------------------------------------------------------------
     def resync_terminal(self) -> None:

@@ -368,6 +368,19 @@ class Settings(BaseSettings):
         description="Comma-separated API keys. When set, every route except /v1/healthz needs "
         "`Authorization: Bearer <key>`.",
     )
+    http_allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated Host header values the ingress answers besides its bind "
+        "address (`name` for any port, `name:port` for one; `*` for any). Bound to 127.0.0.1 "
+        "only localhost, 127.0.0.1 and [::1] on RAYLENS_HTTP_PORT are answered; bound to "
+        "0.0.0.0 any host is, unless this is set. Others get 421 (DNS rebinding).",
+    )
+    http_allowed_origins: str | None = Field(
+        default=None,
+        description="Comma-separated browser origins (`scheme://host[:port]`, or `*`) allowed "
+        "to call the ingress besides its own; any other Origin header gets 403. Requests "
+        "without an Origin header (curl, the Python client) are unaffected.",
+    )
     retry_after_s: int = Field(
         default=2, ge=1, description="Retry-After (seconds) sent with 429 and 503 answers."
     )
@@ -396,10 +409,51 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("redis_url", "qdrant_url", "api_keys", mode="before")
+    @field_validator(
+        "redis_url",
+        "qdrant_url",
+        "api_keys",
+        "http_allowed_hosts",
+        "http_allowed_origins",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _some_key(cls, value: str | None) -> str | None:
+        if value is not None and not split_list(value):
+            raise ValueError("lists no key (only blanks and commas); unset it to run without auth")
+        return value
+
+    @field_validator("http_allowed_hosts", mode="after")
+    @classmethod
+    def _host_list(cls, value: str | None) -> str | None:
+        for host in split_list(value):
+            if host != "*" and (
+                split_host(host) is None or "/" in host or "@" in host or " " in host
+            ):
+                raise ValueError(f"{host!r} is not a host name or host:port (no scheme, no path)")
+        return value
+
+    @field_validator("http_allowed_origins", mode="after")
+    @classmethod
+    def _origin_list(cls, value: str | None) -> str | None:
+        for origin in split_list(value):
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (
+                scheme.lower() not in ("http", "https")
+                or not sep
+                or not rest
+                or "/" in rest
+                or "@" in rest
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] with no path, or *"
+                )
+        return value
 
     @field_validator("redis_url", mode="after")
     @classmethod
@@ -485,7 +539,15 @@ class Settings(BaseSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+        return split_list(self.api_keys)
+
+    @property
+    def http_allowed_host_list(self) -> list[str]:
+        return split_list(self.http_allowed_hosts)
+
+    @property
+    def http_allowed_origin_list(self) -> list[str]:
+        return split_list(self.http_allowed_origins)
 
     @property
     def queue_actor_name(self) -> str:
@@ -501,6 +563,34 @@ class Settings(BaseSettings):
 
     def worker_name(self, i: int) -> str:
         return f"raylens-worker-{i}"
+
+
+def split_list(value: str | None) -> list[str]:
+    """A comma-separated setting as its non-blank items, stripped."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """`name`, `name:port`, `[v6]` or `[v6]:port` as (lower-case name, port); None if malformed."""
+    value = value.strip().lower()
+    port: str | None = None
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        name, port = value.split(":")
+    else:
+        name = value  # a name, or a bare IPv6 address as in a bind address
+    name = name.rstrip(".")
+    if not name:
+        return None
+    if port is None:
+        return name, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return name, int(port)
 
 
 def env_name(loc: tuple[object, ...]) -> str:

@@ -9,6 +9,7 @@ system only sees Face records and vectors.
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -91,7 +92,14 @@ def models_dir() -> Path:
 
 
 class DlibFaces(FaceBackend):
-    """dlib's HOG or CNN (MMOD) detector, 5-point landmarks and ResNet 128-d embeddings."""
+    """dlib's HOG or CNN (MMOD) detector, 5-point landmarks and ResNet 128-d embeddings.
+
+    Thread-safe: a worker calls `faces` from its batch loop and from query calls
+    (faces_in_bytes) at once. dlib's models are not: its object_detector is documented as unsafe
+    for concurrent use, and two threads in the HOG detector at once crashed the process
+    (SIGSEGV, tests/test_faces.py). So each of the three models has its own lock: threads take
+    turns per model, and one may embed while another detects.
+    """
 
     dim = 128
 
@@ -113,14 +121,19 @@ class DlibFaces(FaceBackend):
             self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(folder / MODEL_FILES["landmarks"]))
         self._embedder = dlib.face_recognition_model_v1(str(folder / MODEL_FILES["embedding"]))
+        self._detector_lock = threading.Lock()
+        self._landmarks_lock = threading.Lock()
+        self._embedder_lock = threading.Lock()
         self.model_id = f"dlib-{options.detector}-5pt-resnet128"
         self.load_seconds = round(time.perf_counter() - t0, 3)
 
     def _detect(self, image: np.ndarray) -> list[tuple[Any, float]]:
         if self._cnn:
-            found = self._detector(image, self.options.upsample)
+            with self._detector_lock:
+                found = self._detector(image, self.options.upsample)
             return [(d.rect, float(d.confidence)) for d in found]
-        rects, scores, _ = self._detector.run(image, self.options.upsample, 0.0)
+        with self._detector_lock:
+            rects, scores, _ = self._detector.run(image, self.options.upsample, 0.0)
         return list(zip(rects, (float(s) for s in scores)))
 
     def faces(self, images: Sequence[np.ndarray], scales: Sequence[float]) -> list[list[Face]]:
@@ -140,15 +153,17 @@ class DlibFaces(FaceBackend):
             if not found:
                 continue
             shapes = dlib.full_object_detections()
-            for rect, _ in found:
-                shapes.append(self._landmarks(image, rect))
+            with self._landmarks_lock:
+                for rect, _ in found:
+                    shapes.append(self._landmarks(image, rect))
             kept_images.append(image)
             kept_shapes.append(shapes)
             kept_meta.append((i, scale, found, shapes))
         if not kept_images:
             return out
         # One call for the whole batch: dlib aligns every face chip and runs the ResNet on them.
-        vectors = self._embedder.compute_face_descriptor(kept_images, kept_shapes, opts.jitters)
+        with self._embedder_lock:
+            vectors = self._embedder.compute_face_descriptor(kept_images, kept_shapes, opts.jitters)
         for (i, scale, found, shapes), vecs in zip(kept_meta, vectors):
             for (rect, score), shape, vec in zip(found, shapes, vecs):
                 out[i].append(

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.settings import Settings
 from raylens.serve_app.error_handlers import exception_handlers
-from raylens.serve_app.middleware import authoriser, inflight_limit
+from raylens.serve_app.middleware import authoriser, host_origin_guard, inflight_limit
 from raylens.serve_app.openapi import DESCRIPTION, TAGS
 from raylens.serve_app.routes import health, jobs, search
 
@@ -26,7 +26,7 @@ def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         openapi_tags=TAGS,
-        middleware=[inflight_limit(settings)],
+        middleware=[host_origin_guard(settings), inflight_limit(settings)],
         exception_handlers=exception_handlers(settings),
     )
     for router in (

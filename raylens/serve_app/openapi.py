@@ -12,17 +12,24 @@ Images in, searchable OpenCLIP vectors out. Upload images as jobs, follow them, 
 image or vector.
 
 **Errors** are always JSON `{"error": {"code": ..., "message": ...}}` with a code from one closed
-set (the same codes failed jobs carry): 401 `unauthorized`, 404 `not_found`, 409
-`invalid_transition`, 413 `too_large` (upload cap, checked while the body streams in), 415
-`unsupported_format` (content is sniffed, file names are ignored), 422 `invalid_request`,
-`idempotency_conflict`, `empty_input`, ..., 429 `queue_full`, 503 `store_unavailable` and 503
-`overloaded` (more than `RAYLENS_HTTP_MAX_ONGOING_REQUESTS` in flight in a replica), all three
-with `Retry-After`. Behind that, Serve itself answers 503 (without Retry-After) when its own
-queue (`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) is full, and 408 after
-`RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
+set (the same codes failed jobs carry): 401 `unauthorized`, 403 `unauthorized` (a cross-origin
+browser request), 404 `not_found`, 409 `invalid_transition`, 413 `too_large` (upload cap,
+checked while the body streams in), 415 `unsupported_format` (content is sniffed, file names
+are ignored), 421 `invalid_request` (a Host this ingress does not answer), 422
+`invalid_request`, `idempotency_conflict`, `empty_input`, ..., 429 `queue_full`, 503
+`store_unavailable` and 503 `overloaded` (more than `RAYLENS_HTTP_MAX_ONGOING_REQUESTS` in
+flight in a replica), all three with `Retry-After`. Behind that, Serve itself answers 503
+(without Retry-After) when its own queue (`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) is full, and 408
+after `RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
 
 **Auth**: when `RAYLENS_API_KEYS` is set, every route except `/v1/healthz` needs
 `Authorization: Bearer <key>`. Ray's own token auth protects the dashboard and `ray job submit`.
+
+**Host and Origin** (with or without keys; not on `/v1/healthz`): a Host header other than the
+bind address (`RAYLENS_HTTP_HOST`: 127.0.0.1 answers localhost, 127.0.0.1 and [::1]; 0.0.0.0
+answers any host) or `RAYLENS_HTTP_ALLOWED_HOSTS` is answered 421; a browser's Origin header
+other than the ingress's own or one in `RAYLENS_HTTP_ALLOWED_ORIGINS` is answered 403. Requests
+without an Origin header (curl, scripts, the Python client) are unaffected.
 """
 
 TAGS = [
@@ -33,7 +40,21 @@ TAGS = [
 
 Responses = dict[int | str, dict[str, Any]]
 
+# Answered by the Host/Origin guard on every route except /v1/healthz.
+GUARD_ERRORS: Responses = {
+    403: {
+        "model": ErrorOut,
+        "description": "Cross-origin browser request: an Origin header that is neither the "
+        "ingress's own nor in RAYLENS_HTTP_ALLOWED_ORIGINS (`unauthorized`).",
+    },
+    421: {
+        "model": ErrorOut,
+        "description": "A Host header that is not the bind address and not in "
+        "RAYLENS_HTTP_ALLOWED_HOSTS (`invalid_request`; DNS rebinding).",
+    },
+}
 ERRORS: Responses = {
+    **GUARD_ERRORS,
     401: {"model": ErrorOut, "description": "Missing or wrong API key (`unauthorized`)."},
     422: {"model": ErrorOut, "description": "Bad parameters (`invalid_request`)."},
     503: {

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from raylens.actors.api import ClusterAPI
 from raylens.serve_app.middleware import HEALTHZ
+from raylens.serve_app.openapi import ERRORS, GUARD_ERRORS
 from raylens.serve_app.schemas import HealthOut, ReadyOut
 
 
@@ -26,7 +27,11 @@ def router(api: ClusterAPI, auth: Sequence[Any]) -> APIRouter:
         "/v1/readyz",
         response_model=ReadyOut,
         dependencies=auth,
-        responses={503: {"model": ReadyOut, "description": "Not ready; body says why."}},
+        responses={
+            **GUARD_ERRORS,
+            401: ERRORS[401],
+            503: {"model": ReadyOut, "description": "Not ready; body says why."},
+        },
         summary="Readiness: queue answers and a worker has its model loaded",
     )
     async def readyz() -> JSONResponse:
