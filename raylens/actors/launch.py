@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import threading
 import time
 from typing import Any
 
@@ -21,6 +19,7 @@ from raylens.cluster.index import VectorIndex
 from raylens.cluster.settings import Settings
 from raylens.errors import ModelLoadError, RaylensError, StoreUnavailable
 from raylens.models.model_id import model_id_for
+from raylens.models.reachability import tcp_reachable
 
 log = logging.getLogger("raylens.system")
 
@@ -81,21 +80,8 @@ def no_cluster_message(name: str) -> str:
 
 
 def gcs_listening(host: str, port: int, timeout_s: float = GCS_PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connect to host:port opens within timeout_s (in a thread: the socket
-    timeout does not cover name resolution)."""
-    ok: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                ok.append(True)
-        except OSError:
-            pass
-
-    probe = threading.Thread(target=attempt, name="raylens-gcs-probe", daemon=True)
-    probe.start()
-    probe.join(timeout_s + 1.0)
-    return bool(ok)
+    """Whether Ray's GCS accepts a TCP connection at host:port within timeout_s."""
+    return tcp_reachable(host, port, timeout_s)
 
 
 def connect(settings: Settings, address: str | None = None) -> None:

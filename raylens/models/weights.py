@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 import urllib.request
 import warnings
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from raylens.errors import ModelLoadError
 from raylens.models.model_id import RANDOM_SEED
+from raylens.models.reachability import tcp_reachable
 
 log = logging.getLogger("raylens.clip")
 
@@ -147,21 +146,8 @@ def download_route(endpoint: str) -> tuple[str, int, str]:
 
 
 def reachable(host: str, port: int, timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection opens within timeout_s. Runs in a thread because the socket
-    timeout does not cover name resolution, which can hang when DNS itself is unreachable."""
-    ok: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                ok.append(True)
-        except OSError:
-            pass
-
-    probe = threading.Thread(target=attempt, name="raylens-hub-probe", daemon=True)
-    probe.start()
-    probe.join(timeout_s + 1.0)
-    return bool(ok)
+    """Whether the model hub (or its proxy) accepts a TCP connection within timeout_s."""
+    return tcp_reachable(host, port, timeout_s)
 
 
 def load_error(model_name: str, pretrained: str, exc: Exception) -> ModelLoadError:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
+
+from raylens.models.reachability import tcp_reachable  # noqa: F401 (re-exported to doctor)
 
 GIB = float(1 << 30)
 # The source checkout this raylens runs from (raylens/cli/doctor/ is three folders down).
@@ -91,14 +92,6 @@ def git_revision() -> str | None:
     if rev.returncode != 0:
         return None
     return rev.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
-
-
-def tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def read_file(path: Path) -> str | None:
