@@ -305,25 +305,30 @@ class Worker:
         alive through a store outage (an infrastructure fault is no job's attempt, invariant
         10). After stop(), it gives up once a lease period has passed (stop nacks what is held).
         """
-        backoff = Backoff(first_s=0.5, cap_s=10.0)
-        stopped_at: float | None = None
-        while True:
-            try:
-                self._queue_call(
-                    lambda q: q.ack.remote(self.worker_id, done, failures, tokens), forever=True
-                )
-                return
-            except Exception as exc:
-                if not _store_unavailable(exc):
-                    raise
-                if self._stop.is_set():
-                    stopped_at = stopped_at or time.monotonic()
-                    if time.monotonic() - stopped_at > self.settings.lease_timeout_s:
-                        raise
-                delay = backoff.next()
-                log.warning("ack not recorded (job store unavailable); retrying in %.1fs", delay)
-                self.stats.last_progress_at = time.time()
-                time.sleep(delay)
+        stopped_at: list[float] = []
+
+        def keep_going() -> bool:
+            if not self._stop.is_set():
+                return True
+            stopped_at[:1] = stopped_at[:1] or [time.monotonic()]
+            return time.monotonic() - stopped_at[0] <= self.settings.lease_timeout_s
+
+        def waiting(_exc: BaseException, delay: float) -> None:
+            log.warning("ack not recorded (job store unavailable); retrying in %.1fs", delay)
+            self.stats.last_progress_at = time.time()
+
+        # Ray raises a remote StoreUnavailable as an instance of it (as_instanceof_cause).
+        call_with_retry(
+            lambda: self._queue_call(
+                lambda q: q.ack.remote(self.worker_id, done, failures, tokens), forever=True
+            ),
+            what="ack",
+            keep_going=keep_going,
+            backoff=Backoff(first_s=0.5, cap_s=10.0),
+            retry_on=(StoreUnavailable,),
+            on_wait=waiting,
+            sleep=time.sleep,
+        )
 
     def _record(self, batch: Batch, out: BatchOutcome) -> None:
         s = self.stats
@@ -343,10 +348,3 @@ class Worker:
             self.name, len(batch.jobs), decode=batch.decode_s, **out.stage_seconds()
         )
         metrics.record_memory(self.name, self.embedder.device)
-
-
-def _store_unavailable(exc: BaseException) -> bool:
-    """The queue answered StoreUnavailable (raised in the actor, so wrapped by Ray)."""
-    return isinstance(exc, StoreUnavailable) or isinstance(
-        getattr(exc, "cause", None), StoreUnavailable
-    )
