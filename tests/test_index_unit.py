@@ -23,7 +23,7 @@ def test_vector_index_rounds_a_sub_second_qdrant_timeout_up_when_it_makes_the_cl
     tmp_path: Path, timeout_s: float, expected: int
 ) -> None:
     """qdrant_client takes whole seconds (an int); int(0.5) would be 0: no call could succeed."""
-    remote = server_index(tmp_path, timeout_s).client._client
+    remote = server_index(tmp_path, timeout_s).backend.client._client
     assert remote._timeout == expected  # gRPC and each call's default
     assert remote._rest_args["timeout"] == expected  # the httpx client of the REST API
 

@@ -57,7 +57,7 @@ class ClusterAPI:
         self._workers: list[Any] = []
         self._workers_at = 0.0
         self._next_worker = 0
-        self._index: Any = None  # the index actor (Qdrant local mode)
+        self._index: Any = None  # the index actor (the embedded engine)
         self._index_server: Any = None  # VectorIndex when a Qdrant server is configured
         self._dim: int | None = None
 
@@ -249,7 +249,7 @@ class ClusterAPI:
         return hits
 
     async def _index_call(self, method: str, *args: Any) -> Any:
-        """A VectorIndex method: on the index actor (local mode) or a server client."""
+        """A VectorIndex method: on the index actor (embedded engine) or a server client."""
         if self.settings.qdrant_url:
             if self._index_server is None:
                 from raylens.cluster.index import VectorIndex

@@ -125,7 +125,7 @@ def queue_handle(settings: Settings) -> Any:
 
 
 def index_handle(settings: Settings) -> Any:
-    """The named index actor (local mode), or None when a Qdrant server is configured."""
+    """The named index actor (embedded engine), or None when a Qdrant server is configured."""
     if settings.qdrant_url:
         return None
     return _actor(settings.index_actor_name, settings)
@@ -177,13 +177,14 @@ def start_queue(settings: Settings) -> Any:
 
 
 def start_index(settings: Settings) -> Any:
-    """Qdrant local mode: exactly one process may own the folder, so one named actor owns it."""
+    """The embedded engine: exactly one process may own its folder, so one named actor owns it
+    (and runs its HNSW builds, each in a process of its own)."""
     if settings.qdrant_url:
         return None
     index = (
         ray.remote(VectorIndex)
         .options(num_cpus=0, **_detached(settings, settings.index_actor_name))
-        .remote(settings)
+        .remote(settings, builds=True)
     )
     ray.get(index.count.remote())  # type: ignore[union-attr]
     return index

@@ -74,6 +74,17 @@ class Supervisor:
                 await self.check()
             except Exception:  # never die: the next round tries again
                 log.exception("supervisor check failed")
+            self._nudge_index()
+
+    def _nudge_index(self) -> None:
+        """The embedded engine's HNSW builds advance on index calls; when nothing calls (no
+        ingest, no search), each round calls for them. Fire and forget: never waits on it."""
+        if self.settings.qdrant_url:
+            return
+        try:
+            launch.index_handle(self.settings).maintain.remote()
+        except Exception:  # no index actor now: the next round tries again
+            pass
 
     async def _reports(self, workers: list[Any], names: list[str]) -> list[Any]:
         """Each worker's report, or the exception; a worker never seen answering gets a short

@@ -61,7 +61,7 @@ class WorkerStats:
 
 
 class RemoteIndex:
-    """VectorIndex.upsert through the single named index actor (Qdrant local mode)."""
+    """VectorIndex.upsert through the single named index actor (the embedded engine)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

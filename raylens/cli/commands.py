@@ -165,3 +165,28 @@ def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
         what = f" (failed with {args.code})" if args.code else ""
         print(f"re-queued {len(moved)} failed job(s){what}")
     return 0
+
+
+def cmd_index_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Copy vectors of qdrant-client's local mode (earlier releases) into Qdrant Edge."""
+    from raylens.cluster.index_migrate import migrate_local_mode
+
+    bars: dict[str, object] = {}
+
+    def progress(name: str, copied: int, total: int) -> None:
+        if args.json or args.no_progress:
+            return
+        from tqdm import tqdm
+
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, desc=name, unit="points")
+        bar.update(copied - bar.n)  # type: ignore[attr-defined]
+
+    try:
+        out = migrate_local_mode(settings, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()  # type: ignore[attr-defined]
+    print(json.dumps(out) if args.json else out["message"])
+    return 0

@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 from raylens.cli.bench import cmd_bench
-from raylens.cli.commands import cmd_faces, cmd_ingest, cmd_jobs_retry, cmd_search, cmd_status
+from raylens.cli.commands import (
+    cmd_faces,
+    cmd_index_migrate,
+    cmd_ingest,
+    cmd_jobs_retry,
+    cmd_search,
+    cmd_status,
+)
 from raylens.cli.lifecycle import cmd_down, cmd_up
 from raylens.cluster.jobs import Lane, Pipeline
 from raylens.cluster.settings import load_settings
@@ -114,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("--json", action="store_true")
     fa.add_argument("--address")
     fa.set_defaults(func=cmd_faces)
+
+    ix = sub.add_parser("index", help="the embedded vector engine's files")
+    ix_sub = ix.add_subparsers(dest="index_command", required=True)
+    mi = ix_sub.add_parser(
+        "migrate",
+        help="copy the vectors an earlier raylens kept in qdrant-client's local mode into the "
+        "embedded Qdrant Edge engine (run once, with raylens stopped; keeps the old files as a "
+        "backup folder)",
+    )
+    mi.add_argument("--json", action="store_true", help="print the result as JSON")
+    mi.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mi.set_defaults(func=cmd_index_migrate)
 
     dr = sub.add_parser("doctor", help="check this machine and the configured services (for bugs)")
     dr.add_argument("--json", action="store_true", help="print one JSON object")

@@ -1,4 +1,12 @@
-"""The vector index: Qdrant (local mode in the data dir, or a server), with idempotent point ids."""
+"""The vector index: idempotent point ids, one interface over two Qdrant backends.
+
+- embedded (the default): Qdrant Edge, Qdrant's engine in-process, in the data dir
+  (raylens/cluster/index_edge.py); one process owns its folder, the index actor;
+- server: qdrant-client against RAYLENS_QDRANT_URL (raylens/cluster/index_client.py).
+
+Both get the same point ids, payloads, filters and distances (cosine for image vectors,
+Euclidean for dlib face embeddings); tests/test_index_contract.py runs one suite on both.
+"""
 
 from __future__ import annotations
 
@@ -25,82 +33,98 @@ def point_id(sha256: str, model_id: str, part: str = "image") -> str:
 
 
 class VectorIndex:
-    """A thin, batch-shaped wrapper over one Qdrant collection.
+    """A thin, batch-shaped index over the image and face collections.
 
-    In local mode exactly one process may open the folder, so the running system keeps a single
-    named index actor around this class; with RAYLENS_QDRANT_URL every worker may hold its own.
+    Embedded, exactly one process may open the folder, so the running system keeps a single
+    named index actor around this class (`builds=True` there: it runs the HNSW builds); with
+    RAYLENS_QDRANT_URL every worker may hold its own.
     """
 
-    def __init__(self, settings: Settings, dim: int | None = None) -> None:
-        from qdrant_client import QdrantClient
-
+    def __init__(
+        self,
+        settings: Settings,
+        dim: int | None = None,
+        builds: bool = False,
+        backend: Any = None,
+    ) -> None:
         self.collection = settings.qdrant_collection
         self.faces_collection = settings.qdrant_faces_collection
         self.dim = dim
+        self.embedded = backend is None and not settings.qdrant_url
+        if backend is not None:
+            self.backend = backend
+        else:
+            self.backend = self._open_backend(settings, builds)
+        self.where = self.backend.where
+        self._ready: dict[str, int] = {}  # collection -> vector size, once checked or created
+        if dim is not None:
+            self._ensure_collection(dim)
+
+    @staticmethod
+    def _open_backend(settings: Settings, builds: bool) -> Any:
+        where = settings.qdrant_url or settings.qdrant_path
         try:
             if settings.qdrant_url:
-                self.client = QdrantClient(
+                from qdrant_client import QdrantClient
+
+                from raylens.cluster.index_client import ClientBackend
+
+                client = QdrantClient(
                     url=settings.qdrant_url,
                     api_key=settings.qdrant_api_key,
                     # The client takes whole seconds; int() would make 0.5 s a 0 s timeout that
                     # fails every call. Round up: a timeout is never shorter than asked.
                     timeout=math.ceil(settings.qdrant_timeout_s),
                 )
-                self.where = settings.qdrant_url
-            else:
-                settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-                self.client = QdrantClient(path=str(settings.qdrant_path))
-                self.where = str(settings.qdrant_path)
-        except Exception as exc:  # e.g. the local folder is locked by another process
-            where = settings.qdrant_url or settings.qdrant_path
+                return ClientBackend(client, settings.qdrant_url)
+            from raylens.cluster.index_edge import BuildTuning, EdgeBackend
+
+            tuning = BuildTuning(
+                points=settings.index_build_points,
+                threads=settings.index_build_threads,
+                catchup_points=settings.index_catchup_points,
+                max_backlog=settings.index_build_max_backlog,
+            )
+            return EdgeBackend(settings.qdrant_path, tuning, builds=builds)
+        except RaylensError:
+            raise
+        except Exception as exc:
             raise IndexUnavailable(f"cannot open Qdrant at {where}: {exc}") from exc
-        self._ready: dict[str, int] = {}  # collection -> vector size, once checked or created
-        if dim is not None:
-            self._ensure_collection(dim)
 
     @property
     def ready(self) -> bool:
         return self.collection in self._ready
 
-    def _distance(self, collection: str) -> Any:
-        from qdrant_client import models
-
+    def _distance(self, collection: str) -> str:
         # Face embeddings (dlib) are compared by Euclidean distance, image vectors by cosine.
-        if collection == self.faces_collection:
-            return models.Distance.EUCLID
-        return models.Distance.COSINE
+        return "euclid" if collection == self.faces_collection else "cosine"
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RaylensError:
+            raise
+        except Exception as exc:
+            raise IndexUnavailable(f"{what} Qdrant at {self.where} failed: {exc}") from exc
 
     def _ensure_collection(self, dim: int, collection: str | None = None) -> None:
         """Create the collection on first use (its size is the model's dimension)."""
-        from qdrant_client import models
-
         collection = collection or self.collection
         if self._ready.get(collection) == dim:
             return
         if collection == self.collection:
             self.dim = dim
-        try:
-            if self.client.collection_exists(collection):
-                info = self.client.get_collection(collection)
-                size = info.config.params.vectors.size  # type: ignore[union-attr]
-                if size != dim:
-                    raise SettingsError(
-                        f"Qdrant collection {collection!r} holds {size}-d vectors but the "
-                        f"model makes {dim}-d ones; "
-                        "set RAYLENS_QDRANT_COLLECTION (or _FACES_COLLECTION) to a new name"
-                    )
-            else:
-                self.client.create_collection(
-                    collection,
-                    vectors_config=models.VectorParams(
-                        size=dim, distance=self._distance(collection)
-                    ),
-                )
-            self._ready[collection] = dim
-        except RaylensError:
-            raise
-        except Exception as exc:
-            raise IndexUnavailable(f"Qdrant at {self.where}: {exc}") from exc
+        size = self._call("reading", self.backend.collection_size, collection)
+        if size is None:
+            self._call("creating a collection in", self.backend.create, collection, dim,
+                       self._distance(collection))  # fmt: skip
+        elif size != dim:
+            raise SettingsError(
+                f"Qdrant collection {collection!r} holds {size}-d vectors but the "
+                f"model makes {dim}-d ones; "
+                "set RAYLENS_QDRANT_COLLECTION (or _FACES_COLLECTION) to a new name"
+            )
+        self._ready[collection] = dim
 
     def upsert(
         self,
@@ -110,25 +134,23 @@ class VectorIndex:
         collection: str | None = None,
     ) -> int:
         """Write a batch of points in one call; the same ids overwrite. Returns the batch size."""
-        from qdrant_client import models
-
         if len(ids) == 0:
             return 0
         collection = collection or self.collection
         vectors = np.asarray(vectors, dtype=np.float32)
-        self._ensure_collection(int(vectors.shape[1]), collection)
-        try:
-            self.client.upsert(
-                collection,
-                points=models.Batch(
-                    ids=list(ids),
-                    vectors=vectors.tolist(),
-                    payloads=list(payloads),
-                ),
-                wait=True,
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids) or len(payloads) != len(ids):
+            raise ValueError(
+                f"upsert of {len(ids)} ids needs as many vectors and payloads "
+                f"(got {vectors.shape} and {len(payloads)})"
             )
-        except Exception as exc:
-            raise IndexUnavailable(f"upsert to Qdrant at {self.where} failed: {exc}") from exc
+        self._ensure_collection(int(vectors.shape[1]), collection)
+        self._call("upsert to", self.backend.upsert, collection, ids, vectors, payloads)
+        return len(ids)
+
+    def delete(self, ids: Sequence[str], collection: str | None = None) -> int:
+        """Remove points by id (absent ids are no error). Returns how many ids were given."""
+        collection = collection or self.collection
+        self._call("delete in", self.backend.delete, collection, list(ids))
         return len(ids)
 
     def search(
@@ -140,93 +162,61 @@ class VectorIndex:
     ) -> list[dict[str, Any]]:
         """Nearest points, best first: [{id, score, payload}]. score is the cosine similarity
         for images and the Euclidean distance (smaller is closer) for faces."""
-        from qdrant_client import models
-
         collection = collection or self.collection
-        if not self._exists(collection):
-            return []
-        query_filter = None
-        if filters:
-            query_filter = models.Filter(
-                must=[
-                    models.FieldCondition(key=k, match=models.MatchValue(value=v))
-                    for k, v in filters.items()
-                ]
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        size = self._ready.get(collection)
+        if size is None:
+            size = self._call("reading", self.backend.collection_size, collection)
+            if size is None:
+                return []
+            self._ready[collection] = size
+        if query.shape[0] != size:
+            raise SettingsError(
+                f"a {query.shape[0]}-d query cannot search collection {collection!r} of "
+                f"{size}-d vectors (another model made them)"
             )
-        try:
-            res = self.client.query_points(
-                collection,
-                query=np.asarray(vector, dtype=np.float32).reshape(-1).tolist(),
-                limit=top_k,
-                query_filter=query_filter,
-                with_payload=True,
-            )
-        except Exception as exc:
-            raise IndexUnavailable(f"search in Qdrant at {self.where} failed: {exc}") from exc
-        return [{"id": str(p.id), "score": p.score, "payload": p.payload or {}} for p in res.points]
-
-    def _exists(self, collection: str | None = None) -> bool:
-        collection = collection or self.collection
-        try:
-            return collection in self._ready or self.client.collection_exists(collection)
-        except Exception as exc:
-            raise IndexUnavailable(f"Qdrant at {self.where}: {exc}") from exc
+        return self._call("search in", self.backend.search, collection, query, top_k, filters)
 
     def count(self, collection: str | None = None) -> int:
-        collection = collection or self.collection
-        if not self._exists(collection):
-            return 0
-        return self.client.count(collection, exact=True).count
+        return self._call("counting in", self.backend.count, collection or self.collection)
 
     def get(self, point_id: str, collection: str | None = None) -> dict[str, Any] | None:
         """One point with its vector and payload, or None (also for an id that is no UUID:
         raylens stores none, and a Qdrant server would answer it with a parse error)."""
-        collection = collection or self.collection
         try:
             uuid.UUID(point_id)
         except (TypeError, ValueError, AttributeError):
             return None
-        if not self._exists(collection):
-            return None
-        try:
-            found = self.client.retrieve(
-                collection, ids=[point_id], with_vectors=True, with_payload=True
-            )
-        except Exception as exc:
-            raise IndexUnavailable(f"read from Qdrant at {self.where} failed: {exc}") from exc
-        if not found:
-            return None
-        p = found[0]
-        return {
-            "id": str(p.id),
-            "vector": np.asarray(p.vector, dtype=np.float32),
-            "payload": p.payload or {},
-        }
+        return self._call(
+            "read from", self.backend.retrieve, collection or self.collection, point_id
+        )
 
     def point_ids(self, limit: int = 1_000_000, collection: str | None = None) -> list[str]:
         """Every point id (tests and audits)."""
-        collection = collection or self.collection
-        ids: list[str] = []
-        offset = None
-        while self._exists(collection):
-            points, offset = self.client.scroll(
-                collection, limit=1000, offset=offset, with_payload=False
-            )
-            ids.extend(str(p.id) for p in points)
-            if offset is None or len(ids) >= limit:
-                break
-        return ids
+        return self._call(
+            "listing points in", self.backend.point_ids, collection or self.collection, limit
+        )
+
+    def maintain(self) -> dict[str, Any]:
+        """Advance a background HNSW build by one step (embedded engine); its state."""
+        self._call("maintaining", self.backend.maintain)
+        return self.build_state()
+
+    def build_state(self) -> dict[str, Any]:
+        return dict(self._call("reading", self.backend.stats))
 
     def info(self) -> dict[str, Any]:
         return {
             "collection": self.collection,
             "dim": self.dim,
             "where": self.where,
+            "engine": "qdrant-edge (embedded)" if self.embedded else "qdrant server",
             "points": self.count(),
             "faces_collection": self.faces_collection,
             "faces": self.count(self.faces_collection),
+            "builds": self.build_state(),
             "at": time.time(),
         }
 
     def close(self) -> None:
-        self.client.close()
+        self.backend.close()

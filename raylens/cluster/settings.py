@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     # --- locations -------------------------------------------------------------------------
     data_dir: Path = Field(
         default=Path.home() / ".raylens",
-        description="Folder for the SQLite job store, uploaded payloads and Qdrant local mode.",
+        description="Folder for the SQLite job store, uploaded payloads and the embedded "
+        "vector engine.",
     )
     redis_url: str | None = Field(
         default=None,
@@ -40,12 +41,14 @@ class Settings(BaseSettings):
         "(redis when redis_url is set, else fs).",
     )
     qdrant_url: str | None = Field(
-        default=None, description="Qdrant server URL; unset = Qdrant local mode in the data dir."
+        default=None,
+        description="Qdrant server URL; unset = Qdrant Edge, the Qdrant engine embedded in the "
+        "index actor, with its files in the data dir.",
     )
     qdrant_api_key: str | None = Field(
         default=None,
         repr=False,
-        description="API key sent to the Qdrant server at qdrant_url (unused in local mode).",
+        description="API key sent to the Qdrant server at qdrant_url (unused when embedded).",
     )
     qdrant_collection: str = Field(
         default="raylens_images",
@@ -59,7 +62,34 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Timeout of each call to the Qdrant server, in whole seconds (the client "
-        "takes an int; unused in local mode).",
+        "takes an int; unused by the embedded engine).",
+    )
+    index_build_points: int = Field(
+        default=10_000,
+        ge=0,
+        description="Embedded engine: once this many points were written since the last HNSW "
+        "build, build the index again, in a separate low-priority process, on a copy of the "
+        "collection that is swapped in when it has caught up (0 = never build: every search "
+        "scans every point). Smaller keeps search faster, larger builds less often.",
+    )
+    index_build_threads: int = Field(
+        default=1,
+        ge=0,
+        description="Embedded engine: threads of one HNSW build (0 = one per CPU; the build "
+        "shares the CPUs with the workers).",
+    )
+    index_catchup_points: int = Field(
+        default=4096,
+        ge=1,
+        description="Embedded engine: writes replayed onto a freshly built copy per index call "
+        "until it has caught up, so no call waits for the whole replay.",
+    )
+    index_build_max_backlog: int = Field(
+        default=200_000,
+        ge=1,
+        description="Embedded engine: points written during one build that the index actor "
+        "keeps in memory to replay onto the copy; past this the build is dropped and tried "
+        "again later (bounds the actor's memory: about 2 KB per 512-d point).",
     )
 
     # --- model ------------------------------------------------------------------------------
@@ -273,7 +303,22 @@ class Settings(BaseSettings):
         ge=1,
         le=100,
         description="Attempts a job gets (lease expiries and model errors count; input errors "
-        "fail at once) before it fails as dead_letter.",
+        "fail at once; an unavailable index or store never counts) before it fails as "
+        "dead_letter.",
+    )
+    infra_backoff_first_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="When the index or a store is unavailable, a worker gives its jobs back "
+        "(no attempt counted) and pauses leasing; it probes the dependency first after this "
+        "long, then twice as long each time, up to infra_backoff_max_s.",
+    )
+    infra_backoff_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest pause between two probes of an unavailable index or store (and "
+        "between two lease calls while the job store is down): how long, at most, work stays "
+        "paused after the dependency is back. Also how long one probe waits for an answer.",
     )
     queue_max_depth: int = Field(
         default=100_000,
@@ -284,6 +329,25 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Upload/file cap.")
     max_image_pixels: int = Field(
         default=89_478_485, ge=1, description="Decompression-bomb limit (width x height)."
+    )
+    # 2 GiB admits any image under the pixel limit in its costliest mode (89.5 Mpx RGBA holds
+    # ~1.1 GB while it is converted) and an hour of video sampled at 1/s at the embedding side
+    # (~1.2 GB of frames); a worker's model (ViT-B-32: ~1.5 GB RSS) plus one such input fits a
+    # 4 GB worker.
+    max_decoded_bytes_per_input: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Most bytes one input may hold decoded, estimated from its header before "
+        "any pixel is decoded (raster by mode, 16-bit and float included, plus the copies of "
+        "its conversion to RGB; for a video, every sampled frame held at once). Over it an "
+        "image fails with decompression_bomb, a video with too_large.",
+    )
+    max_decoded_bytes_per_worker: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Most decoded bytes (the same estimate) a worker's decode threads hold at "
+        "once: a decode waits until its share is free; one input over this (but within "
+        "max_decoded_bytes_per_input) runs alone.",
     )
 
     # --- ray and CLI --------------------------------------------------------------------------
@@ -401,7 +465,9 @@ class Settings(BaseSettings):
         default=None,
         description="Fault drills only: 'poison:<sha256 prefix>' makes inference raise for "
         "that content; 'hang:<seconds>' stalls every inference call; "
-        "'hang_once:<seconds>@<worker name>' stalls that worker once. Never set in production.",
+        "'hang_once:<seconds>@<worker name>' stalls that worker once; 'crash:<sha256 prefix>' "
+        "kills the worker process (SIGSEGV) when it decodes that content. Never set in "
+        "production.",
     )
 
     @field_validator("data_dir", "clip_model_config", mode="after")

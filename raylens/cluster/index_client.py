@@ -1,0 +1,119 @@
+"""The VectorIndex backend on qdrant-client: a Qdrant server (RAYLENS_QDRANT_URL).
+
+The same class runs on any QdrantClient; the contract tests give it the client's own local
+mode, which answers the same requests in-process, because no Qdrant server can run there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class ClientBackend:
+    def __init__(self, client: Any, where: str) -> None:
+        self.client = client
+        self.where = where
+
+    def collection_size(self, name: str) -> int | None:
+        if not self.client.collection_exists(name):
+            return None
+        info = self.client.get_collection(name)
+        return int(info.config.params.vectors.size)
+
+    def create(self, name: str, dim: int, distance: str) -> None:
+        from qdrant_client import models
+
+        metric = models.Distance.EUCLID if distance == "euclid" else models.Distance.COSINE
+        self.client.create_collection(
+            name, vectors_config=models.VectorParams(size=dim, distance=metric)
+        )
+        for field in ("sha256", "job_id"):  # what deletes and per-image lookups filter on
+            self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        from qdrant_client import models
+
+        self.client.upsert(
+            name,
+            points=models.Batch(ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads)),
+            wait=True,
+        )
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        from qdrant_client import models
+
+        if ids and self.client.collection_exists(name):
+            self.client.delete(name, points_selector=models.PointIdsList(points=list(ids)))
+
+    def search(
+        self, name: str, vector: np.ndarray, top_k: int, filters: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        from qdrant_client import models
+
+        if not self.client.collection_exists(name):
+            return []
+        query_filter = None
+        if filters:
+            query_filter = models.Filter(
+                must=[
+                    models.FieldCondition(key=k, match=models.MatchValue(value=v))
+                    for k, v in filters.items()
+                ]
+            )
+        res = self.client.query_points(
+            name,
+            query=vector.tolist(),
+            limit=top_k,
+            query_filter=query_filter,
+            with_payload=True,
+        )
+        return [{"id": str(p.id), "score": p.score, "payload": p.payload or {}} for p in res.points]
+
+    def count(self, name: str) -> int:
+        if not self.client.collection_exists(name):
+            return 0
+        return int(self.client.count(name, exact=True).count)
+
+    def retrieve(self, name: str, point_id: str) -> dict[str, Any] | None:
+        if not self.client.collection_exists(name):
+            return None
+        found = self.client.retrieve(name, ids=[point_id], with_vectors=True, with_payload=True)
+        if not found:
+            return None
+        p = found[0]
+        return {
+            "id": str(p.id),
+            "vector": np.asarray(p.vector, dtype=np.float32),
+            "payload": p.payload or {},
+        }
+
+    def point_ids(self, name: str, limit: int) -> list[str]:
+        ids: list[str] = []
+        offset = None
+        while self.client.collection_exists(name) and len(ids) < limit:
+            points, offset = self.client.scroll(name, limit=1000, offset=offset, with_payload=False)
+            ids.extend(str(p.id) for p in points)
+            if offset is None:
+                break
+        return ids[:limit]
+
+    def maintain(self) -> None:
+        """A server indexes by itself."""
+
+    def building(self) -> bool:
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.client.close()
