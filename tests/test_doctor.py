@@ -338,34 +338,144 @@ def test_lock_holders_are_read_from_proc_locks_by_inode(tmp_path: Path) -> None:
     assert doctor.lock_holders(tmp_path / "missing", table) == []
 
 
-def test_qdrant_local_is_read_from_its_files_and_a_foreign_lock_warns(tmp_path: Path) -> None:
+def index_with_points(s: Settings, n: int = 3, dim: int = 4) -> Any:
+    """The real embedded engine (Qdrant Edge), holding n points; open (this process holds it)."""
+    import numpy as np
+
+    from raylens.cluster.index import VectorIndex, point_id
+
+    ix = VectorIndex(s, dim)
+    vectors = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    ix.upsert([point_id(f"s{i}", "m") for i in range(n)], vectors, [{}] * n)
+    return ix
+
+
+def test_the_embedded_index_is_read_from_its_files_and_a_foreign_holder_warns(
+    tmp_path: Path,
+) -> None:
+    s = settings(tmp_path)
+    name = s.qdrant_collection
+    assert (
+        "not created yet"
+        in doctor.check_qdrant_local(doctor.qdrant_local_facts(s.qdrant_path), False).detail
+    )
+    ix = index_with_points(s)
+    try:
+        held = doctor.qdrant_local_facts(s.qdrant_path)  # read while this process holds it
+    finally:
+        ix.close()
+    c = held["collections"][name]
+    assert c["vectors"] == {"size": 4, "distance": "Cosine"} and c["generation"] == "gen-000001"
+    assert c["in_use"] and "points" not in c and "error" not in c  # never opened while held
+    if Path("/proc/locks").exists():
+        assert [h["pid"] for h in c["holders"]] == [os.getpid()]
+        warned = doctor.check_qdrant_local(held, index_actor_running=False)
+        assert warned.status == WARN and f"in use by pid {os.getpid()}" in warned.detail
+        assert "RAYLENS_QDRANT_URL" in (warned.fix or "")
+        ours = doctor.check_qdrant_local(held, index_actor_running=True)
+        assert ours.status == OK and "the raylens index actor" in ours.detail
+    assert doctor.check_collection_sizes(s, held["collections"], 4).status == OK  # type: ignore[union-attr]
+    wrong = doctor.check_collection_sizes(s, held["collections"], 512)
+    assert wrong is not None and wrong.status == ERROR and "holds 4-d, needs 512-d" in wrong.detail
+
+
+def test_a_free_embedded_index_is_opened_briefly_to_count_its_points(tmp_path: Path) -> None:
+    import shutil
+
+    from raylens.cluster.index import VectorIndex
+
+    s = settings(tmp_path)
+    name = s.qdrant_collection
+    index_with_points(s, n=5).close()
+    folder = s.qdrant_path / "edge" / name
+    shutil.copytree(folder / "gen-000001", folder / "gen-000002")  # a build a crash left
+    facts = doctor.qdrant_local_facts(s.qdrant_path)
+    c = facts["collections"][name]
+    assert c["points"] == 5 and c.get("holders") in ([], None) and not c.get("in_use")
+    (leftover,) = c["other_generations"]
+    assert leftover["name"] == "gen-000002" and leftover["holders"] in ([], None)
+    check = doctor.check_qdrant_local(facts, index_actor_running=False)
+    assert check.status == OK, check
+    assert f"{name}: 5 points (0 in HNSW), 4-d Cosine, gen-000001, not in use" in check.detail
+    assert "gen-000002: a build's copy, not in use (removed at the next open)" in check.detail
+    assert "20,000" not in check.detail
+    # Not counted while the index actor runs (it opens each collection at first use).
+    quiet = doctor.qdrant_local_facts(s.qdrant_path, count_free=False)["collections"][name]
+    assert "points" not in quiet and quiet["vectors"]["size"] == 4
+    # The doctor let go of it, and changed nothing the engine needs.
+    assert (folder / "gen-000002").is_dir()
+    ix = VectorIndex(s)
+    try:
+        assert ix.count() == 5
+    finally:
+        ix.close()
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="holders are read from /proc/locks")
+def test_another_process_holding_the_index_is_named_and_left_alone(tmp_path: Path) -> None:
+    """A notebook or script holding the folder: the doctor names its pid, does not open the
+    folder, and the holder goes on writing."""
+    s = settings(tmp_path)
+    index_with_points(s).close()
+    script = f"""
+import sys, numpy as np
+from raylens.cluster.index import VectorIndex, point_id
+from raylens.cluster.settings import Settings
+ix = VectorIndex(Settings(data_dir={str(s.data_dir)!r}), 4)
+print("open", flush=True)
+sys.stdin.readline()
+ix.upsert([point_id("late", "m")], np.ones((1, 4), dtype=np.float32), [{{}}])
+print(ix.count(), flush=True)
+ix.close()
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "open"
+        facts = doctor.qdrant_local_facts(s.qdrant_path)
+        c = facts["collections"][s.qdrant_collection]
+        assert [h["pid"] for h in c["holders"]] == [child.pid] and "points" not in c
+        check = doctor.check_qdrant_local(facts, index_actor_running=False)
+        assert check.status == WARN and f"in use by pid {child.pid} (" in check.detail
+        out, _ = child.communicate("\n", timeout=60)
+        assert out.strip() == "4"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_old_local_mode_files_are_an_error_naming_the_migration(tmp_path: Path) -> None:
     from qdrant_client import QdrantClient, models
 
-    path = tmp_path / "qdrant"
-    client = QdrantClient(path=str(path))
+    from raylens.cluster.index import VectorIndex
+    from raylens.errors import SettingsError
+
+    s = settings(tmp_path)
+    client = QdrantClient(path=str(s.qdrant_path))  # what earlier raylens releases embedded
     try:
         client.create_collection(
             "imgs", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE)
         )
-        client.upsert(
-            "imgs", points=[models.PointStruct(id=i, vector=[1, 0, 0, i]) for i in range(3)]
-        )
-        facts = doctor.qdrant_local_facts(path)  # read while this process holds the lock
     finally:
         client.close()
-    assert facts["collections"]["imgs"] == {
-        "vectors": {"size": 4, "distance": "Cosine"},
-        "points": 3,
-    }
-    if Path("/proc/locks").exists():
-        assert [h["pid"] for h in facts["lock_holders"]] == [os.getpid()]
-        held = doctor.check_qdrant_local(facts, index_actor_running=False)
-        assert held.status == WARN and f"pid {os.getpid()}" in held.detail
-        assert doctor.check_qdrant_local(facts, index_actor_running=True).status == OK
-    free = doctor.qdrant_local_facts(path)
-    assert free.get("lock_holders") in ([], None)
-    check = doctor.check_qdrant_local(free, index_actor_running=False)
-    assert check.status == OK and "imgs: 3 points, 4-d Cosine" in check.detail
+    with pytest.raises(SettingsError, match="raylens index migrate"):
+        VectorIndex(s, 4)  # the engine refuses, and so the doctor says
+    check = doctor.check_qdrant_local(doctor.qdrant_local_facts(s.qdrant_path), False)
+    assert check.status == ERROR and "local-mode files" in check.detail and "imgs" in check.detail
+    assert check.fix == "`raylens index migrate` (with raylens stopped)"
+
+
+def test_a_current_naming_no_generation_is_an_error(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    index_with_points(s).close()
+    folder = s.qdrant_path / "edge" / s.qdrant_collection
+    (folder / "CURRENT").write_text("gen-000009")
+    check = doctor.check_qdrant_local(doctor.qdrant_local_facts(s.qdrant_path), False)
+    assert check.status == ERROR and "'gen-000009'" in check.detail
+    assert str(folder) in (check.fix or "") and "re-ingest" in (check.fix or "")
 
 
 def test_stored_vector_sizes_are_checked_against_the_model(tmp_path: Path) -> None:

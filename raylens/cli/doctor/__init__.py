@@ -3,8 +3,9 @@
 # Every check is a plain function that returns `Check`s; the ones that judge facts (Redis
 # configuration, redaction, lock holders) take dicts so they are testable without the service.
 # Nothing here starts or stops anything: Ray is only joined (in a child process, time-boxed),
-# Redis and Qdrant are only read, and Qdrant local mode is inspected from its files without
-# taking its lock. Heavy imports (torch, open_clip, ray, qdrant_client, redis) happen inside
+# Redis and Qdrant are only read, and the embedded engine (Qdrant Edge) is read from its files;
+# a collection no process holds is opened briefly to count its points, one held is never
+# opened. Heavy imports (torch, open_clip, ray, qdrant_client, qdrant_edge, redis) happen inside
 # the checks, so importing this package stays cheap.
 
 from raylens.cli.doctor.common import (

@@ -20,6 +20,7 @@ PACKAGES = (
     "torch",
     "torchvision",
     "open_clip_torch",
+    "qdrant-edge-py",
     "qdrant-client",
     "redis",
     "pydantic",

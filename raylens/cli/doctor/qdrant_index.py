@@ -1,11 +1,11 @@
-"""The "index" checks: Qdrant local mode read from its files, a Qdrant server, vector sizes."""
+"""The "index" checks: the embedded engine (Qdrant Edge) read from its files, a Qdrant server,
+vector sizes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,42 +40,116 @@ def lock_holders(lock_file: Path, proc_locks: str | None = None) -> list[int] | 
 
 def _cmdline(pid: int) -> str:
     text = read_file(Path(f"/proc/{pid}/cmdline")) or ""
-    return " ".join(text.split("\0")).strip()[:120] or "?"
+    return " ".join(text.replace("\0", " ").split())[:120] or "?"
 
 
-def qdrant_local_facts(path: Path) -> dict[str, Any]:
-    """Qdrant local mode, from its files: meta.json (collections), each collection's sqlite
-    (point counts) and who holds the folder's lock. Never opens the folder as a client."""
-    facts: dict[str, Any] = {"path": str(path), "exists": path.is_dir()}
-    if not facts["exists"]:
-        return facts
-    holders = lock_holders(path / ".lock")
-    facts["lock_holders"] = (
-        None if holders is None else [{"pid": p, "cmdline": _cmdline(p)} for p in holders]
-    )
-    meta_text = read_file(path / "meta.json")
-    if meta_text is None:
-        facts["collections"] = {}
+# Held by these, a shard folder is raylens's own: the index actor (Ray titles its process
+# `ray::VectorIndex`, `ray::VectorIndex.upsert` while a call runs) and its HNSW build child.
+OWN_HOLDERS = ("ray::VectorIndex", "raylens.cluster.index_build")
+
+
+def _holders(lock_file: Path) -> list[dict[str, Any]] | None:
+    pids = lock_holders(lock_file)
+    return None if pids is None else [{"pid": p, "cmdline": _cmdline(p)} for p in pids]
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc)
+    return "WouldBlock" in text or "lock" in text.lower()
+
+
+def _count_points(shard_path: Path) -> dict[str, Any]:
+    """Open a shard no one holds, count its points, close it: well under a second for a small
+    shard. The engine's lock is taken without waiting, so a folder opened meanwhile by another
+    process fails here at once (in_use) instead of blocking."""
+    from qdrant_edge import CountRequest, EdgeShard
+
+    try:
+        shard = EdgeShard.load(str(shard_path))
+    except Exception as exc:
+        if _is_lock_error(exc):
+            return {"in_use": True}
+        return {"error": f"the engine cannot open {shard_path}: {str(exc)[:300]}"}
+    try:
+        info = shard.info()
+        return {
+            "points": int(shard.count(CountRequest(exact=True))),
+            "indexed": int(info.indexed_vectors_count),
+            "segments": int(info.segments_count),
+        }
+    finally:
+        shard.close()
+
+
+def _edge_collection_facts(folder: Path, count_free: bool) -> dict[str, Any]:
+    """One collection folder of the embedded engine: CURRENT, that generation's edge_config.json
+    and who holds its lock (the engine flocks the shard's `wal` folder); the point count only
+    when no one holds it and count_free. Other gen-* folders (a build under way, or one a crash
+    left) are listed, never opened."""
+    from raylens.cluster.index_edge import CURRENT, GEN
+
+    facts: dict[str, Any] = {"folder": str(folder)}
+    current = read_file(folder / CURRENT)
+    gen = current.strip() if current is not None else None
+    facts["generation"] = gen
+    facts["other_generations"] = [
+        {"name": d.name, "holders": _holders(d / "wal")}
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and GEN.match(d.name) and d.name != gen
+    ]
+    if gen is None:
+        return facts  # created at first use (an interrupted create is made again then)
+    shard = folder / gen
+    if not GEN.match(gen) or not shard.is_dir():
+        facts["error"] = f"{folder / CURRENT} names {gen!r}, which is no generation folder there"
         return facts
     try:
-        meta = json.loads(meta_text)
-    except ValueError as exc:
-        facts["meta_error"] = f"meta.json is not valid JSON: {exc}"
+        config = json.loads((shard / "edge_config.json").read_text())
+        vector = (config.get("vectors") or {})[""]
+        facts["vectors"] = {"size": int(vector["size"]), "distance": str(vector["distance"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        facts["error"] = f"cannot read the vector size from {shard / 'edge_config.json'}: {exc}"
         return facts
+    facts["holders"] = _holders(shard / "wal")
+    if facts["holders"]:
+        facts["in_use"] = True
+        return facts  # never opened while someone holds it: that would fail, or race its owner
+    if not count_free:
+        return facts
+    counted = _count_points(shard)
+    if counted.get("in_use"):  # opened since /proc/locks was read, or no /proc/locks here
+        facts["holders"] = _holders(shard / "wal")
+    facts.update(counted)
+    return facts
+
+
+def qdrant_local_facts(path: Path, count_free: bool = True) -> dict[str, Any]:
+    """The embedded engine (Qdrant Edge) in the data dir, from its files: each collection's
+    generation, vector size and distance, who holds it; its point count only when no process
+    holds it (opened briefly, then closed) and count_free (pass False while the raylens index
+    actor runs: it opens a collection at its first use, and must not find it held). Also the
+    qdrant-client local-mode files of earlier releases (raylens refuses to start on them) and
+    the backups `raylens index migrate` kept."""
+    from raylens.cluster.index_edge import edge_root, old_local_mode_collections
+
+    root = edge_root(path)
+    facts: dict[str, Any] = {"path": str(path), "edge_path": str(root), "exists": path.is_dir()}
+    if not facts["exists"]:
+        return facts
+    old = old_local_mode_collections(path)
+    if old:
+        facts["old_local_mode"] = {"collections": old, "lock_holders": _holders(path / ".lock")}
+    facts["migration_backups"] = sorted(
+        d.name for d in path.glob("local-mode-backup-*") if d.is_dir()
+    )
     collections: dict[str, dict[str, Any]] = {}
-    for name, config in (meta.get("collections") or {}).items():
-        collections[name] = {"vectors": _vector_params(config.get("vectors"))}
-        storage = path / "collection" / name / "storage.sqlite"
-        try:
-            db = sqlite3.connect(f"file:{storage}?mode=ro", uri=True, timeout=2.0)
-            try:
-                collections[name]["points"] = db.execute("SELECT count(*) FROM points").fetchone()[
-                    0
-                ]
-            finally:
-                db.close()
-        except sqlite3.Error as exc:
-            collections[name]["error"] = str(exc)
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir():
+                try:
+                    collections[folder.name] = _edge_collection_facts(folder, count_free)
+                except OSError as exc:
+                    collections[folder.name] = {"folder": str(folder), "error": str(exc)}
     facts["collections"] = collections
     return facts
 
@@ -136,54 +210,106 @@ def _collections_line(collections: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _who(holders: list[dict[str, Any]] | None) -> str:
+    if not holders:
+        return "another process (its pid cannot be told here: no /proc/locks)"
+    return ", ".join(f"pid {h['pid']} ({h['cmdline']})" for h in holders)
+
+
+def _ours(holders: list[dict[str, Any]] | None, index_actor_running: bool) -> bool:
+    return index_actor_running or bool(
+        holders and all(any(o in h["cmdline"] for o in OWN_HOLDERS) for h in holders)
+    )
+
+
+def _edge_collection_line(name: str, c: Mapping[str, Any], index_actor_running: bool) -> str:
+    if c.get("error"):
+        return f"{name}: unreadable ({c['error']})"
+    if c.get("generation") is None:
+        return f"{name}: no generation yet (created at first use)"
+    v = c.get("vectors") or {}
+    parts = [f"{v.get('size', '?')}-d {v.get('distance', '')}".strip(), str(c["generation"])]
+    if c.get("in_use"):
+        ours = _ours(c.get("holders"), index_actor_running)
+        parts.append(
+            f"in use by {_who(c.get('holders'))}"
+            + (" (the raylens index actor; `raylens status` counts its points)" if ours else "")
+        )
+    elif "points" in c:
+        n = c["points"]
+        parts.insert(0, f"{n} point{'' if n == 1 else 's'} ({c.get('indexed', 0)} in HNSW)")
+        parts.append("not in use")
+    else:
+        parts.append("not in use (not opened to count its points while the index actor runs)")
+    for other in c.get("other_generations") or []:
+        if other.get("holders"):
+            parts.append(f"{other['name']}: a build under way ({_who(other['holders'])})")
+        else:
+            parts.append(f"{other['name']}: a build's copy, not in use (removed at the next open)")
+    return f"{name}: " + ", ".join(parts)
+
+
 def check_qdrant_local(facts: Mapping[str, Any], index_actor_running: bool) -> Check:
+    """The embedded engine (Qdrant Edge): its collections, who holds them, old files."""
     path = facts["path"]
-    data = {k: facts[k] for k in ("path", "collections", "lock_holders") if k in facts}
+    keys = ("path", "edge_path", "collections", "old_local_mode", "migration_backups")
+    data = {k: facts[k] for k in keys if k in facts}
     if not facts.get("exists"):
         return Check(
             "qdrant",
             OK,
-            f"local mode at {path}: not created yet (`raylens up` creates it)",
+            f"embedded (Qdrant Edge) at {path}: not created yet (`raylens up` creates it)",
             group="index",
             data=data,
         )
-    if facts.get("meta_error"):
+    collections: Mapping[str, Any] = facts.get("collections") or {}
+    lines = [_edge_collection_line(n, c, index_actor_running) for n, c in collections.items()]
+    detail = f"embedded (Qdrant Edge) at {facts['edge_path']}: " + (
+        "; ".join(lines) or "no collections yet"
+    )
+    backups = facts.get("migration_backups") or []
+    if backups:
+        detail += (
+            f"; {path} keeps {', '.join(backups)} (the files `raylens index migrate` moved "
+            "aside: remove once satisfied)"
+        )
+    old = facts.get("old_local_mode")
+    if old:
+        held = f", locked by {_who(old['lock_holders'])}" if old.get("lock_holders") else ""
         return Check(
             "qdrant",
             ERROR,
-            f"local mode at {path}: {facts['meta_error']}",
-            "restore meta.json from a backup, or move the folder away (its vectors are lost; "
-            "re-ingest)",
+            f"{path} still holds qdrant-client local-mode files (meta.json, collection/: "
+            f"{', '.join(old['collections'])}{held}), the embedded engine of earlier raylens "
+            f"releases: raylens refuses to start on them; {detail}",
+            "`raylens index migrate` (with raylens stopped)",
             group="index",
             data=data,
         )
-    detail = f"local mode at {path}: {_collections_line(facts.get('collections', {}))}"
-    holders = facts.get("lock_holders")
-    if holders:
-        who = ", ".join(f"pid {h['pid']} ({h['cmdline']})" for h in holders)
-        ours = index_actor_running or all("VectorIndex" in h["cmdline"] for h in holders)
-        if not ours:
-            return Check(
-                "qdrant",
-                WARN,
-                f"{detail}; locked by {who}, and no raylens index actor is running: "
-                "`raylens up` cannot open it while that process lives",
-                "stop that process (an old raylens or a notebook holding a QdrantClient), or use "
-                "a Qdrant server (RAYLENS_QDRANT_URL)",
-                group="index",
-                data=data,
-            )
-        detail += f"; in use by {who} (the raylens index actor)"
-    elif holders is not None:
-        detail += "; not locked"
-    big = [n for n, c in facts.get("collections", {}).items() if c.get("points", 0) > 20_000]
-    if big:
+    broken = [n for n, c in collections.items() if c.get("error")]
+    if broken:
+        folders = ", ".join(str(collections[n].get("folder", n)) for n in broken)
+        return Check(
+            "qdrant",
+            ERROR,
+            f"{detail}: the engine cannot open {', '.join(broken)}",
+            f"restore {folders} from a backup, or move it away (its vectors are lost; re-ingest)",
+            group="index",
+            data=data,
+        )
+    foreign = [
+        n
+        for n, c in collections.items()
+        if c.get("in_use") and not _ours(c.get("holders"), index_actor_running)
+    ]
+    if foreign:
         return Check(
             "qdrant",
             WARN,
-            f"{detail}; local mode holds every point in memory and slows down past 20,000 "
-            f"points ({', '.join(big)})",
-            "run a Qdrant server and set RAYLENS_QDRANT_URL",
+            f"{detail}; no raylens index actor is running: `raylens up` cannot open "
+            f"{', '.join(foreign)} while that process lives",
+            "stop that process (an old raylens, or a notebook or script holding a VectorIndex "
+            "or EdgeShard on it), or use a Qdrant server (RAYLENS_QDRANT_URL)",
             group="index",
             data=data,
         )

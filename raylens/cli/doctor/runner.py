@@ -75,8 +75,9 @@ def _index_checks(settings: Settings, timeout_s: float, ray_facts: Mapping[str, 
     if settings.qdrant_url:
         facts = qdrant_server_facts(settings.qdrant_url, settings.qdrant_api_key, timeout_s)
         return facts, check_qdrant_server(facts, redact_text(settings.qdrant_url))
-    facts = qdrant_local_facts(settings.qdrant_path)
     index_running = settings.index_actor_name in (ray_facts.get("actors") or [])
+    # With the index actor up, nothing is opened (it opens each collection at first use).
+    facts = qdrant_local_facts(settings.qdrant_path, count_free=not index_running)
     return facts, check_qdrant_local(facts, index_running)
 
 
