@@ -8,13 +8,15 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help up test test-all test-fast lint bench bench-check chaos deps uv redis clean
+.PHONY: help up test test-all test-fast lint bench bench-index bench-check chaos deps uv redis clean
 
 help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
 	@echo "make test-all  everything: + two-node and pending-worker tests, full-size drills, bench peers"
-	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve (ViT-B-32)"
+	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve (ViT-B-32),"
+	@echo "            then search latency of the embedded index over 100,000 points under ingest"
+	@echo "make bench-index  only that last part (BENCH_INDEX_ARGS=\"--backend client\" for the old engine)"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench-check  the benchmark peers' smoke tests (tiny model; not part of make test)"
 	@echo "make chaos  fault drills at full size (load, worker kills, poison, idempotency); prints a table"
@@ -54,6 +56,10 @@ lint: deps
 
 bench: deps redis
 	$(UV) run --frozen python bench/bench_http.py $(BENCH_ARGS)
+	$(UV) run --frozen python bench/bench_index.py $(BENCH_INDEX_ARGS)
+
+bench-index: deps
+	$(UV) run --frozen python bench/bench_index.py $(BENCH_INDEX_ARGS)
 
 bench-check: deps redis
 	RAYLENS_BENCH_TESTS=1 $(UV) run --frozen pytest -q -ra tests/test_bench_peer_rq.py tests/test_bench_peers_serve.py tests/test_bench_cli.py
