@@ -8,7 +8,8 @@ and the longest single call. Then, with the load written and the last build swap
 quiet search p50/p99. `--backend client` runs the same on qdrant-client's local mode (the
 embedded default before Qdrant Edge) for the before/after ratio.
 
-    uv run python bench/bench_index.py [--points 100000] [--backend edge|client] [--json]
+    uv run python bench/bench_index.py [--points 100000] [--rate 0] [--backend edge|client]
+                                       [--json]
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)) * 1000, 2) if values else float("nan")
 
 
-def run(backend: str, points: int, batch: int, dim: int, quiet_queries: int) -> dict:
+def run(
+    backend: str, points: int, batch: int, dim: int, quiet_queries: int, rate: float = 0.0
+) -> dict:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         ix = open_index(backend, Path(tmp), dim)
@@ -65,6 +68,10 @@ def run(backend: str, points: int, batch: int, dim: int, quiet_queries: int) -> 
             ix.search(rng.standard_normal(dim).astype(np.float32), top_k=10)
             searches.append(time.perf_counter() - t)
             slice_searches += 1
+            if rate > 0:  # an ingest of `rate` images/s, not a writer as fast as it can
+                ahead = started + (start + n) / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
             done = start + n
             if done % max(batch, points // 10) < batch or done == points:
                 now = time.perf_counter()
@@ -98,6 +105,7 @@ def run(backend: str, points: int, batch: int, dim: int, quiet_queries: int) -> 
             "points": ix.count(),
             "dim": dim,
             "batch": batch,
+            "rate": rate or None,
             "load_seconds": round(load_s, 1),
             "upserts_per_s": round(points / load_s),
             "during_ingest": {
@@ -124,16 +132,24 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--backend", choices=["edge", "client"], default="edge")
     ap.add_argument("--quiet-queries", type=int, default=300)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="points/s the writer keeps to, as an ingest would (0 = as fast as it can)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    out = run(args.backend, args.points, args.batch, args.dim, args.quiet_queries)
+    out = run(args.backend, args.points, args.batch, args.dim, args.quiet_queries, args.rate)
     if args.json:
         print(json.dumps(out))
         return
     d, q = out["during_ingest"], out["quiet"]
+    paced = f", paced at {out['rate']}/s" if out["rate"] else ""
     print(
         f"{out['backend']}: {out['points']} points of {out['dim']}-d in {out['load_seconds']}s "
-        f"({out['upserts_per_s']}/s, batches of {out['batch']})\n"
+        f"({out['upserts_per_s']}/s, batches of {out['batch']}"
+        f"{paced})\n"
         f"  during ingest: search p50 {d['search_p50_ms']} ms, p99 {d['search_p99_ms']} ms, "
         f"max {d['search_max_ms']} ms; upsert batch p50 {d['upsert_batch_p50_ms']} ms, "
         f"p99 {d['upsert_batch_p99_ms']} ms, max {d['upsert_batch_max_ms']} ms\n"

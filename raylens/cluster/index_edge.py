@@ -43,6 +43,7 @@ COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Payload fields with a keyword index: what deletes and per-image lookups filter on.
 INDEXED_FIELDS = ("sha256", "job_id")
 DISTANCES = ("cosine", "euclid")
+SEGMENTS = 32  # segments a collection may have before builds merge them (see _config)
 
 
 def edge_root(qdrant_path: Path) -> Path:
@@ -114,7 +115,16 @@ class EdgeCollection:
 
     # --- generations ----------------------------------------------------------------------
     def _config(self, dim: int | None = None, distance: str | None = None) -> Any:
-        from qdrant_edge import Distance, EdgeConfig, EdgeVectorParams, HnswIndexConfig
+        from qdrant_edge import (
+            Distance,
+            EdgeConfig,
+            EdgeOptimizersConfig,
+            EdgeVectorParams,
+            HnswIndexConfig,
+            Memory,
+            ScalarQuantizationConfig,
+            ScalarType,
+        )
 
         hnsw = HnswIndexConfig(
             m=16, ef_construct=100, full_scan_threshold=10_000,
@@ -124,7 +134,22 @@ class EdgeCollection:
             dim, distance = self.size, self.distance
         assert dim is not None, "the vector size is read before the shard is opened"
         metric = Distance.Euclid if distance == "euclid" else Distance.Cosine
-        return EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=metric), hnsw_config=hnsw)
+        return EdgeConfig(
+            vectors=EdgeVectorParams(size=dim, distance=metric),
+            hnsw_config=hnsw,
+            # Each build indexes only what was written since the last one, into a segment of its
+            # own. With the default target (one segment per CPU) every build would also merge
+            # the indexed segments and rebuild their graph: O(collection) per build, so builds
+            # fall behind ingest. Searching a few more HNSW segments costs far less.
+            optimizers=EdgeOptimizersConfig(default_segment_number=SEGMENTS),
+            # int8 copies of the vectors, built with the graph: the build runs on them (measured
+            # 139 -> 1,824 points/s for 512-d here, one thread) and searches rank with them, then
+            # rescore the candidates with the original vectors (QueryRequest params), so scores
+            # and distances are exact.
+            quantization_config=ScalarQuantizationConfig(
+                type=ScalarType.Int8, memory=Memory.Pinned
+            ),
+        )
 
     def _open(self) -> None:
         from qdrant_edge import EdgeShard
@@ -405,7 +430,7 @@ class EdgeBackend:
     def search(
         self, name: str, vector: np.ndarray, top_k: int, filters: dict[str, Any] | None
     ) -> list[dict[str, Any]]:
-        from qdrant_edge import Query, QueryRequest
+        from qdrant_edge import QuantizationSearchParams, Query, QueryRequest, SearchParams
 
         c = self._collection(name)
         if c.shard is None:
@@ -420,6 +445,7 @@ class EdgeBackend:
                     query=Query.Nearest(vector.tolist()),
                     filter=_to_edge_filter(plain),
                     with_payload=True,
+                    params=SearchParams(quantization=QuantizationSearchParams(rescore=True)),
                 )
             )
             hits = [
