@@ -235,3 +235,22 @@ def test_migrate_refuses_while_the_engine_is_open_elsewhere(tmp_path: Path) -> N
     owner.close()
     assert (settings.qdrant_path / "meta.json").is_file()  # untouched
     assert os.path.isdir(settings.qdrant_path / "collection")
+
+
+def test_up_on_an_old_local_mode_data_dir_fails_before_starting_anything(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import ray
+
+    settings = Settings(data_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_old_local_mode(settings, 5)
+    monkeypatch.setenv("RAYLENS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAYLENS_CLIP_PRETRAINED", "none")
+    started = time.monotonic()
+    assert cli_main(["up", "--no-http"]) == 2
+    err = capsys.readouterr().err
+    assert "raylens index migrate" in err and "Traceback" not in err
+    assert not ray.is_initialized()
+    assert time.monotonic() - started < 30  # no Ray start (that takes 40 s here)

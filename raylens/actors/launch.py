@@ -17,7 +17,13 @@ from raylens.actors.handles import ActorMissing, lookup
 from raylens.actors.queue import JobQueue
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.settings import Settings
-from raylens.errors import ModelLoadError, RaylensError, StoreUnavailable
+from raylens.errors import (
+    IndexUnavailable,
+    ModelLoadError,
+    RaylensError,
+    SettingsError,
+    StoreUnavailable,
+)
 from raylens.models.model_id import model_id_for
 from raylens.models.reachability import tcp_reachable
 
@@ -186,7 +192,12 @@ def start_index(settings: Settings) -> Any:
         .options(num_cpus=0, **_detached(settings, settings.index_actor_name))
         .remote(settings, builds=True)
     )
-    ray.get(index.count.remote())  # type: ignore[union-attr]
+    try:
+        ray.get(index.count.remote())  # type: ignore[union-attr]
+    except ray.exceptions.RayActorError as exc:  # its constructor failed: say why, not Ray
+        why = _creation_error(exc).replace("worker failed", "the index actor failed")
+        ray.kill(index, no_restart=True)  # type: ignore[arg-type]
+        raise (SettingsError if "SettingsError: " in str(exc) else IndexUnavailable)(why) from None
     return index
 
 

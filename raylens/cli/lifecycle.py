@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raylens.cluster.settings import Settings
-from raylens.errors import RaylensError, StoreUnavailable
+from raylens.errors import RaylensError, SettingsError, StoreUnavailable
 
 MARKER = "ray-started-by-raylens"
 
@@ -89,6 +89,19 @@ def check_weights_here(settings: Settings) -> None:
     weights.weights_args(open_clip, settings.clip_model, pretrained)
 
 
+def check_index_here(settings: Settings) -> None:
+    """Pre-flight of the embedded engine's folder, before anything starts: vectors an earlier
+    release kept in qdrant-client's local mode are refused with the migrate command, which the
+    index actor would otherwise raise only once Ray had started."""
+    if settings.qdrant_url:
+        return
+    from raylens.cluster.index_edge import old_local_mode_message
+
+    message = old_local_mode_message(settings.qdrant_path)
+    if message:
+        raise SettingsError(message)
+
+
 def _prepare_local(settings: Settings) -> None:
     """The workers run here: weights they can neither find nor fetch fail before Ray starts;
     then the local head, unless an earlier `up --detach` left one running."""
@@ -110,6 +123,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     address = launch.resolve_address(settings, args.address)
     local = address == settings.local_ray_address
+    check_index_here(settings)
     if local:
         _prepare_local(settings)
     launch.connect(settings, address)

@@ -63,6 +63,19 @@ def old_local_mode_collections(qdrant_path: Path) -> list[str]:
     return [n for n in names if (qdrant_path / "collection" / n).is_dir()]
 
 
+def old_local_mode_message(qdrant_path: Path) -> str | None:
+    """What to tell a user whose data dir still holds local-mode vectors; None if it holds none."""
+    old = old_local_mode_collections(qdrant_path)
+    if not old:
+        return None
+    return (
+        f"{qdrant_path} holds vectors written by qdrant-client's local mode "
+        f"(collections: {', '.join(old)}), the embedded engine of earlier raylens "
+        "releases; this release embeds Qdrant Edge. Copy them over once, with raylens "
+        "stopped: `raylens index migrate` (nothing has been changed)"
+    )
+
+
 @dataclass
 class BuildTuning:
     points: int = 10_000  # build after this many writes (0 = never)
@@ -372,14 +385,9 @@ class EdgeBackend:
         builds: bool = False,
         allow_old_local_mode: bool = False,
     ) -> None:
-        old = [] if allow_old_local_mode else old_local_mode_collections(qdrant_path)
-        if old:
-            raise SettingsError(
-                f"{qdrant_path} holds vectors written by qdrant-client's local mode "
-                f"(collections: {', '.join(old)}), the embedded engine of earlier raylens "
-                "releases; this release embeds Qdrant Edge. Copy them over once, with raylens "
-                "stopped: `raylens index migrate` (nothing has been changed)"
-            )
+        message = None if allow_old_local_mode else old_local_mode_message(qdrant_path)
+        if message:
+            raise SettingsError(message)
         self.root = edge_root(qdrant_path)
         self.root.mkdir(parents=True, exist_ok=True)
         self.where = str(self.root)
