@@ -14,7 +14,7 @@
     │   └── SourceMissing             source_missing        422
     ├── QueueFull                     queue_full            429
     ├── StoreUnavailable              store_unavailable     503
-    ├── IndexUnavailable              index_unavailable     503  (on a job: counted as an attempt)
+    ├── IndexUnavailable              index_unavailable     503  (on a job: re-queued, no attempt)
     ├── JobNotFound                   not_found             404
     ├── InvalidTransition             invalid_transition    409
     ├── InvalidRequest                invalid_request       422  bad parameters of an API call
@@ -144,6 +144,11 @@ class StoreUnavailable(RaylensError):
 class IndexUnavailable(RaylensError):
     code = ErrorCode.INDEX_UNAVAILABLE
     http_status = 503
+
+
+# Faults of the infrastructure, not of a job (invariant 10): a job that meets one is re-queued
+# with no attempt counted, and the worker pauses until the dependency answers again.
+INFRA_ERRORS: tuple[type[RaylensError], ...] = (StoreUnavailable, IndexUnavailable)
 
 
 class JobNotFound(RaylensError):

@@ -660,3 +660,91 @@ def test_drill_overload_at_5x_capacity_answers_only_202_429_503_and_memory_retur
     assert growth < 0.10, row.notes
     # Client threads share the cores with the system; allow a little short of the 5x asked for.
     assert offered > 4 * capacity, f"offered only {offered / capacity:.1f}x capacity"
+
+
+def _load_counts(settings: Settings) -> dict[str, int]:
+    """worker id -> how many times its process loaded the model (1: never reloaded)."""
+    return {
+        r["worker_id"]: r["load_count"]
+        for r in ray.get([w.report.remote() for w in launch.worker_handles(settings)], timeout=60)
+    }
+
+
+def test_drill_index_down_30s_pauses_the_workers_and_every_job_finishes_after(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    # Slowed batches (0.2 s of 8 images) so the outage lands in the middle of the ingest.
+    down_s = 30.0
+    settings, _ = drill_system(max_batch_size=8, fault_inject="hang:0.2", max_attempts=3)
+    row = Row("2b index down 30s")
+    t0 = time.monotonic()
+    before = _load_counts(settings)
+    specs = [
+        intake.spec_for_path(p, Lane.BULK, pipeline=Pipeline.EMBED)
+        for p in write_images(tmp_path / "imgs", 64)
+    ]
+    queue = launch.queue_handle(settings)
+    ids = [r.job_id for r in ingest.submit(queue, specs, settings)]
+    while ray.get(queue.stats.remote())["jobs"]["done"] < 8:
+        assert time.monotonic() - t0 < 120, "no job finished before the outage"
+        time.sleep(0.05)
+    # The index actor dies and stays down (no restart) for down_s, then is started again.
+    ray.kill(launch.index_handle(settings), no_restart=True)
+    down_at = time.monotonic()
+    paused_seen, failed_while_down = False, 0
+    while time.monotonic() - down_at < down_s:
+        time.sleep(1.0)
+        reports = ray.get([w.report.remote() for w in launch.worker_handles(settings)])
+        paused_seen = paused_seen or any(r.get("paused") for r in reports)
+        failed_while_down = ray.get(queue.stats.remote())["jobs"]["failed"]
+    launch.start_index(settings)
+    up_wall = time.time()
+    jobs = audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    finished = [j.timestamps().get("done", up_wall) for j in jobs if j is not None]
+    row.recover_s = max(0.0, max(finished) - up_wall)
+    after = _load_counts(settings)
+    row.worker_restarts = len(set(after) - set(before))
+    attempts = Counter(j.attempts for j in jobs if j is not None)
+    row.notes = (
+        f"index actor killed and held down {down_s:.0f}s mid-ingest; failed while down "
+        f"{failed_while_down}; workers paused: {paused_seen}; attempts "
+        f"{dict(sorted(attempts.items()))}"
+    )
+    ROWS.append(row)
+    assert not row.failed and row.done == len(specs), row
+    assert after == before, f"workers restarted or reloaded their model: {before} -> {after}"
+    assert set(attempts) == {1}, f"an outage of the index cost jobs attempts: {attempts}"
+    assert paused_seen, "no worker reported a pause while the index was down"
+
+
+def test_drill_one_input_that_crashes_the_worker_is_dead_lettered_alone_not_its_batch(
+    drill_system: Any, tmp_path: Path
+) -> None:
+    paths = write_images(tmp_path / "imgs", 64)
+    culprit_at = 20
+    crash_sha, _ = intake.sha256_file(paths[culprit_at])
+    # One batch holds all 64: the crash (SIGSEGV while decoding the culprit) expires them all.
+    settings, _ = drill_system(
+        max_batch_size=64, max_attempts=3, fault_inject=f"crash:{crash_sha[:16]}"
+    )
+    row = Row("3c crash isolation")
+    t0 = time.monotonic()
+    specs = [intake.spec_for_path(p, Lane.NORMAL, pipeline=Pipeline.EMBED) for p in paths]
+    ids = [r.job_id for r in ingest.submit(launch.queue_handle(settings), specs, settings)]
+    jobs = audit(settings, row, ids)
+    row.seconds = time.monotonic() - t0
+    culprit = jobs[culprit_at]
+    mates = [j for k, j in enumerate(jobs) if k != culprit_at and j is not None]
+    attempts = Counter(j.attempts for j in mates)
+    row.worker_restarts = culprit.attempts if culprit is not None else 0  # each one crashed
+    row.notes = (
+        f"the culprit crashed its worker {row.worker_restarts}x; batch-mates' attempts "
+        f"{dict(sorted(attempts.items()))}"
+    )
+    ROWS.append(row)
+    assert culprit is not None and culprit.error_code is ErrorCode.DEAD_LETTER, culprit
+    assert culprit.attempts == settings.max_attempts
+    assert "lease_expired" in (culprit.error_message or "")
+    assert row.done == len(specs) - 1 and row.failed == {"dead_letter": 1}, row
+    assert max(attempts) <= 2, f"a batch-mate was taken down more than once: {attempts}"

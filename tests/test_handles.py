@@ -83,3 +83,60 @@ def test_unavailable_set_names_every_actor_outage_when_listed() -> None:
     assert ray.exceptions.ActorUnavailableError in UNAVAILABLE
     assert ActorMissing in UNAVAILABLE
     assert ValueError not in UNAVAILABLE
+
+
+# ---- Pause: work waits for a dependency that is down (invariant 10) -------------------------
+def test_pause_probes_with_growing_delays_until_the_dependency_answers() -> None:
+    from raylens.actors.handles import Pause
+    from raylens.errors import ErrorCode, IndexUnavailable
+
+    pause = Pause(Backoff(first_s=0.1, cap_s=0.4))
+    probe = flaky([IndexUnavailable("down")] * 3)
+    waited: list[float] = []
+
+    pause.trip(ErrorCode.INDEX_UNAVAILABLE, "index actor unavailable", probe)
+    assert pause.down == (ErrorCode.INDEX_UNAVAILABLE, "index actor unavailable")
+    pause.wait(lambda delay: waited.append(delay) or False)
+
+    assert waited == [0.1, 0.2, 0.4, 0.4]  # three failed probes, then one that answered
+    assert pause.down is None and pause.trips == 1
+    assert pause.wait(lambda delay: pytest.fail("not paused: no wait")) >= 0.0
+
+
+def test_pause_keeps_the_first_dependency_when_it_is_tripped_again() -> None:
+    from raylens.actors.handles import Pause
+    from raylens.errors import ErrorCode
+
+    pause = Pause(Backoff(first_s=0.1, cap_s=0.1))
+    pause.trip(ErrorCode.INDEX_UNAVAILABLE, "index", lambda: None)
+    pause.trip(ErrorCode.STORE_UNAVAILABLE, "store", lambda: None)
+
+    assert pause.down == (ErrorCode.INDEX_UNAVAILABLE, "index") and pause.trips == 1
+
+
+def test_pause_wait_gives_up_when_the_worker_stops() -> None:
+    from raylens.actors.handles import Pause
+    from raylens.errors import ErrorCode, IndexUnavailable
+
+    pause = Pause(Backoff(first_s=0.1, cap_s=0.1))
+    pause.trip(ErrorCode.INDEX_UNAVAILABLE, "index", flaky([IndexUnavailable("x")] * 100))
+
+    pause.wait(lambda delay: True)  # stopped: returns at once, still paused
+
+    assert pause.down is not None
+
+
+def test_pause_delays_go_on_growing_across_trips_until_work_was_healthy() -> None:
+    from raylens.actors.handles import Pause
+    from raylens.errors import ErrorCode
+
+    pause = Pause(Backoff(first_s=0.1, cap_s=1.0))
+    waited: list[float] = []
+    for _ in range(2):  # the probe answers, yet the real call fails again at once
+        pause.trip(ErrorCode.INDEX_UNAVAILABLE, "index", lambda: None)
+        pause.wait(lambda delay: waited.append(delay) or False)
+    pause.healthy()
+    pause.trip(ErrorCode.INDEX_UNAVAILABLE, "index", lambda: None)
+    pause.wait(lambda delay: waited.append(delay) or False)
+
+    assert waited == [0.1, 0.2, 0.1]

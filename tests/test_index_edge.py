@@ -63,7 +63,7 @@ def test_a_build_runs_in_another_process_while_writes_and_searches_go_on(tmp_pat
     assert build_dir.is_dir()  # the copy the child builds
     during = 0
     start = 6000
-    while ix.build_state()[IMAGES]["building"]:
+    while ix.build_state()[IMAGES]["builds"] == 0:  # until the first build is swapped in
         written.update(write(ix, start, 100, 512))  # each call also advances the build
         q = next(iter(written))
         assert ix.search(written[q], top_k=1)[0]["id"] == q

@@ -136,3 +136,40 @@ def test_lanes_drop_lease_if_keeps_the_lease_when_the_token_is_an_older_one() ->
     held = lanes.lease_of("a")
     assert held is not None and held.worker_id == "w2" and held.token == 2
     assert lanes.drop_lease_if("a", 2) is not None and lanes.leased() == 0
+
+
+def test_lanes_pop_takes_a_solo_job_alone_when_it_is_at_the_head() -> None:
+    lanes = _lanes(("a", Lane.NORMAL), ("b", Lane.NORMAL))
+    lanes.push_front("s", Lane.NORMAL, 99.0, solo=True)
+
+    assert [t.job_id for t in lanes.pop(3)] == ["s"]
+    assert [t.job_id for t in lanes.pop(3)] == ["a", "b"]
+
+
+def test_lanes_pop_stops_before_a_solo_job_when_the_batch_already_holds_others() -> None:
+    lanes = _lanes(("i1", Lane.INTERACTIVE))
+    lanes.push("s", Lane.NORMAL, 100.0, solo=True)
+    lanes.push("n1", Lane.NORMAL, 101.0)
+
+    assert [[t.job_id for t in lanes.pop(5)] for _ in range(3)] == [["i1"], ["s"], ["n1"]]
+
+
+def test_lanes_give_back_keeps_a_job_solo_when_its_lease_is_undone() -> None:
+    lanes = _lanes(("n1", Lane.NORMAL))
+    lanes.push_front("s", Lane.NORMAL, 99.0, solo=True)
+    taken = lanes.lease(5, "w1", deadline=10.0)
+    assert [t.job_id for t in taken] == ["s"]
+
+    lanes.give_back(taken)
+
+    assert [t.job_id for t in lanes.pop(5)] == ["s"]
+    assert [t.job_id for t in lanes.pop(5)] == ["n1"]
+
+
+def test_lanes_forget_the_solo_mark_when_the_job_leaves_the_lanes() -> None:
+    lanes = _lanes(("n1", Lane.NORMAL))
+    lanes.push("s", Lane.NORMAL, 100.0, solo=True)
+    lanes.discard("s")
+    lanes.push("s", Lane.NORMAL, 101.0)
+
+    assert [t.job_id for t in lanes.pop(5)] == ["n1", "s"]

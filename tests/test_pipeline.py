@@ -264,8 +264,10 @@ def test_pipeline_retries_every_good_job_when_the_index_is_down(
     assert out.done == [] and out.faces == 0
     by_id = {f.job_id: f for f in out.failures}
     assert by_id[bad.id].code is ErrorCode.EMPTY_INPUT and not by_id[bad.id].retryable
+    assert not by_id[bad.id].infra
     for job in jobs:
         assert by_id[job.id].code is ErrorCode.INDEX_UNAVAILABLE and by_id[job.id].retryable
+        assert by_id[job.id].infra  # not the job's fault: re-queued with no attempt counted
 
 
 def test_pipeline_reports_no_timing_for_a_stage_when_it_had_no_work(
@@ -295,6 +297,8 @@ def test_fault_injector_is_a_no_op_when_unset(tmp_path, tiny_model, embedder, pa
     assert injector.wrap(step, lambda items: []) is step
     pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads)
     assert pipe._embed_step == pipe._embed_items  # the plain bound method: no check per call
+    assert injector.wrap_decode(step) is step
+    assert pipe._decode_step == pipe.reader.load_and_decode
 
 
 def test_fault_drill_fails_only_the_poisoned_content_when_poison_is_set(
@@ -330,3 +334,25 @@ def test_fault_drill_hangs_once_per_worker_when_hang_once_is_set(tmp_path) -> No
     other = FaultDrill("hang_once:0@w2", data_dir=tmp_path, worker_name="w1", worker_id="w1:1")
     other.before_embed(["ab"])
     assert not (tmp_path / "fault-hang-once-w2").exists()  # another worker's drill
+
+
+def test_fault_drill_kills_the_process_when_it_decodes_the_crash_content(
+    tmp_path, tiny_model, embedder, payloads, monkeypatch
+) -> None:
+    from raylens.cluster import faults
+
+    class Crashed(BaseException):
+        pass
+
+    def crash() -> None:
+        raise Crashed  # instead of SIGSEGV to this test process
+
+    monkeypatch.setattr(faults, "crash_process", crash)
+    jobs = [_upload(payloads, embedder, image_bytes(seed)) for seed in range(3)]
+    pipe, _ = _pipeline(
+        tmp_path, tiny_model, embedder, payloads, fault_inject=f"crash:{jobs[1].sha256[:16]}"
+    )
+
+    assert pipe.run([jobs[0], jobs[2]]).failures == []
+    with pytest.raises(Crashed):
+        pipe.run(jobs)

@@ -472,7 +472,8 @@ def flaky_rules(make_rules) -> tuple[QueueRules, FlakyStore]:
 
 
 def tokens_of(leased: Sequence[Job]) -> dict[str, int]:
-    return {j.id: j.attempts for j in leased}
+    """The fencing tokens a worker sends back with its ack (as the Worker does)."""
+    return {j.id: j.lease_token for j in leased}
 
 
 def assert_settled(rules: QueueRules, job_ids: Sequence[str]) -> None:
@@ -652,6 +653,127 @@ def test_depth_cap_admits_again_when_a_failed_store_write_was_rolled_back(flaky_
 
     assert len(submit(rules, [spec(1), spec(2), spec(3)])) == 3
     assert rules.lanes.depth() == 3
+
+
+# ---- infrastructure faults cost no attempt (invariant 10) -----------------------------------
+def infra(job_id: str, code: ErrorCode = ErrorCode.INDEX_UNAVAILABLE) -> Failure:
+    """What a worker acks for a job it could not finish because the index (or store) is down."""
+    return Failure(job_id, code, "index actor unavailable: test", retryable=True, infra=True)
+
+
+@pytest.mark.parametrize("code", [ErrorCode.INDEX_UNAVAILABLE, ErrorCode.STORE_UNAVAILABLE])
+def test_infra_failure_requeues_without_using_an_attempt_when_a_dependency_is_down(
+    make_rules, code: ErrorCode
+) -> None:
+    rules = make_rules(max_attempts=3)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+
+    for _ in range(10):  # far more outages than the job has attempts
+        leased = lease(rules, "w1", 1)
+        assert leased[0].attempts == 1
+        counts = ack(rules, "w1", failed=[infra(job_id, code)], tokens=tokens_of(leased))
+        assert counts == {"done": 0, "failed": 0, "requeued": 1}
+        queued = job(rules, job_id)
+        assert queued.state is JobState.QUEUED and queued.attempts == 0
+        assert rules.lanes.queued_ids(Lane.NORMAL) == [job_id]
+
+    leased = lease(rules, "w1", 1)
+    ack(rules, "w1", done=[(job_id, {})], tokens=tokens_of(leased))
+    finished = job(rules, job_id)
+    assert finished.state is JobState.DONE and finished.attempts == 1
+    assert rules.counters["dead_letter"] == 0 and rules.counters["infra_requeued"] == 10
+
+
+def test_infra_failure_keeps_the_attempts_a_job_used_before_when_it_is_requeued(
+    make_rules,
+) -> None:
+    rules = make_rules(lease_timeout_s=5.0, max_attempts=2)
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    lease(rules, "crashed", 1)
+    reap(rules, now=after_lease_period(rules))  # attempt 1 used by a crash
+
+    leased = lease(rules, "w2", 1)
+    ack(rules, "w2", failed=[infra(job_id)], tokens=tokens_of(leased))
+
+    assert job(rules, job_id).attempts == 1  # the crash still counts, the outage does not
+    leased = lease(rules, "w2", 1)
+    ack(
+        rules,
+        "w2",
+        failed=[Failure(job_id, ErrorCode.MODEL_ERROR, "x", True)],
+        tokens=tokens_of(leased),
+    )
+    assert job(rules, job_id).error_code is ErrorCode.DEAD_LETTER
+
+
+def test_stale_ack_is_ignored_when_an_infra_release_gave_the_attempt_back(make_rules) -> None:
+    rules = make_rules()
+    (job_id,) = ids(submit(rules, [spec(1)]))
+    old = tokens_of(lease(rules, "A", 1))
+    ack(rules, "A", failed=[infra(job_id)], tokens=old)
+    new_lease = lease(rules, "B", 1)
+    new = tokens_of(new_lease)
+    assert new_lease[0].attempts == 1 and new[job_id] != old[job_id]  # same attempt, new lease
+
+    # A's ack arrives again (its first answer was lost): it must not touch B's lease.
+    again = ack(rules, "A", failed=[infra(job_id)], tokens=old)
+    late = ack(rules, "A", failed=[Failure(job_id, ErrorCode.INTERNAL, "late", True)], tokens=old)
+
+    assert again == late == {"done": 0, "failed": 0, "requeued": 0}
+    held = rules.lanes.lease_of(job_id)
+    assert held is not None and held.worker_id == "B"
+    assert job(rules, job_id).state is JobState.RUNNING and job(rules, job_id).attempts == 1
+    assert ack(rules, "B", done=[(job_id, {"by": "B"})], tokens=new)["done"] == 1
+    assert_settled(rules, [job_id])
+
+
+# ---- a job whose lease was reclaimed is retried alone (invariant 5) -------------------------
+def test_lease_takes_each_reclaimed_job_alone_when_their_batch_crashed_its_worker(
+    make_rules,
+) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    batch = ids(submit(rules, [spec(i) for i in range(4)]))
+    lease(rules, "crashed", 4)
+    reap(rules, now=after_lease_period(rules))
+    fresh = ids(submit(rules, [spec(10), spec(11)]))
+
+    taken = [[j.id for j in lease(rules, "w2", 8)] for _ in range(5)]
+
+    assert taken == [[batch[0]], [batch[1]], [batch[2]], [batch[3]], fresh]
+
+
+def test_lease_takes_each_released_job_alone_when_its_worker_was_replaced(make_rules) -> None:
+    rules = make_rules()
+    batch = ids(submit(rules, [spec(i) for i in range(3)]))
+    lease(rules, "stuck", 3)
+    ack(rules, "supervisor", failed=rules.release_failures("stuck", "replaced"))
+
+    assert [[j.id for j in lease(rules, "w2", 8)] for _ in range(3)] == [[b] for b in batch]
+
+
+def test_rebuilt_queue_still_leases_a_reclaimed_job_alone_when_the_queue_restarted(
+    make_rules,
+) -> None:
+    rules = make_rules(lease_timeout_s=5.0)
+    batch = ids(submit(rules, [spec(i) for i in range(3)]))
+    lease(rules, "crashed", 3)
+    reap(rules, now=after_lease_period(rules))
+
+    restarted = make_rules(lease_timeout_s=5.0)
+
+    assert sorted(len(lease(restarted, "w2", 8)) for _ in range(3)) == [1, 1, 1]
+    assert restarted.lanes.depth() == 0 and restarted.lanes.leased() == len(batch)
+
+
+def test_infra_release_leases_a_fresh_batch_together_when_no_attempt_was_used(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    batch = ids(submit(rules, [spec(i) for i in range(3)]))
+    leased = lease(rules, "w1", 3)
+    ack(rules, "w1", failed=[infra(j) for j in batch], tokens=tokens_of(leased))
+
+    assert [j.id for j in lease(rules, "w1", 8)] == batch  # not suspects: one batch, in order
 
 
 # ---- the worker's side of the ack: retried until it lands -----------------------------------

@@ -113,3 +113,11 @@ def test_settings_refuse_http_max_replicas_below_http_replicas() -> None:
 
     with pytest.raises(SettingsError, match="RAYLENS_HTTP_MAX_REPLICAS"):
         load_settings(http_replicas=3, http_max_replicas=2)
+
+
+def test_scaler_holds_when_a_worker_is_paused_because_a_dependency_is_down() -> None:
+    paused = [WorkerView("raylens-worker-0", True, 0, 0.0, paused=True)]
+
+    d = decide(_settings(scale_up_backlog=64), paused, 10_000, 999.0, ScalerState(), NOW)
+
+    assert d.action == "hold" and "unavailable" in d.reason

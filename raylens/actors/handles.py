@@ -9,17 +9,22 @@ policy cannot drift between copies (one copy once retried any `ValueError` forev
 - `Backoff`: exponential delays with a cap, the one schedule for waiting and trying again.
 - `call_with_retry(fn, ...)`: run a blocking call, retrying `UNAVAILABLE` with `Backoff` until
   a deadline (or for as long as `keep_going()` says).
+- `Pause`: work paused while a dependency (the index, a store) is down: tripped by the failure,
+  lifted once a probe of that dependency answers, probed on a `Backoff` schedule.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
+
+from raylens.errors import ErrorCode
 
 log = logging.getLogger("raylens.handles")
 T = TypeVar("T")
@@ -104,3 +109,71 @@ def call_with_retry(
                     "%s unavailable (%s); retrying in %.1fs", what, type(exc).__name__, delay
                 )
             sleep(delay)
+
+
+class Pause:
+    """Work paused while a dependency is down (invariant 10: an outage is nobody's attempt).
+
+    `trip(code, message, probe)` says what is down and how to ask whether it is back; `wait()`
+    then blocks (the caller leases nothing meanwhile), calling `probe` after each delay of the
+    backoff until it returns without raising. The delays go on growing across trips until the
+    caller reports real work done (`healthy()`): a probe that answers while the real call still
+    fails must not make every pause short again. Thread-safe: one thread trips, another waits,
+    and any may read `down`.
+    """
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self._lock = threading.Lock()
+        self._down: tuple[ErrorCode, str, Callable[[], Any]] | None = None
+        self.paused_s = 0.0  # seconds spent paused, in total
+        self.trips = 0
+
+    @property
+    def down(self) -> tuple[ErrorCode, str] | None:
+        """(code, message) of what is down, or None while nothing is."""
+        with self._lock:
+            return None if self._down is None else self._down[:2]
+
+    def trip(self, code: ErrorCode, message: str, probe: Callable[[], Any]) -> None:
+        """Pause: `code` is down; `probe()` raises until it is back. A second trip while paused
+        keeps the first (the probe of what went down first decides)."""
+        with self._lock:
+            if self._down is None:
+                self._down = (code, message, probe)
+                self.trips += 1
+                log.warning("%s (%s): pausing work until it answers again", code.value, message)
+
+    def healthy(self) -> None:
+        """Real work went through: the next outage starts with the shortest delay again."""
+        self.backoff.reset()
+
+    def wait(self, stopped: Callable[[float], bool] | None = None) -> float:
+        """Block while paused, probing after each backoff delay; returns the seconds waited.
+        `stopped(delay)` sleeps up to delay and answers True to give up (a stopping worker
+        passes its stop event's wait); by default it just sleeps."""
+        stopped = stopped or threading.Event().wait
+        started = time.monotonic()
+        try:
+            while True:
+                with self._lock:
+                    if self._down is None:
+                        return time.monotonic() - started
+                    code, _, probe = self._down
+                delay = self.backoff.next()
+                if stopped(delay):
+                    return time.monotonic() - started
+                try:
+                    probe()
+                except Exception as exc:  # still down: wait longer (up to the backoff's cap)
+                    log.info("%s still down: %s", code.value, exc)
+                    continue
+                with self._lock:
+                    self._down = None
+                log.warning(
+                    "%s answers again after %.1fs: work resumes",
+                    code.value,
+                    time.monotonic() - started,
+                )
+        finally:
+            self.paused_s += time.monotonic() - started

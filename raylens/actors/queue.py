@@ -173,11 +173,13 @@ class JobQueue:
     ) -> dict[str, int]:
         """Record results. Input failures end the job; retryable ones re-queue or dead-letter.
 
-        `tokens` maps job ids to the fencing token of the lease the ack answers (the `attempts`
-        of the job as leased). A stale ack (an older lease than the current one) never overrides
-        the current holder: its failures are ignored, and so is its done while a newer lease runs
-        the job (a done for a job queued again is applied: the work is valid, its effects
-        idempotent). Acks for terminal jobs are ignored. See QueueRules for the rule.
+        `tokens` maps job ids to the fencing token of the lease the ack answers (the
+        `lease_token` of the job as leased). A stale ack (an older lease than the current one)
+        never overrides the current holder: its failures are ignored, and so is its done while
+        a newer lease runs the job (a done for a job queued again is applied: the work is
+        valid, its effects idempotent). Acks for terminal jobs are ignored. A failure marked
+        `infra` (index or store down) re-queues its job with the lease's attempt given back
+        (invariant 10). See QueueRules for the rules.
 
         Memory changes only after the store write succeeded (invariant 11): when it fails
         (StoreUnavailable), leases and lanes are as before and the ack can be sent again.

@@ -162,6 +162,7 @@ class Supervisor:
                 ready=isinstance(report, dict),
                 held_leases=report.get("held_leases", 0) if isinstance(report, dict) else 0,
                 idle_s=scaler.idle_seconds(report) if isinstance(report, dict) else 0.0,
+                paused=bool(report.get("paused")) if isinstance(report, dict) else False,
             )
             for name, report in zip(names, answers)
         ]

@@ -24,14 +24,14 @@ import numpy as np
 import ray
 
 from raylens.actors import metrics
-from raylens.actors.handles import Backoff, call_with_retry, lookup
+from raylens.actors.handles import Backoff, Pause, call_with_retry, lookup
 from raylens.cluster import model_setup
 from raylens.cluster.index import VectorIndex
-from raylens.cluster.jobs import Job
+from raylens.cluster.jobs import Failure, Job
 from raylens.cluster.payloads import open_payload_store
 from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline
 from raylens.cluster.settings import Settings
-from raylens.errors import IndexUnavailable, ModelLoadError, StoreUnavailable
+from raylens.errors import ErrorCode, IndexUnavailable, ModelLoadError, StoreUnavailable
 
 if TYPE_CHECKING:
     from raylens.models.clip import ClipEmbedder
@@ -50,6 +50,7 @@ class WorkerStats:
     images: int = 0
     failed_inputs: int = 0
     retryable_failures: int = 0
+    infra_released: int = 0  # jobs given back unstarted because a dependency was down
     faces: int = 0
     frames: int = 0
     decode_s: float = 0.0
@@ -81,6 +82,56 @@ class RemoteIndex:
         except Exception as exc:
             raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
 
+    def probe(self) -> None:
+        """Raise IndexUnavailable unless the index actor serves a call (an empty upsert: no
+        write, whatever the collections hold)."""
+        try:
+            actor = lookup(self.settings.index_actor_name, self.settings.namespace)
+            empty = np.zeros((0, 1), dtype=np.float32)
+            ray.get(actor.upsert.remote([], empty, []), timeout=self.settings.infra_backoff_max_s)
+        except Exception as exc:
+            raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
+
+
+class ServerIndex:
+    """This worker's own client of a Qdrant server (RAYLENS_QDRANT_URL), opened on first use
+    when the server is down at start: a worker that failed to start would be re-created, and
+    reload its model, every supervisor round; this one starts and waits (invariant 10). A wrong
+    collection size still fails the start (SettingsError: a setting to fix, not an outage)."""
+
+    def __init__(self, settings: Settings, dim: int) -> None:
+        self.settings = settings
+        self.dim = dim
+        self._index: VectorIndex | None = None
+        try:
+            self._open()
+        except IndexUnavailable as exc:
+            log.warning("Qdrant unavailable at start (%s); the worker starts and waits", exc)
+
+    def _open(self) -> VectorIndex:
+        if self._index is None:
+            self._index = VectorIndex(self.settings, self.dim)  # reads (or makes) the collection
+        return self._index
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict],
+        collection: str | None = None,
+    ) -> int:
+        return self._open().upsert(ids, vectors, payloads, collection)
+
+    def probe(self) -> None:
+        """Raise IndexUnavailable unless a fresh client reads (or makes) the collection."""
+        old, self._index = self._index, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # a client of a server that went away: nothing to keep
+                log.debug("closing the old Qdrant client failed", exc_info=True)
+        self._open()
+
 
 class Worker:
     """One model, loaded once in this process; pulls batches until stopped."""
@@ -93,16 +144,18 @@ class Worker:
         self.embedder: ClipEmbedder = model_setup.build_embedder(settings)
         self.model_id = self.embedder.model_id
         self.faces: FaceBackend | None = model_setup.build_face_backend(settings)  # loaded once
-        payloads = open_payload_store(settings)
-        self.index: VectorIndex | RemoteIndex = (
-            VectorIndex(settings, self.embedder.dim)
+        self.payloads = open_payload_store(settings)
+        # Neither checks the index here: a worker starts (its model loaded once) while the
+        # index is down, and waits for it like for any outage.
+        self.index: ServerIndex | RemoteIndex = (
+            ServerIndex(settings, self.embedder.dim)
             if settings.qdrant_url
             else RemoteIndex(settings)
         )
         self.pipeline = BatchPipeline(
             settings,
             self.embedder,
-            payloads,
+            self.payloads,
             self.index,
             faces=self.faces,
             worker_name=name,
@@ -116,6 +169,10 @@ class Worker:
         self._draining = threading.Event()  # set: lease nothing more (a scale-down)
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
+        self._held_changed = threading.Condition(self._held_lock)
+        # Index or store down: leasing pauses, probed with backoff (invariant 10).
+        cap = settings.infra_backoff_max_s
+        self.pause = Pause(Backoff(first_s=min(settings.infra_backoff_first_s, cap), cap_s=cap))
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=max(1, settings.prefetch_batches))
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "raylens-decode")
         self._threads = [
@@ -152,6 +209,9 @@ class Worker:
             "images": s.images,
             "failed_inputs": s.failed_inputs,
             "retryable_failures": s.retryable_failures,
+            "infra_released": s.infra_released,
+            "paused": self._paused_reason(),
+            "paused_s": round(self.pause.paused_s, 3),
             "faces": s.faces,
             "frames": s.frames,
             "face_model": self.faces.report() if self.faces else None,
@@ -236,15 +296,20 @@ class Worker:
 
     def _fetch_loop(self) -> None:
         while not (self._stop.is_set() or self._draining.is_set()):
-            lease_args = (self.worker_id, self.settings.max_batch_size, self.settings.lease_poll_s)
-            jobs: list[Job] = self._queue_call(
-                lambda q: q.lease.remote(*lease_args),  # noqa: B023 (called at once)
-                forever=True,
-            )
+            if self.pause.down is not None:  # index or store down: lease nothing until it is back
+                self.pause.wait(self._stop.wait)
+                continue
+            jobs = self._lease()
             if not jobs:
                 continue
+            ids = {j.id for j in jobs}
+            # A suspect job (an earlier attempt died with its worker) runs with nothing else
+            # in flight in this process: whatever it does, it does alone (invariant 5).
+            alone = any(j.suspect for j in jobs)
             with self._held_lock:
-                self._held.update(j.id for j in jobs)
+                self._held.update(ids)
+            if alone:
+                self._wait_held(lambda: self._held <= ids)  # noqa: B023 (called at once)
             self.stats.last_progress_at = time.time()  # a new batch: the stall clock restarts
             batch = self.pipeline.decode_batch(jobs, self._decode_pool.map)
             self.stats.last_progress_at = time.time()
@@ -254,6 +319,39 @@ class Worker:
                     break
                 except queue.Full:
                     continue
+            if alone:
+                self._wait_held(lambda: not (self._held & ids))  # noqa: B023 (called at once)
+
+    def _lease(self) -> list[Job]:
+        """One lease call. While the job store is down (the queue answers StoreUnavailable)
+        it is retried with backoff: nothing is leased, so no job pays for the outage."""
+        lease_args = (self.worker_id, self.settings.max_batch_size, self.settings.lease_poll_s)
+        cap = self.settings.infra_backoff_max_s
+        jobs: list[Job] = call_with_retry(
+            lambda: self._queue_call(lambda q: q.lease.remote(*lease_args), forever=True),
+            what="lease",
+            keep_going=lambda: not (self._stop.is_set() or self._draining.is_set()),
+            backoff=Backoff(first_s=min(self.settings.infra_backoff_first_s, cap), cap_s=cap),
+            retry_on=(StoreUnavailable,),
+            on_wait=lambda _e, d: log.warning("job store unavailable; leasing again in %.1fs", d),
+        )
+        return jobs
+
+    def _wait_held(self, done: Callable[[], bool]) -> None:
+        """Wait (holding the held-ids lock between checks) until done() or stop()."""
+        with self._held_changed:
+            while not done() and not self._stop.is_set():
+                self._held_changed.wait(timeout=0.5)
+
+    def _paused_reason(self) -> str | None:
+        down = self.pause.down
+        return None if down is None else f"{down[0].value}: {down[1]}"
+
+    def _probe_for(self, code: ErrorCode) -> Callable[[], object]:
+        """How to ask whether the dependency behind an infrastructure failure is back."""
+        if code is ErrorCode.INDEX_UNAVAILABLE:
+            return self.index.probe
+        return lambda: self.payloads.exists("0" * 64)  # a payload store read
 
     def _infer_loop(self) -> None:
         while not (self._stop.is_set() and self._ready.empty()):
@@ -287,14 +385,39 @@ class Worker:
 
     # ---- one batch ----------------------------------------------------------------------------
     def _process(self, batch: Batch) -> None:
-        """Run the batch through the pipeline, ack its results and failures, record its cost."""
+        """Run the batch through the pipeline, ack its results and failures, record its cost.
+
+        Infrastructure failures (index or store down) are acked as such, so the queue gives
+        their attempts back, and pause leasing until a probe of that dependency answers; a
+        batch that comes while paused is given back unstarted the same way (invariant 10)."""
+        # The fencing token of each lease is the job's lease count as leased (QueueRules).
+        tokens = {j.id: j.lease_token for j in batch.jobs}
+        down = self.pause.down
+        if down is not None:
+            code, message = down
+            back = [
+                Failure(j.id, code, f"not started: {message}", retryable=True, infra=True)
+                for j in batch.jobs
+            ]
+            self._ack([], back, tokens)
+            self._release_held(batch)
+            self.stats.infra_released += len(back)
+            self.stats.last_progress_at = time.time()
+            return
         out = self.pipeline.process(batch)
-        # The fencing token of each lease is the job's attempt number as leased (QueueRules).
-        tokens = {j.id: j.attempts for j in batch.jobs}
         self._ack(out.done, out.failures, tokens)
-        with self._held_lock:
-            self._held.difference_update(j.id for j in batch.jobs)
+        self._release_held(batch)
+        infra = next((f for f in out.failures if f.infra), None)
+        if infra is not None:
+            self.pause.trip(infra.code, infra.message, self._probe_for(infra.code))
+        elif out.done:
+            self.pause.healthy()  # the dependencies answered: a later outage starts short
         self._record(batch, out)
+
+    def _release_held(self, batch: Batch) -> None:
+        with self._held_changed:
+            self._held.difference_update(j.id for j in batch.jobs)
+            self._held_changed.notify_all()
 
     def _ack(self, done: Any, failures: Any, tokens: dict[str, int]) -> None:
         """Ack a batch, retried with backoff until it lands.

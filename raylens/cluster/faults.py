@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from raylens.cluster.settings import Settings
 
 S = TypeVar("S", bound=Callable[..., object])
+D = TypeVar("D", bound=Callable[[Any], object])
 
 
 class NoFaults:
@@ -20,6 +23,10 @@ class NoFaults:
     def wrap(self, step: S, shas: Callable[[list], Sequence[str]]) -> S:
         return step
 
+    def wrap_decode(self, step: D) -> D:
+        """The per-job decode step (job -> decoded), handed back untouched."""
+        return step
+
     def before_embed(self, sha256s: Sequence[str]) -> None:
         """Nothing to inject."""
 
@@ -27,7 +34,8 @@ class NoFaults:
 class FaultDrill(NoFaults):
     """'poison:<sha256 prefix>' makes inference raise for that content; 'hang:<s>' stalls every
     inference call; 'hang_once:<s>@<worker name>' stalls the first incarnation of that worker once
-    (a marker file in the data dir tells its replacement not to)."""
+    (a marker file in the data dir tells its replacement not to); 'crash:<sha256 prefix>' kills
+    the worker process (SIGSEGV, as a native decoder crash would) when it decodes that content."""
 
     active = True
 
@@ -48,6 +56,18 @@ class FaultDrill(NoFaults):
 
         return drilled  # type: ignore[return-value]
 
+    def wrap_decode(self, step: D) -> D:
+        crash = self.kinds.get("crash")
+        if not crash:
+            return step
+
+        def drilled(job: Any) -> object:
+            if str(job.sha256).startswith(crash):
+                crash_process()
+            return step(job)
+
+        return drilled  # type: ignore[return-value]
+
     def before_embed(self, sha256s: Sequence[str]) -> None:
         poison = self.kinds.get("poison")
         if poison and any(sha.startswith(poison) for sha in sha256s):
@@ -63,6 +83,13 @@ class FaultDrill(NoFaults):
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(self.worker_id)  # the replacement worker will not hang
                 time.sleep(float(seconds))
+
+
+def crash_process() -> None:
+    """Die the way a native crash does: SIGSEGV to this process (abort if that was caught)."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(1.0)
+    os.abort()
 
 
 def fault_injector(settings: Settings, worker_name: str, worker_id: str) -> NoFaults:

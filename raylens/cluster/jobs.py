@@ -103,7 +103,10 @@ class Job(BaseModel):
     size_bytes: int = 0
     pipeline: Pipeline = Pipeline.BOTH
     content_key: str
-    attempts: int = 0
+    attempts: int = 0  # attempts the job itself used (an infrastructure fault gives its one back)
+    # Leases ever taken: the fencing token of the current lease (see lease_token). Counted apart
+    # from attempts, since an attempt given back must not make an older lease current again.
+    leases: int = 0
     created_at: float
     updated_at: float
     history: list[Transition] = Field(default_factory=list)
@@ -129,12 +132,29 @@ class Job(BaseModel):
             history=[Transition(state=JobState.QUEUED, at=now)],
         )
 
+    @property
+    def lease_token(self) -> int:
+        """The fencing token of this job's current (or last) lease: its lease count. A record
+        written before leases were counted has its attempts (then the same number)."""
+        return self.leases or self.attempts
+
+    @property
+    def suspect(self) -> bool:
+        """An earlier attempt of this job ended without its ack (its worker died or hung, or
+        the model failed on it): such a job is leased, and run, alone, so that whatever it
+        does takes no batch-mate down with it (invariant 5). Derived from the record alone, so
+        a rebuilt queue knows it too: a queued job with an attempt used, or a running one
+        taken before this lease."""
+        used = self.attempts - (1 if self.state is JobState.RUNNING else 0)
+        return used > 0
+
     def moved(
         self,
         to: JobState,
         *,
         now: float | None = None,
         attempts: int | None = None,
+        leases: int | None = None,
         error: tuple[ErrorCode, str] | None = None,
         result: dict[str, Any] | None = None,
         note: str | None = None,
@@ -148,6 +168,7 @@ class Job(BaseModel):
             "state": to,
             "updated_at": now,
             "attempts": attempts,
+            "leases": self.leases if leases is None else leases,
             "history": [*self.history, Transition(state=to, at=now, attempt=attempts, note=note)],
         }
         if to is JobState.FAILED:
@@ -191,6 +212,10 @@ class Failure:
     code: ErrorCode
     message: str
     retryable: bool = False  # True: counts as an attempt and re-queues until max_attempts
-    # The fencing token of the lease this failure answers (the job's attempt number when it was
+    # The fencing token of the lease this failure answers (Job.lease_token of the job as it was
     # leased); None: the ack's tokens (or none) decide. See QueueRules.apply_ack.
     token: int | None = None
+    # True: the infrastructure failed (the index or a store was unavailable), not the job. It
+    # re-queues the job with the lease's attempt given back and never dead-letters it
+    # (invariant 10); the worker pauses leasing until the dependency answers again.
+    infra: bool = False

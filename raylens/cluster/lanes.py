@@ -25,6 +25,7 @@ class Queued(NamedTuple):
     job_id: str
     lane: Lane
     queued_at: float
+    solo: bool = False  # leased alone (a suspect job, see Job.suspect)
 
 
 class Lanes:
@@ -34,6 +35,10 @@ class Lanes:
     Each lane is an ordered dict (job id -> when it entered the lane) rather than a deque, so
     membership, removal from anywhere and insertion at the head are all O(1) (invariant 13,
     docs/architecture.md).
+
+    A queued id may be marked solo (a suspect job: an earlier attempt ended without its ack):
+    it is leased in a batch of its own, so a job that crashes its worker takes no batch-mate
+    down with it. The mark lives while the id is queued.
     """
 
     def __init__(self) -> None:
@@ -41,6 +46,7 @@ class Lanes:
             lane: OrderedDict() for lane in LANE_ORDER
         }
         self._leases: dict[str, Lease] = {}
+        self._solo: set[str] = set()
 
     # ---- queued ids ---------------------------------------------------------------------------
     def depth(self) -> int:
@@ -56,32 +62,52 @@ class Lanes:
         """The ids of one lane, head first."""
         return list(self._lanes[lane])
 
-    def push(self, job_id: str, lane: Lane, queued_at: float) -> None:
+    def is_solo(self, job_id: str) -> bool:
+        return job_id in self._solo
+
+    def _mark(self, job_id: str, solo: bool) -> None:
+        if solo:
+            self._solo.add(job_id)
+        else:
+            self._solo.discard(job_id)
+
+    def push(self, job_id: str, lane: Lane, queued_at: float, *, solo: bool = False) -> None:
         """Queue at the tail of its lane (a new or retried job waits its turn)."""
         q = self._lanes[lane]
         q.pop(job_id, None)  # an id is queued at most once; re-entering puts it at the tail
         q[job_id] = queued_at
+        self._mark(job_id, solo)
 
-    def push_front(self, job_id: str, lane: Lane, queued_at: float) -> None:
+    def push_front(self, job_id: str, lane: Lane, queued_at: float, *, solo: bool = False) -> None:
         """Queue at the head of its lane (a re-queued job already waited its turn once)."""
         q = self._lanes[lane]
         q[job_id] = queued_at
         q.move_to_end(job_id, last=False)
+        self._mark(job_id, solo)
 
     def discard(self, job_id: str) -> None:
         """Take the id off whichever lane holds it, if any."""
+        self._solo.discard(job_id)
         for q in self._lanes.values():
             if q.pop(job_id, None) is not None:
                 return
 
     def pop(self, n: int) -> list[Queued]:
-        """Up to n ids off the heads of the lanes, highest lane first."""
+        """Up to n ids off the heads of the lanes, highest lane first. A solo id comes alone:
+        at the head of the batch it is the whole batch; after others, the batch ends before it."""
         taken: list[Queued] = []
         for lane in LANE_ORDER:
             q = self._lanes[lane]
             while q and len(taken) < n:
-                job_id, queued_at = q.popitem(last=False)
-                taken.append(Queued(job_id, lane, queued_at))
+                job_id = next(iter(q))
+                solo = job_id in self._solo
+                if solo and taken:
+                    return taken
+                queued_at = q.pop(job_id)
+                self._solo.discard(job_id)
+                taken.append(Queued(job_id, lane, queued_at, solo))
+                if solo:
+                    return taken
         return taken
 
     def oldest_ages(self, now: float) -> dict[str, float]:
@@ -131,7 +157,7 @@ class Lanes:
         """Undo lease(): drop the leases and put the ids back at the heads, in their order."""
         for t in reversed(taken):
             self._leases.pop(t.job_id, None)
-            self.push_front(t.job_id, t.lane, t.queued_at)
+            self.push_front(t.job_id, t.lane, t.queued_at, solo=t.solo)
 
     def held_by(self, worker_id: str) -> list[str]:
         return [job_id for job_id, lease in self._leases.items() if lease.worker_id == worker_id]

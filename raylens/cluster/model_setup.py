@@ -65,4 +65,5 @@ def video_limits(settings: Settings) -> VideoLimits:
         max_duration_s=settings.video_max_duration_s,
         max_frames=settings.video_max_frames,
         max_pixels=settings.video_max_pixels,
+        max_decoded_bytes=settings.max_decoded_bytes_per_input,
     )

@@ -23,7 +23,7 @@ from raylens.cluster.model_setup import video_limits as video_limits_for
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.pipeline_read import Decoded, Item, JobReader, decode_device_for
 from raylens.cluster.settings import Settings
-from raylens.errors import ErrorCode, RaylensError
+from raylens.errors import INFRA_ERRORS, ErrorCode, RaylensError
 
 if TYPE_CHECKING:  # torch, open_clip and dlib load in the process that runs the model
     from raylens.media.video import VideoLimits
@@ -122,6 +122,7 @@ class BatchPipeline:
         self.faults = faults or fault_injector(settings, worker_name, worker_id)
         # Chosen once: with no drill configured the embed step is the plain one, no check per call.
         self._embed_step = self.faults.wrap(self._embed_items, _shas)
+        self._decode_step = self.faults.wrap_decode(self.reader.load_and_decode)
 
     # ---- stages -------------------------------------------------------------------------------
     def decode_batch(
@@ -132,7 +133,7 @@ class BatchPipeline:
         """Read and decode every job (map_fn: a thread pool's map, or the builtin)."""
         with self.cpu_turn:
             t0 = time.perf_counter()
-            decoded = list(map_fn(self.reader.load_and_decode, jobs))
+            decoded = list(map_fn(self._decode_step, jobs))
             return Batch(jobs, decoded, time.perf_counter() - t0)
 
     def run(self, jobs: list[Job]) -> BatchOutcome:
@@ -167,7 +168,10 @@ class BatchPipeline:
             try:
                 done, face_points = self._store(ok_jobs, embed, vectors, finds, found, errors)
             except RaylensError as exc:  # index down: not the jobs' fault, retry them
-                failures += [Failure(j.id, exc.code, exc.message, True) for j, _ in ok_jobs]
+                infra = isinstance(exc, INFRA_ERRORS)  # and at no attempt's cost (invariant 10)
+                failures += [
+                    Failure(j.id, exc.code, exc.message, True, infra=infra) for j, _ in ok_jobs
+                ]
         t3 = time.perf_counter()
         return BatchOutcome(
             done=done,

@@ -12,6 +12,7 @@ from raylens.cluster.jobs import Failure, Job, SourceKind
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.settings import Settings
 from raylens.errors import (
+    INFRA_ERRORS,
     ErrorCode,
     InputError,
     ModelLoadError,
@@ -19,6 +20,7 @@ from raylens.errors import (
     SourceMissing,
     TooLarge,
 )
+from raylens.media.budget import DecodeBudget
 from raylens.media.transforms import DecodedImage, decode_image, prepare_rgb, sniff_format
 from raylens.media.video import VideoLimits, sample_frames, sniff_video
 
@@ -79,6 +81,8 @@ class JobReader:
         self.video_limits = video_limits
         self.faces_on = faces_on
         self.decode_device = decode_device
+        # Shared by every decode thread of this worker (RAYLENS_MAX_DECODED_BYTES_PER_WORKER).
+        self.budget = DecodeBudget(settings.max_decoded_bytes_per_worker)
 
     def wants_faces(self, job: Job) -> bool:
         return self.faces_on and job.pipeline.finds_faces
@@ -89,8 +93,9 @@ class JobReader:
             return self.decode_job(job)
         except InputError as exc:
             return Failure(job.id, exc.code, exc.message)
-        except RaylensError as exc:  # payload store down: try again later
-            return Failure(job.id, exc.code, exc.message, retryable=True)
+        except RaylensError as exc:  # payload store down: try again later, at no attempt's cost
+            infra = isinstance(exc, INFRA_ERRORS)
+            return Failure(job.id, exc.code, exc.message, retryable=True, infra=infra)
         except Exception as exc:  # never let one input take the worker down
             return Failure(job.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", True)
 
@@ -137,6 +142,8 @@ class JobReader:
             resize_mode=self.embedder.resize_mode,
             interpolation=self.embedder.interpolation,
             keep_side=keep_side,
+            max_decoded_bytes=self.settings.max_decoded_bytes_per_input,
+            budget=self.budget,
         )
 
     def decode_job(self, job: Job) -> Decoded:
@@ -160,6 +167,8 @@ class JobReader:
             max_bytes=self.settings.max_input_bytes,
             resize_mode=self.embedder.resize_mode,
             interpolation=self.embedder.interpolation,
+            max_decoded_bytes=self.settings.max_decoded_bytes_per_input,
+            budget=self.budget,
         )
 
     def _decode_video(self, source: bytes | str, keep_side: int | None) -> Decoded:
@@ -171,7 +180,7 @@ class JobReader:
         # Frames are kept only as large as needed: twice the model input, or up to 960 pixels
         # when faces are wanted (a long video holds all its sampled frames at once).
         side = max(min(keep_side or 0, 960), self.embedder.image_size * 2)
-        frames, info = sample_frames(source, self.video_limits, max_side=side)
+        frames, info = sample_frames(source, self.video_limits, max_side=side, budget=self.budget)
         items = []
         frames.reverse()
         while frames:

@@ -40,6 +40,7 @@ class AckOutcome:
     failed: list[Job] = field(default_factory=list)
     requeued: list[Job] = field(default_factory=list)
     dead_letter: int = 0
+    infra: int = 0  # re-queued for an infrastructure fault, the lease's attempt given back
     # acked jobs already terminal in the store: whatever memory still holds of them goes
     finished: list[str] = field(default_factory=list)
     stale: int = 0  # acks ignored because they answered a lease that is not the current one
@@ -67,8 +68,9 @@ class QueueRules:
 
     Lease deadlines are on a monotonic clock (`clock`); the wall clock only stamps job records.
 
-    Fencing (invariant 11): each lease carries a token, the job's attempt number in the store
-    once it is marked running (`Job.attempts` of the job the worker leased). Acks send it back,
+    Fencing (invariant 11): each lease carries a token, the job's lease count in the store once
+    it is marked running (`Job.lease_token` of the job the worker leased; counted apart from
+    attempts, which an infrastructure fault gives back). Acks send it back,
     and the store step decides by it, against the job's record:
     - a failure is applied only when the job is running under that very token (or the ack has
       no token: an old caller). A failure for an older lease is stale and ignored: the lease it
@@ -81,6 +83,15 @@ class QueueRules:
       newer holder finishes the job and writes the same vectors.
     - an ack for a terminal job is ignored, so a late duplicate never changes a finished job.
     A memory step drops a lease only when its token matches the ack that was applied.
+
+    Infrastructure faults (invariant 10): a failure marked `infra` (the index or a store was
+    unavailable) re-queues the job with the attempt its lease took given back; it never moves
+    the job toward dead letter. Only the job's own failures, lease expiries included, do.
+
+    Crash isolation (invariant 5): a job re-queued with an attempt used (`Job.suspect`: its
+    lease expired, its worker was replaced, the model failed on it) is leased alone, so an
+    input that kills its worker dead-letters alone instead of taking its batch-mates along.
+    The mark is derived from the record, so a rebuilt queue keeps it.
     """
 
     def __init__(
@@ -90,7 +101,14 @@ class QueueRules:
         self.model_id = model_id
         self.store = store
         self.lanes = Lanes() if lanes is None else lanes
-        self.counters = {"leased": 0, "acked": 0, "failed": 0, "requeued": 0, "dead_letter": 0}
+        self.counters = {
+            "leased": 0,
+            "acked": 0,
+            "failed": 0,
+            "requeued": 0,
+            "dead_letter": 0,
+            "infra_requeued": 0,
+        }
         self.started_at = time.time()
         self.clock: Callable[[], float] = time.monotonic  # lease deadlines; never the wall clock
         self._admitted = 0  # jobs admitted under the depth cap whose store write is in flight
@@ -110,11 +128,11 @@ class QueueRules:
         queued = running = 0
         deadline = self.clock() + self.settings.lease_timeout_s
         for job in self.store.iter_state(JobState.QUEUED):
-            self.lanes.push(job.id, job.lane, job.updated_at)
+            self.lanes.push(job.id, job.lane, job.updated_at, solo=job.suspect)
             queued += 1
         for job in self.store.iter_state(JobState.RUNNING):
             self.lanes.hold([job.id], None, deadline)
-            self.lanes.set_token(job.id, job.attempts)
+            self.lanes.set_token(job.id, job.lease_token)
             running += 1
         log.info("queue rebuilt from store: %d queued, %d running", queued, running)
         self.rebuilt = {"queued": queued, "running": running}
@@ -196,7 +214,7 @@ class QueueRules:
                 and self.lanes.lease_of(job.id) is None
                 and not self.lanes.is_queued(job.id)
             ):
-                self.lanes.push(job.id, job.lane, job.updated_at)
+                self.lanes.push(job.id, job.lane, job.updated_at, solo=job.suspect)
             out.append(SubmitResult(job.id, created, job.state))
         return out
 
@@ -233,14 +251,22 @@ class QueueRules:
 
     # ---- lease --------------------------------------------------------------------------------
     def take(self, worker_id: str, max_jobs: int) -> list[Queued]:
-        """Memory step: lease up to max_jobs ids, highest lane first, with a fresh deadline."""
+        """Memory step: lease up to max_jobs ids, highest lane first, with a fresh deadline; a
+        suspect job comes alone (Lanes.pop)."""
         return self.lanes.lease(max_jobs, worker_id, self.clock() + self.settings.lease_timeout_s)
 
     def mark_running(self, ids: list[str], worker_id: str) -> list[Job]:
-        """Store step: move the taken jobs that are still queued to running (one attempt more)."""
+        """Store step: move the taken jobs that are still queued to running (one attempt more,
+        and a new lease token)."""
         now = time.time()
         running = [
-            job.moved(JobState.RUNNING, now=now, attempts=job.attempts + 1, note=worker_id)
+            job.moved(
+                JobState.RUNNING,
+                now=now,
+                attempts=job.attempts + 1,
+                leases=job.lease_token + 1,
+                note=worker_id,
+            )
             for job in self.store.get_many(ids)
             if job is not None and job.state is JobState.QUEUED
         ]
@@ -250,7 +276,7 @@ class QueueRules:
     def settle_taken(self, taken: Sequence[Queued], running: Sequence[Job]) -> list[Job]:
         """Memory step: keep the leases of the jobs now running; a job gone or already terminal
         in the store is never leased."""
-        leased = {job.id: job.attempts for job in running}
+        leased = {job.id: job.lease_token for job in running}
         for t in taken:
             if t.job_id in leased:
                 self.lanes.set_token(t.job_id, leased[t.job_id])  # the lease's fencing token
@@ -267,9 +293,10 @@ class QueueRules:
         tokens: Mapping[str, int] | None = None,
     ) -> AckOutcome:
         """Store step: record results. Input failures end the job; retryable ones re-queue or
-        dead-letter. `tokens` (job id -> fencing token of the lease the ack answers; a Failure's
-        own token wins) decide which acks are stale: see the class docstring. Changes no memory:
-        after_ack applies the outcome once this write succeeded."""
+        dead-letter; infrastructure ones re-queue with their attempt given back. `tokens` (job
+        id -> fencing token of the lease the ack answers; a Failure's own token wins) decide
+        which acks are stale: see the class docstring. Changes no memory: after_ack applies the
+        outcome once this write succeeded."""
         now = time.time()
         tokens = tokens or {}
         results = dict(done)
@@ -283,7 +310,7 @@ class QueueRules:
                 continue
             if job.id in results:
                 token = tokens.get(job.id)
-                current = job.state is JobState.QUEUED or token in (None, job.attempts)
+                current = job.state is JobState.QUEUED or token in (None, job.lease_token)
                 if not current:  # a newer lease runs the job: its holder finishes it
                     out.stale += 1
                     continue
@@ -293,8 +320,19 @@ class QueueRules:
                 continue
             f = failures[job.id]
             token = f.token if f.token is not None else tokens.get(job.id)
-            if job.state is not JobState.RUNNING or token not in (None, job.attempts):
-                out.stale += 1  # that lease already expired, and its attempt was counted
+            if job.state is not JobState.RUNNING or token not in (None, job.lease_token):
+                out.stale += 1  # that lease already ended (expired, or released) elsewhere
+                continue
+            if f.infra:  # not the job's fault: the attempt its lease took is given back
+                out.requeued.append(
+                    job.moved(
+                        JobState.QUEUED,
+                        now=now,
+                        attempts=max(0, job.attempts - 1),
+                        note=f"{f.code.value}: {f.message} (infrastructure; no attempt used)",
+                    )
+                )
+                out.infra += 1
                 continue
             moved = self._fail_or_requeue(job, f, now)
             if moved.state is JobState.QUEUED:
@@ -325,13 +363,14 @@ class QueueRules:
     def after_ack(self, outcome: AckOutcome) -> dict[str, int]:
         """Memory step, after the ack's write succeeded: the acked jobs are no longer leased
         (only the lease the ack answered is dropped) or queued; re-queued jobs go back to the
-        heads of their lanes. Returns the counts."""
+        heads of their lanes, in the order they were acked (a suspect one marked to be leased
+        alone). Returns the counts."""
         for job in outcome.done + outcome.failed:
-            self.lanes.drop_lease_if(job.id, job.attempts)
+            self.lanes.drop_lease_if(job.id, job.lease_token)
             self.lanes.discard(job.id)
-        for job in outcome.requeued:
-            self.lanes.drop_lease_if(job.id, job.attempts)
-            self.lanes.push_front(job.id, job.lane, job.updated_at)
+        for job in reversed(outcome.requeued):
+            self.lanes.drop_lease_if(job.id, job.lease_token)
+            self.lanes.push_front(job.id, job.lane, job.updated_at, solo=job.suspect)
         for job_id in outcome.finished:  # terminal in the store: nothing may hold it
             self.lanes.drop_lease(job_id)
             self.lanes.discard(job_id)
@@ -340,6 +379,7 @@ class QueueRules:
         self.counters["failed"] += counts["failed"]
         self.counters["requeued"] += counts["requeued"]
         self.counters["dead_letter"] += outcome.dead_letter
+        self.counters["infra_requeued"] += outcome.infra
         return counts
 
     # ---- failures the queue makes up: nack, release, lease expiry (memory steps) -------------

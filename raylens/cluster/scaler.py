@@ -25,6 +25,7 @@ class WorkerView:
     ready: bool  # answered its report (model loaded); False: pending, starting or restarting
     held_leases: int = 0
     idle_s: float = 0.0  # seconds since it last leased or finished work, 0 while it holds jobs
+    paused: bool = False  # waiting for the index or a store to answer again
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def decide(
         return Decision("hold", "cooling down")
     pending = sum(1 for w in workers if not w.ready)
     ready = n - pending
+    if any(w.ready and w.paused for w in workers):  # the backlog waits on a dependency
+        return Decision("hold", "workers paused: the index or a store is unavailable")
     if n < hi and pending == 0:  # one start at a time: a pending worker is capacity on its way
         per_worker = backlog / max(1, ready)
         if per_worker > settings.scale_up_backlog:

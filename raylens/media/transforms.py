@@ -5,6 +5,7 @@ No state and no I/O: bytes in, a uint8 array (or an InputError naming what is wr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from raylens.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
+from raylens.media.budget import DecodeBudget
 from raylens.media.formats import ACCEPTED, describe, sniff_format
 
 if TYPE_CHECKING:  # torch is imported where it is used: the ingress sniffs uploads without it
@@ -55,6 +57,79 @@ _TRUNCATION_HINTS = (
 # Above this (long side of the resized image / size) the resize works on the crop's source box
 # only: a 1 x 60000 strip would otherwise be blown up to size x (size * 60000) pixels first.
 _MAX_STRIP_RATIO = 8
+# Pixels per strip of the 16-bit/float to 8-bit conversion (a few MB of float64 at a time).
+_STRIP_PIXELS = 1 << 18
+_WIDE_MODES = ("I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Bytes per pixel of Pillow's raster by mode: 1 for 1/L/P, 2 for the I;16 family, else 4
+# (Pillow keeps RGB, LA, CMYK, YCbCr, ... in 4 bytes per pixel, I and F in 4).
+_ONE_BYTE_MODES = ("1", "L", "P")
+# Bytes per pixel a decoder holds besides the raster while the image is alive: libwebp's
+# canvas, the frame it hands Pillow and the copy Pillow reads it from (measured).
+_DECODER_BYTES = {"webp": 12}
+# Besides: decoder buffers (zlib, rows, strips), allocator slack; measured under 10 MB.
+_DECODE_OVERHEAD = 16 * 1024 * 1024
+
+
+def pixel_bytes(mode: str) -> int:
+    """Bytes per pixel of a Pillow raster in this mode."""
+    if mode in _ONE_BYTE_MODES:
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _convert_bytes(mode: str, info: dict) -> int:
+    """Bytes per pixel _to_rgb holds besides the raster, at its peak."""
+    if mode == "RGB":
+        return 0
+    if mode == "RGBA":
+        return 9  # the white canvas and the composite (+1: measured)
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in info):
+        return 13  # the RGBA copy, the white canvas and the composite (+1: measured)
+    return 5 if mode in _WIDE_MODES or mode.startswith("I;16") else 4  # (8-bit L +) RGB
+
+
+def decode_cost(
+    width: int,
+    height: int,
+    mode: str,
+    fmt: str,
+    size: int,
+    *,
+    keep_side: int | None = None,
+    turns: bool = False,
+    info: dict | None = None,
+) -> int:
+    """Estimated peak bytes decoding one image holds, from what its header says.
+
+    The raster (width x height x bytes per pixel of mode; a JPEG's after draft scaling), what
+    its decoder keeps beside it, and the largest of: the EXIF transpose copy (turns), the copies
+    of the conversion to RGB, the RGB copy plus the resize buffers. Only the first frame of an
+    animated image is ever decoded, so the frame count does not enter.
+    """
+    px = width * height
+    raster = px * (pixel_bytes(mode) + _DECODER_BYTES.get(fmt, 0))
+    turn = px * pixel_bytes(mode) if turns else 0
+    convert = px * _convert_bytes(mode, info or {})
+    if mode in _WIDE_MODES or mode.startswith("I;16"):
+        convert += 32 * _STRIP_PIXELS  # one strip in float64, and its temporaries
+    rgb = 0 if mode == "RGB" else 4 * px
+    resize = 4 * max(width, height) * (size + (keep_side or 0)) + 4 * 8 * size * size
+    kept = 8 * keep_side * keep_side if keep_side else 0  # the whole picture for faces
+    return raster + max(turn, convert, rgb + resize + kept) + _DECODE_OVERHEAD
+
+
+def _may_turn(im: Image.Image, data: bytes, fmt: str) -> bool:
+    """Whether EXIF orientation will transpose the picture (a copy of the raster), read without
+    decoding pixels (a PNG's eXIf chunk may come after the pixels: then assume it will)."""
+    if fmt == "png" and "exif" not in im.info:
+        return b"eXIf" in data or b"Raw profile type exif" in data
+    try:
+        return im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8)
+    except Exception:
+        return True
 
 
 @dataclass(frozen=True)
@@ -92,36 +167,61 @@ def _is_complete(data: bytes, fmt: str) -> bool | None:
 def _wide_to_l(im: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float greyscale to 8-bit L, scaled by the nominal range, not clipped.
 
-    Pillow's own convert("L") clips I;16 at 255, turning most 16-bit pictures white.
+    Pillow's own convert("L") clips I;16 at 255, turning most 16-bit pictures white. Works in
+    strips of _STRIP_PIXELS, so it holds the 8-bit result and one strip beside the raster (never
+    a float64 copy of the whole picture: that took 2.7 GB for one 9,000 x 9,000 16-bit PNG).
     """
-    arr = np.asarray(im, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    if im.mode.startswith("I;16") or (lo >= 0.0 and 255.0 < hi <= 65535.0):
-        scaled = arr / 257.0  # 16-bit samples: 65535 -> 255
-    elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = arr * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        scaled = arr
-    elif hi > lo:
-        scaled = (arr - lo) * (255.0 / (hi - lo))  # no nominal range: stretch what is there
-    else:
-        scaled = np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    w, h = im.size
+    rows = max(1, _STRIP_PIXELS // max(1, w))
+    strips = [(top, min(h, top + rows)) for top in range(0, h, rows)]
+
+    def strip(top: int, bottom: int) -> np.ndarray:
+        return np.asarray(im.crop((0, top, w, bottom)), dtype=np.float64)
+
+    try:
+        lo, hi = (float(v) for v in im.getextrema())  # type: ignore[arg-type]
+    except (ValueError, TypeError):  # modes Pillow cannot take extremes of (I;16B, ...)
+        parts = [strip(t, b) for t, b in strips[:1]]
+        lo, hi = float(parts[0].min()), float(parts[0].max())
+        for t, b in strips[1:]:
+            part = strip(t, b)
+            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    out = np.empty((h, w), dtype=np.uint8)
+    for top, bottom in strips:
+        arr = strip(top, bottom)
+        if im.mode.startswith("I;16") or (lo >= 0.0 and 255.0 < hi <= 65535.0):
+            scaled = arr / 257.0  # 16-bit samples: 65535 -> 255
+        elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scaled = arr * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            scaled = arr
+        elif hi > lo:
+            scaled = (arr - lo) * (255.0 / (hi - lo))  # no nominal range: stretch what is there
+        else:
+            scaled = np.zeros_like(arr)
+        out[top:bottom] = np.clip(np.rint(scaled), 0, 255)
+    return Image.fromarray(out, "L")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any mode to 8-bit RGB: alpha composited on white, 16-bit and float scaled, not clipped."""
+    """Any mode to 8-bit RGB: alpha composited on white, 16-bit and float scaled, not clipped.
+
+    Each step drops the copy before it (decode_cost counts what is left at the peak).
+    """
     if im.mode == "RGB":
         return im
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        if im.mode == "RGB":
+            return im
+    if im.mode in _WIDE_MODES or im.mode.startswith("I;16"):
         im = _wide_to_l(im)
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
+    if im.mode in _ALPHA_MODES:
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, ...
+        im = Image.alpha_composite(white, rgba)
+        del white, rgba
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, the composite, ...
 
 
 def _fit(im: Image.Image, size: int, resize_mode: str, interpolation: str) -> Image.Image:
@@ -159,6 +259,8 @@ def decode_image(
     resize_mode: str = "shortest",
     interpolation: str = "bicubic",
     keep_side: int | None = None,
+    max_decoded_bytes: int | None = None,
+    budget: DecodeBudget | None = None,
 ) -> DecodedImage:
     """Decode one image into a size x size RGB square; raises only InputError subclasses.
 
@@ -168,9 +270,14 @@ def decode_image(
     resize_mode ("shortest" or "squash") and interpolation ("bicubic" or "bilinear") come
     from the model's preprocess config (ClipEmbedder.resize_mode / .interpolation).
 
+    max_decoded_bytes: refuse an image whose decode_cost (estimated from the header) is over
+    it. budget: the worker's DecodeBudget, held for that estimate while the pixels are decoded
+    and converted (waiting for it first).
+
     EmptyInput, TooLarge (over max_bytes), UnsupportedFormat (magic bytes), DecompressionBomb
-    (header width x height over max_pixels, refused before any pixel is decoded),
-    TruncatedImage, CorruptImage (anything else Pillow cannot read).
+    (header width x height over max_pixels, or decoded bytes over max_decoded_bytes, refused
+    before any pixel is decoded), TruncatedImage, CorruptImage (anything else Pillow cannot
+    read).
     """
     if resize_mode not in RESIZE_MODES or interpolation not in _RESAMPLE:
         raise ValueError(f"unsupported preprocessing {resize_mode!r}/{interpolation!r}")
@@ -184,7 +291,17 @@ def decode_image(
             f"not a supported image ({describe(data)}); accepted: {', '.join(ACCEPTED)}"
         )
     try:
-        return _decode(data, size, max_pixels, fmt, resize_mode, interpolation, keep_side)
+        return _decode(
+            data,
+            size,
+            max_pixels,
+            fmt,
+            resize_mode,
+            interpolation,
+            keep_side,
+            max_decoded_bytes,
+            budget,
+        )
     except InputError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard cap (2x Image.MAX_IMAGE_PIXELS)
@@ -212,6 +329,8 @@ def _decode(
     resize_mode: str,
     interpolation: str,
     keep_side: int | None = None,
+    max_decoded_bytes: int | None = None,
+    budget: DecodeBudget | None = None,
 ) -> DecodedImage:
     with warnings.catch_warnings():
         # Our max_pixels check below is the limit that counts; Pillow's warning (at its global
@@ -233,19 +352,38 @@ def _decode(
                 k = keep_side / max(w, h)
                 want = (max(size, int(w * k)), max(size, int(h * k)))
             im.draft("RGB", want)
-        im.load()  # frame 0 of animated GIF/WebP/TIFF
-        stored = im.size
-        try:
-            im = ImageOps.exif_transpose(im)
-        except Exception:  # corrupt EXIF: keep the pixels as stored rather than fail the image
-            pass
-        turned = stored[0] != stored[1] and im.size == (stored[1], stored[0])
-        rgb = _to_rgb(im)
-        out = _fit(rgb, size, resize_mode, interpolation)
-        full = _bounded(rgb, keep_side) if keep_side else None
+        cost = decode_cost(
+            *im.size,
+            im.mode,
+            fmt,
+            size,
+            keep_side=keep_side,
+            turns=_may_turn(im, data, fmt),
+            info=im.info,
+        )
+        if max_decoded_bytes is not None and cost > max_decoded_bytes:
+            raise DecompressionBomb(
+                f"{fmt} header says {w}x{h} {im.mode}: decoding it would hold about "
+                f"{cost / 1e6:.0f} MB ({cost} bytes); "
+                f"limit RAYLENS_MAX_DECODED_BYTES_PER_INPUT={max_decoded_bytes}"
+            )
+        with budget.hold(cost) if budget is not None else contextlib.nullcontext():
+            im.load()  # frame 0 only of an animated GIF/WebP/PNG/TIFF: never the others
+            stored = im.size
+            try:
+                ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to do
+            except Exception:  # corrupt EXIF: keep the pixels as stored rather than fail it
+                pass
+            turned = stored[0] != stored[1] and im.size == (stored[1], stored[0])
+            rgb = _to_rgb(im)
+            del im
+            out = _fit(rgb, size, resize_mode, interpolation)
+            full = _bounded(rgb, keep_side) if keep_side else None
+            del rgb
+            square = np.asarray(out, dtype=np.uint8)
     width, height = (h, w) if turned else (w, h)
     scale = full.shape[1] / width if full is not None else 1.0
-    return DecodedImage(np.asarray(out, dtype=np.uint8), width, height, fmt, full, scale)
+    return DecodedImage(square, width, height, fmt, full, scale)
 
 
 def _bounded(rgb: Image.Image, side: int) -> np.ndarray:

@@ -7,6 +7,7 @@ keyframe skipping); only the sampled ones are converted to RGB.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -27,6 +28,7 @@ from raylens.errors import (
     TooLarge,
     UnsupportedFormat,
 )
+from raylens.media.budget import DecodeBudget
 
 # sniff_video and VIDEO_CONTAINERS live in media.formats (the one home of magic bytes); they are
 # re-exported here because the worker, intake and tests import them from this module.
@@ -58,6 +60,8 @@ _THUMB_W, _THUMB_H = 32, 18
 # Timestamps are exact fractions; interval boundaries (k * every_s) are floats: a frame this
 # close before a boundary counts as at it (0.1 * 3 = 0.30000000000000004 > 0.3).
 _EPS_S = 1e-6
+# Frames of the stream FFmpeg may hold at once (references, reordering and frame threads).
+_DECODER_FRAMES = 24
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class VideoLimits:
     differs from the last sampled frame's by more than this (mean absolute difference / 255),
     unless it is within min_gap_s of the last sample.
     max_duration_s, max_frames (sampled), max_pixels (width * height of the stream).
+    max_decoded_bytes: None (off) or the most bytes the sampled frames (RGB, as kept) may hold
+    at once, plus the decoder's own frames; refused from the header duration when it is known,
+    and on the frame that passes it.
     """
 
     every_s: float = 1.0
@@ -77,6 +84,7 @@ class VideoLimits:
     max_frames: int = 2000
     max_pixels: int = 8_294_400
     min_gap_s: float = 0.25
+    max_decoded_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.every_s) and self.every_s > 0):
@@ -89,6 +97,8 @@ class VideoLimits:
             raise ValueError("max_frames and max_pixels must be >= 1")
         if not self.min_gap_s >= 0:
             raise ValueError(f"min_gap_s must be >= 0, got {self.min_gap_s!r}")
+        if self.max_decoded_bytes is not None and self.max_decoded_bytes < 1:
+            raise ValueError(f"max_decoded_bytes must be >= 1, got {self.max_decoded_bytes!r}")
 
 
 @dataclass
@@ -117,16 +127,22 @@ class VideoInfo:
 
 
 def sample_frames(
-    source: bytes | str | Path, limits: VideoLimits, *, max_side: int | None = None
+    source: bytes | str | Path,
+    limits: VideoLimits,
+    *,
+    max_side: int | None = None,
+    budget: DecodeBudget | None = None,
 ) -> tuple[list[VideoFrame], VideoInfo]:
     """Decode a video and sample frames; raises only InputError subclasses for bad input.
 
     source: the file's bytes, or the path of a local file (opened here, never handed to
     FFmpeg as a URL). max_side: scale sampled frames so the longer side is <= max_side.
+    budget: the worker's DecodeBudget, held while frames are decoded for the most the sampled
+    frames and the decoder may hold (video_cost), waiting for it first.
 
     EmptyInput, SourceMissing (no such file), UnsupportedFormat (magic bytes), TooLarge
-    (resolution, duration or sampled frames over the limits; resolution and a known
-    duration are checked before any frame is decoded), CorruptVideo (no video stream, or
+    (resolution, duration, sampled frames or their decoded bytes over the limits; resolution
+    and a known duration are checked before any frame is decoded), CorruptVideo (no video stream, or
     anything FFmpeg cannot demux/decode, also after some frames were decoded: never a
     partial result).
     """
@@ -137,7 +153,7 @@ def sample_frames(
     try:
         with fh:
             _check_complete(fh, container_name)
-            frames, info = _sample(fh, container_name, limits, max_side)
+            frames, info = _sample(fh, container_name, limits, max_side, budget)
     except InputError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
@@ -237,8 +253,49 @@ def _ffmpeg_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def frame_bytes(width: int, height: int, max_side: int | None) -> int:
+    """Bytes of one sampled frame as kept: RGB, its longer side scaled down to max_side."""
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return width * height * 3
+
+
+def decoder_bytes(width: int, height: int) -> int:
+    """Bytes the decoder holds of its own: ~_DECODER_FRAMES frames of the stream in YUV 4:2:0
+    (references, reordering, frame threads) and one full-size RGB conversion."""
+    return int(width * height * (1.5 * _DECODER_FRAMES + 3))
+
+
+def video_cost(
+    width: int, height: int, duration_s: float | None, limits: VideoLimits, max_side: int | None
+) -> tuple[int, int]:
+    """(fewest, most) bytes sampling this video holds at its peak, from its header: the
+    decoder's own (decoder_bytes) plus the sampled frames as kept (fewest: the interval
+    samples a known duration certainly gives; most: every sample it may give, scene changes
+    included, within max_frames and max_decoded_bytes)."""
+    one = frame_bytes(width, height, max_side)
+    decoder = decoder_bytes(width, height)
+    if duration_s is None:
+        fewest, most = 1, limits.max_frames
+    else:
+        fewest = max(1, math.floor(duration_s / limits.every_s + _EPS_S))
+        most = fewest + 1
+        if limits.scene_threshold is not None:
+            most += math.ceil(duration_s / max(limits.min_gap_s, 1e-3)) + 1
+    most = min(most, limits.max_frames)
+    held = most * one
+    if limits.max_decoded_bytes is not None:
+        held = min(held, max(0, limits.max_decoded_bytes - decoder))
+    return fewest * one + decoder, held + decoder
+
+
 def _sample(
-    fh: BinaryIO, container_name: str, limits: VideoLimits, max_side: int | None
+    fh: BinaryIO,
+    container_name: str,
+    limits: VideoLimits,
+    max_side: int | None,
+    budget: DecodeBudget | None = None,
 ) -> tuple[list[VideoFrame], VideoInfo]:
     with av.open(fh, mode="r", format=_DEMUXER[container_name]) as container:
         if not container.streams.video:
@@ -256,9 +313,18 @@ def _sample(
             )
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
-        sampler = _Sampler(limits, max_side, stream, fps)
-        for frame in container.decode(stream):
-            sampler.feed(frame)
+        fewest, most = video_cost(width, height, duration, limits, max_side)
+        if limits.max_decoded_bytes is not None and fewest > limits.max_decoded_bytes:
+            lasting = f" for {duration:.1f} s" if duration is not None else ""
+            raise TooLarge(
+                f"video is {width}x{height}{lasting}: decoding and its sampled frames would "
+                f"hold at least {fewest / 1e6:.0f} MB ({fewest} bytes); "
+                f"limit RAYLENS_MAX_DECODED_BYTES_PER_INPUT={limits.max_decoded_bytes}"
+            )
+        sampler = _Sampler(limits, max_side, stream, fps, decoder_bytes(width, height))
+        with budget.hold(most) if budget is not None else contextlib.nullcontext():
+            for frame in container.decode(stream):
+                sampler.feed(frame)
         if not sampler.samples:
             raise CorruptVideo(
                 f"{container_name}: no frame to sample ({sampler.decoded} frames decoded)"
@@ -303,12 +369,14 @@ class _Sampler:
         max_side: int | None,
         stream: av.video.stream.VideoStream,
         fps: float | None,
+        decoder: int = 0,
     ) -> None:
         self.limits = limits
         self.max_side = max_side
         self.fps = fps
         self.start: int | None = stream.start_time  # in stream.time_base units
         self.samples: list[VideoFrame] = []
+        self.held = decoder  # bytes of the decoder's own frames and of the sampled frames
         self.decoded = 0
         self.width = 0
         self.height = 0
@@ -369,6 +437,14 @@ class _Sampler:
                 f"(at {t:.1f} s); limit RAYLENS_VIDEO_MAX_FRAMES={self.limits.max_frames}"
             )
         rgb = _to_rgb(frame, self.max_side, self.rgb_scaler)
+        self.held += rgb.nbytes
+        cap = self.limits.max_decoded_bytes
+        if cap is not None and self.held > cap:
+            raise TooLarge(
+                f"the {len(self.samples) + 1} frames sampled by {t:.1f} s "
+                f"({rgb.shape[1]}x{rgb.shape[0]} RGB each) and the decoder hold {self.held} "
+                f"bytes; limit RAYLENS_MAX_DECODED_BYTES_PER_INPUT={cap}"
+            )
         self.samples.append(VideoFrame(len(self.samples), t, rgb, reason))
         self.last_sample_t = t
         if thumb is not None:

@@ -14,6 +14,7 @@ from raylens.cluster.settings import Settings
 from raylens.serve_app.error_handlers import exception_handlers
 from raylens.serve_app.middleware import authoriser, host_origin_guard, inflight_limit
 from raylens.serve_app.openapi import DESCRIPTION, TAGS
+from raylens.serve_app.redaction import Redactor
 from raylens.serve_app.routes import health, jobs, search
 
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
     for router in (
         jobs.router(api, settings, auth),
         search.router(api, settings, auth),
-        health.router(api, auth),
+        health.router(api, auth, Redactor(settings).values),
     ):
         app.include_router(router)
     app.state.api = api

@@ -1,8 +1,15 @@
-"""Exception handlers of the HTTP app: every error answer is {"error": {"code", "message"}}."""
+"""Exception handlers of the HTTP app: every error answer is {"error": {"code", "message"}}.
+
+Known raylens errors keep their message, redacted (no credentials, tokens, stack traces or data
+dir paths: serve_app.redaction). An unexpected error answers a generic message with a request
+id; the server log has the full exception under that id.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -13,20 +20,52 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, InvalidRequest, RaylensError
+from raylens.serve_app.redaction import Redactor
 
 log = logging.getLogger("raylens.http")
 
 Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
+REQUEST_ID = "X-Request-ID"
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._\-]{8,64}")
 
 
-def error_response(exc: RaylensError, settings: Settings) -> JSONResponse:
+def error_response(
+    exc: RaylensError, settings: Settings, redact: Redactor | None = None
+) -> JSONResponse:
     """The answer to a RaylensError: its code and status, Retry-After on 429 and 503."""
     headers = {}
     if exc.http_status in (429, 503):
         headers["Retry-After"] = str(settings.retry_after_s)
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
+    body = exc.to_dict()
+    body["message"] = (redact or Redactor(settings))(body["message"])
+    return JSONResponse({"error": body}, status_code=exc.http_status, headers=headers)
+
+
+def request_id(request: Request) -> str:
+    """The client's X-Request-ID when it is a plain token, else a new one."""
+    given = request.headers.get(REQUEST_ID, "")
+    return given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def internal_error(request: Request, exc: BaseException) -> JSONResponse:
+    """A 500 that says nothing of the inside; the log has the exception under its request id."""
+    rid = request_id(request)
+    log.error(
+        "request %s: %s %s failed: %s: %s",
+        rid,
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    body = {
+        "code": ErrorCode.INTERNAL.value,
+        "message": f"internal error (request id {rid}); the server log has the details",
+    }
+    return JSONResponse({"error": body}, status_code=500, headers={REQUEST_ID: rid})
 
 
 def validation_message(errors: list[Any]) -> str:
@@ -40,27 +79,29 @@ def validation_message(errors: list[Any]) -> str:
 
 def exception_handlers(settings: Settings) -> dict[int | type[Exception], Handler]:
     """The app's exception handlers; bad input is never a 500."""
+    redact = Redactor(settings)
 
     async def on_raylens_error(request: Request, exc: RaylensError) -> JSONResponse:
-        if exc.http_status >= 500 and exc.code is ErrorCode.INTERNAL:
-            log.error("%s %s: %s", request.method, request.url.path, exc.message)
-        return error_response(exc, settings)
+        if exc.code is ErrorCode.INTERNAL:  # not a known error: an actor's unexpected failure
+            return internal_error(request, exc)
+        if exc.http_status >= 500:  # the full text for the operator; the client's is redacted
+            log.warning("%s %s: %s: %s", request.method, request.url.path, exc.code.value, exc)
+        return error_response(exc, settings, redact)
 
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequest(validation_message(list(exc.errors()))), settings)
+        message = validation_message(list(exc.errors()))
+        return error_response(InvalidRequest(message), settings, redact)
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_REQUEST
         return JSONResponse(
-            {"error": {"code": code.value, "message": str(exc.detail)}},
+            {"error": {"code": code.value, "message": redact(str(exc.detail))}},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        body = {"code": ErrorCode.INTERNAL.value, "message": f"{type(exc).__name__}: {exc}"[:500]}
-        return JSONResponse({"error": body}, status_code=500)
+        return internal_error(request, exc)
 
     return {
         RaylensError: on_raylens_error,

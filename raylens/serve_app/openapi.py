@@ -20,7 +20,10 @@ are ignored), 421 `invalid_request` (a Host this ingress does not answer), 422
 `store_unavailable` and 503 `overloaded` (more than `RAYLENS_HTTP_MAX_ONGOING_REQUESTS` in
 flight in a replica), all three with `Retry-After`. Behind that, Serve itself answers 503
 (without Retry-After) when its own queue (`RAYLENS_HTTP_MAX_QUEUED_REQUESTS`) is full, and 408
-after `RAYLENS_HTTP_REQUEST_TIMEOUT_S`.
+after `RAYLENS_HTTP_REQUEST_TIMEOUT_S`. Messages never carry credentials, tokens, stack traces
+or data dir paths (they are redacted; the server log keeps the full text). An unexpected error
+answers 500 `internal` with a generic message naming a request id (also in the `X-Request-ID`
+header; a plain one the client sent is reused), under which the server log has the exception.
 
 **Auth**: when `RAYLENS_API_KEYS` is set, every route except `/v1/healthz` needs
 `Authorization: Bearer <key>`. Ray's own token auth protects the dashboard and `ray job submit`.

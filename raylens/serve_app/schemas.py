@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -61,10 +62,13 @@ class JobOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, redact: Callable[[str], str] | None = None) -> JobOut:
+        """The job as answered; redact (serve_app.redaction.Redactor) cleans its error message
+        of credentials, tokens, stack traces and data dir paths."""
         error = None
         if job.error_code is not None:
-            error = ErrorDetail(code=job.error_code, message=job.error_message or "")
+            message = job.error_message or ""
+            error = ErrorDetail(code=job.error_code, message=redact(message) if redact else message)
         return cls(
             id=job.id,
             state=job.state,

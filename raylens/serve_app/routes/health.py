@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,8 +14,11 @@ from raylens.serve_app.openapi import ERRORS, GUARD_ERRORS
 from raylens.serve_app.schemas import HealthOut, ReadyOut
 
 
-def router(api: ClusterAPI, auth: Sequence[Any]) -> APIRouter:
-    """/v1/healthz (never behind auth) and /v1/readyz (behind `auth`)."""
+def router(
+    api: ClusterAPI, auth: Sequence[Any], redact: Callable[[Any], Any] | None = None
+) -> APIRouter:
+    """/v1/healthz (never behind auth) and /v1/readyz (behind `auth`); redact (a
+    Redactor's .values) cleans the report's error texts of credentials and tracebacks."""
     health = APIRouter(tags=["health"])
 
     @health.get(HEALTHZ, response_model=HealthOut, summary="Liveness")
@@ -37,6 +40,8 @@ def router(api: ClusterAPI, auth: Sequence[Any]) -> APIRouter:
     async def readyz() -> JSONResponse:
         report = await api.ready()
         body = ReadyOut.model_validate(report).model_dump(mode="json")
+        if redact is not None:
+            body = redact(body)
         return JSONResponse(body, status_code=200 if report["ready"] else 503)
 
     return health

@@ -12,6 +12,7 @@ from raylens.cluster.jobs import JobState, Lane, Pipeline
 from raylens.cluster.settings import Settings
 from raylens.errors import InvalidRequest
 from raylens.serve_app.openapi import ERRORS, NOT_FAILED, NOT_FOUND, UPLOAD_BODY, UPLOAD_ERRORS
+from raylens.serve_app.redaction import Redactor
 from raylens.serve_app.schemas import JobOut, JobsPage, SubmitOut
 from raylens.serve_app.uploads import file_parts, read_multipart, text_field
 
@@ -29,6 +30,7 @@ def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
 def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRouter:
     """/v1/jobs and /v1/jobs/{job_id}[/retry], every route behind `auth`."""
     jobs = APIRouter(tags=["jobs"], dependencies=auth)
+    redact = Redactor(settings)  # job errors may quote a store's URL or the data dir
 
     @jobs.post(
         "/v1/jobs",
@@ -70,7 +72,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         summary="One job: state, lane, attempts, timestamps, error, result",
     )
     async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
-        return JobOut.of(await api.get_job(job_id))
+        return JobOut.of(await api.get_job(job_id), redact)
 
     @jobs.get(
         "/v1/jobs",
@@ -86,7 +88,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         ] = None,
     ) -> JobsPage:
         page, next_cursor = await api.list_jobs(state, limit, cursor)
-        return JobsPage(jobs=[JobOut.of(j) for j in page], next_cursor=next_cursor)
+        return JobsPage(jobs=[JobOut.of(j, redact) for j in page], next_cursor=next_cursor)
 
     @jobs.post(
         "/v1/jobs/{job_id}/retry",
@@ -96,6 +98,6 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         summary="Re-queue a failed job",
     )
     async def retry_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
-        return JobOut.of(await api.retry(job_id))
+        return JobOut.of(await api.retry(job_id), redact)
 
     return jobs

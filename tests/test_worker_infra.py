@@ -1,0 +1,117 @@
+"""Unit: the worker's side of infrastructure faults (invariant 10), without a Ray cluster.
+
+The worker's methods run on a stand-in object holding only what they touch, as in
+tests/test_queue_rules.py's ack test: the queue and the pipeline are recorded, not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from types import MethodType, SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from raylens.actors import worker as worker_module
+from raylens.actors.handles import Backoff, Pause
+from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, SourceKind
+from raylens.cluster.pipeline import Batch, BatchOutcome
+from raylens.cluster.settings import Settings
+from raylens.errors import ErrorCode, IndexUnavailable
+
+from _ports import free_port
+
+Worker = worker_module.Worker
+
+
+def leased(n: int) -> Job:
+    sha = hashlib.sha256(f"w-{n}".encode()).hexdigest()
+    spec = JobSpec(source_kind=SourceKind.UPLOAD, source=sha, sha256=sha, size_bytes=1)
+    return Job.new(spec, "m").moved(JobState.RUNNING, attempts=1, leases=1)
+
+
+def outcome(done: list[Any], failures: list[Failure]) -> BatchOutcome:
+    return BatchOutcome(done, failures, 0.0, 0.0, 0.0, True, False, True, 0, 0)
+
+
+class RecordingPipeline:
+    def __init__(self, *outcomes: BatchOutcome) -> None:
+        self.outcomes = list(outcomes)
+        self.ran: list[list[str]] = []
+
+    def process(self, batch: Batch) -> BatchOutcome:
+        self.ran.append([j.id for j in batch.jobs])
+        return self.outcomes.pop(0)
+
+
+def stub_worker(pipeline: RecordingPipeline, probe: Any) -> Any:
+    acks: list[tuple[Any, ...]] = []
+    w = SimpleNamespace(
+        pipeline=pipeline,
+        pause=Pause(Backoff(first_s=0.01, cap_s=0.01)),
+        stats=worker_module.WorkerStats(),
+        index=SimpleNamespace(probe=probe),
+        payloads=SimpleNamespace(exists=lambda key: False),
+        _held=set(),
+        _held_changed=threading.Condition(),
+        _ack=lambda done, failures, tokens: acks.append((done, failures, tokens)),
+        _record=lambda batch, out: None,
+        acks=acks,
+    )
+    for name in ("_process", "_release_held", "_probe_for"):
+        setattr(w, name, MethodType(getattr(Worker, name), w))
+    return w
+
+
+def test_worker_acks_index_failures_as_infra_and_pauses_when_the_index_is_down() -> None:
+    a, b = leased(1), leased(2)
+    down = [Failure(j.id, ErrorCode.INDEX_UNAVAILABLE, "index actor unavailable", True, infra=True)
+            for j in (a, b)]  # fmt: skip
+    pipeline = RecordingPipeline(outcome([], down))
+    probes: list[int] = []
+    w = stub_worker(pipeline, probe=lambda: probes.append(1))
+    w._held = {a.id, b.id}
+
+    w._process(Batch([a, b], [], 0.0))
+
+    ((done, failures, tokens),) = w.acks
+    assert done == [] and all(f.infra for f in failures)
+    assert tokens == {a.id: a.lease_token, b.id: b.lease_token}
+    assert w.pause.down == (ErrorCode.INDEX_UNAVAILABLE, "index actor unavailable")
+    assert w._held == set()
+    # The next batch comes while paused: given back unstarted, the pipeline never runs it.
+    c = leased(3)
+    w._process(Batch([c], [], 0.0))
+    assert pipeline.ran == [[a.id, b.id]]
+    (_, back, _) = w.acks[1]
+    assert [(f.job_id, f.code, f.infra) for f in back] == [
+        (c.id, ErrorCode.INDEX_UNAVAILABLE, True)
+    ]
+    assert w.stats.infra_released == 1
+    # The probe answers: the pause lifts and work resumes.
+    w.pause.wait(lambda delay: False)
+    assert probes == [1] and w.pause.down is None
+
+
+def test_worker_probes_the_payload_store_when_a_store_failure_paused_it() -> None:
+    w = stub_worker(RecordingPipeline(), probe=lambda: None)
+
+    probe = w._probe_for(ErrorCode.STORE_UNAVAILABLE)
+
+    assert probe() is False  # a read of the payload store, not of the index
+
+
+def test_server_index_lets_the_worker_start_when_the_qdrant_server_is_down(tmp_path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, redis_url=None, qdrant_url=f"http://127.0.0.1:{free_port()}",
+        qdrant_timeout_s=1,
+    )  # fmt: skip
+
+    index = worker_module.ServerIndex(settings, dim=8)  # the worker's constructor builds this
+
+    with pytest.raises(IndexUnavailable):
+        index.upsert(["00000000-0000-0000-0000-000000000001"], np.ones((1, 8)), [{}])
+    with pytest.raises(IndexUnavailable):
+        index.probe()
