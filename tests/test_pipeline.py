@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,28 @@ def test_fault_drill_kills_the_process_when_it_decodes_the_crash_content(
     assert pipe.run([jobs[0], jobs[2]]).failures == []
     with pytest.raises(Crashed):
         pipe.run(jobs)
+
+
+def test_pipeline_reports_progress_per_chunk_so_a_long_video_is_not_a_stall(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    """Issue 14, item 5: a long video was one step with no progress between batches, so it
+    outlasted the stall timeout and the supervisor replaced the worker in a loop. Now the
+    decode reports every 64 frames and each embedding chunk (max_batch_size) reports too."""
+    from raylens.media.video import PROGRESS_FRAMES
+
+    frames = 4 * PROGRESS_FRAMES + 10
+    settings = _settings(tmp_path, tiny_model, video_every_s=0.1, video_max_frames=1000)
+    calls: list[float] = []
+    pipe = BatchPipeline(
+        settings, embedder, payloads, RecordingIndex(), worker_name="w1", worker_id="w1:1",
+        progress=lambda: calls.append(time.perf_counter()),
+    )  # fmt: skip
+    video = _upload(payloads, embedder, _mp4(frames=frames, fps=10))
+    batch = pipe.decode_batch([video])
+    decoded = len(calls)
+    assert decoded >= frames // PROGRESS_FRAMES  # while frames were decoded, not only after
+    out = pipe.process(batch)
+    assert out.failures == [] and out.frames == frames
+    chunks = -(-frames // settings.max_batch_size)
+    assert len(calls) - decoded >= chunks  # one call per embedding chunk of max_batch_size

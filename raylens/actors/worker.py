@@ -161,6 +161,7 @@ class Worker:
             worker_name=name,
             worker_id=self.worker_id,
             video_limits=model_setup.video_limits(settings),
+            progress=self._progressed,
         )
         self.overlap = self.pipeline.overlap
         self.decode_device = self.pipeline.decode_device
@@ -360,6 +361,11 @@ class Worker:
             except queue.Empty:
                 continue
             self._process(batch)
+
+    def _progressed(self) -> None:
+        """A chunk of a batch is done (frames decoded, embeddings, face finds): the stall
+        clock restarts, so a long video is not taken for a hung worker (issue 14, item 5)."""
+        self.stats.last_progress_at = time.time()
 
     def stalled_s(self) -> float:
         """Seconds without progress while holding leases (0 when idle or moving)."""

@@ -95,6 +95,7 @@ class BatchPipeline:
         worker_id: str = "worker",
         video_limits: VideoLimits | None = None,
         faults: NoFaults | None = None,
+        progress: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -119,6 +120,11 @@ class BatchPipeline:
         self.cpu_turn: threading.Lock | contextlib.nullcontext[None] = (
             contextlib.nullcontext() if self.overlap else threading.Lock()
         )
+        # Called after every chunk of work (a max_batch_size slice of embeddings or face
+        # finds, a few dozen decoded video frames): a long video is progress, not a stall.
+        self.progress: Callable[[], None] = progress or (lambda: None)
+        if progress is not None:
+            self.reader.progress = progress
         self.faults = faults or fault_injector(settings, worker_name, worker_id)
         # Chosen once: with no drill configured the embed step is the plain one, no check per call.
         self._embed_step = self.faults.wrap(self._embed_items, _shas)
@@ -216,6 +222,7 @@ class BatchPipeline:
         out: list[Any] = []
         for i in range(0, len(items), size):
             out += self._isolating(fn, items[i : i + size])
+            self.progress()
         return out
 
     # ---- models -------------------------------------------------------------------------------

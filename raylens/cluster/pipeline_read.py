@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,10 @@ from raylens.media.video import VideoLimits, sample_frames, sniff_video
 
 if TYPE_CHECKING:  # torch and open_clip load in the process that runs the model, not at import
     from raylens.models.clip import ClipEmbedder
+
+
+def _nothing() -> None:
+    """No progress to report (tests, callers without a stall clock)."""
 
 
 @dataclass
@@ -83,6 +88,8 @@ class JobReader:
         self.decode_device = decode_device
         # Shared by every decode thread of this worker (RAYLENS_MAX_DECODED_BYTES_PER_WORKER).
         self.budget = DecodeBudget(settings.max_decoded_bytes_per_worker)
+        # Called as a long input moves (every few dozen video frames): the worker's stall clock.
+        self.progress: Callable[[], None] = _nothing
 
     def wants_faces(self, job: Job) -> bool:
         return self.faces_on and job.pipeline.finds_faces
@@ -180,7 +187,9 @@ class JobReader:
         # Frames are kept only as large as needed: twice the model input, or up to 960 pixels
         # when faces are wanted (a long video holds all its sampled frames at once).
         side = max(min(keep_side or 0, 960), self.embedder.image_size * 2)
-        frames, info = sample_frames(source, self.video_limits, max_side=side, budget=self.budget)
+        frames, info = sample_frames(
+            source, self.video_limits, max_side=side, budget=self.budget, progress=self.progress
+        )
         items = []
         frames.reverse()
         while frames:

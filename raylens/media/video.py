@@ -11,6 +11,7 @@ import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -55,6 +56,8 @@ _DEMUXER = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}
 _EBML_SEGMENT_ID = b"\x18\x53\x80\x67"
 # Top-level ISO BMFF boxes walked to find a cut file (fragmented MP4 has two per fragment).
 _MAX_TOP_BOXES = 100_000
+# Decoded frames between two progress calls of sample_frames (a 30 fps video: about 2 s).
+PROGRESS_FRAMES = 64
 # Scene detector: the mean absolute difference of a tiny grey thumbnail.
 _THUMB_W, _THUMB_H = 32, 18
 # Timestamps are exact fractions; interval boundaries (k * every_s) are floats: a frame this
@@ -132,13 +135,15 @@ def sample_frames(
     *,
     max_side: int | None = None,
     budget: DecodeBudget | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> tuple[list[VideoFrame], VideoInfo]:
     """Decode a video and sample frames; raises only InputError subclasses for bad input.
 
     source: the file's bytes, or the path of a local file (opened here, never handed to
     FFmpeg as a URL). max_side: scale sampled frames so the longer side is <= max_side.
     budget: the worker's DecodeBudget, held while frames are decoded for the most the sampled
-    frames and the decoder may hold (video_cost), waiting for it first.
+    frames and the decoder may hold (video_cost), waiting for it first. progress: called every
+    PROGRESS_FRAMES decoded frames, so a long video is seen moving (the worker's stall clock).
 
     EmptyInput, SourceMissing (no such file), UnsupportedFormat (magic bytes), TooLarge
     (resolution, duration, sampled frames or their decoded bytes over the limits; resolution
@@ -153,7 +158,7 @@ def sample_frames(
     try:
         with fh:
             _check_complete(fh, container_name)
-            frames, info = _sample(fh, container_name, limits, max_side, budget)
+            frames, info = _sample(fh, container_name, limits, max_side, budget, progress)
     except InputError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
@@ -296,6 +301,7 @@ def _sample(
     limits: VideoLimits,
     max_side: int | None,
     budget: DecodeBudget | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> tuple[list[VideoFrame], VideoInfo]:
     with av.open(fh, mode="r", format=_DEMUXER[container_name]) as container:
         if not container.streams.video:
@@ -325,6 +331,8 @@ def _sample(
         with budget.hold(most) if budget is not None else contextlib.nullcontext():
             for frame in container.decode(stream):
                 sampler.feed(frame)
+                if progress is not None and sampler.decoded % PROGRESS_FRAMES == 0:
+                    progress()
         if not sampler.samples:
             raise CorruptVideo(
                 f"{container_name}: no frame to sample ({sampler.decoded} frames decoded)"
