@@ -5,7 +5,7 @@
 search of that actor until it ends. So the index actor copies the collection's folder and runs
 this module on the copy, at low CPU priority:
 
-    python -m raylens.cluster.index_build COPY_FOLDER THREADS
+    python -m raylens.cluster.index_build COPY_FOLDER PARENT_PID
 
 It loads the copy, builds, flushes and closes it, and writes `build.json` (seconds, points,
 indexed vectors) into the copy. Exit code 0 means the copy is built; the actor then replays
@@ -43,11 +43,27 @@ def build(folder: str) -> dict[str, float | int]:
     return out
 
 
+def _die_with_parent(parent: int) -> None:
+    """A build outliving its index actor (kill -9) would go on writing into a folder the next
+    owner removes: on Linux the kernel kills it with its parent (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before that took effect
+        sys.exit(3)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m raylens.cluster.index_build COPY_FOLDER", file=sys.stderr)
+    if len(argv) != 2:
+        print(
+            "usage: python -m raylens.cluster.index_build COPY_FOLDER PARENT_PID", file=sys.stderr
+        )
         return 2
     folder = argv[0]
+    _die_with_parent(int(argv[1]))
     with contextlib.suppress(OSError):
         os.nice(10)  # the workers come first; a build only makes later searches faster
     result = build(folder)

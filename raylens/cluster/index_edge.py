@@ -284,7 +284,7 @@ class EdgeCollection:
         log = open(f"{path}.log", "wb")  # noqa: SIM115 - handed to the child process
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "raylens.cluster.index_build", str(path)],
+                [sys.executable, "-m", "raylens.cluster.index_build", str(path), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
