@@ -299,12 +299,7 @@ class EdgeCollection:
         if b is None:
             return
         self._build = None
-        if b.proc.poll() is None:
-            b.proc.kill()
-            b.proc.wait()
-        if b.shard is not None:
-            with contextlib.suppress(Exception):
-                b.shard.close()
+        _stop(b)
         shutil.rmtree(b.path, ignore_errors=True)
         self._since_build += b.log_points
         self._next_try = time.monotonic() + 60.0
@@ -338,15 +333,20 @@ class EdgeCollection:
         b = self._build
         if b is not None:
             self._build = None
-            if b.proc.poll() is None:
-                b.proc.kill()
-                b.proc.wait()
-            if b.shard is not None:
-                with contextlib.suppress(Exception):
-                    b.shard.close()
+            _stop(b)
         if self.shard is not None:
             self.shard.close()
             self.shard = None
+
+
+def _stop(b: _Build) -> None:
+    """End a build: its process if still running, its copy if it was opened."""
+    if b.proc.poll() is None:
+        b.proc.kill()
+        b.proc.wait()
+    if b.shard is not None:
+        with contextlib.suppress(Exception):
+            b.shard.close()
 
 
 def _open_error(path: Path, exc: Exception) -> IndexUnavailable:
