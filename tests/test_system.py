@@ -26,7 +26,7 @@ def test_ingest_embeds_every_image_once_when_200_images_are_ingested_twice(
     write_images(tmp_path / "imgs", 200)
     queue = launch.queue_handle(settings)
 
-    first = ingest.ingest(settings, tmp_path / "imgs", queue, progress=False)
+    first = ingest.ingest(settings, tmp_path / "imgs", queue, progress=False, keep_ids=True)
 
     assert (first.files, first.submitted, first.done, first.failed) == (200, 200, 200, 0)
     assert first.complete
@@ -63,7 +63,9 @@ def test_batch_fails_only_bad_inputs_when_good_and_bad_images_are_mixed(
     worker = launch.worker_handles(settings)[0]
     pid_before = ray.get(worker.report.remote())["pid"]
 
-    summary = ingest.ingest(settings, folder, launch.queue_handle(settings), progress=False)
+    summary = ingest.ingest(
+        settings, folder, launch.queue_handle(settings), progress=False, keep_ids=True
+    )
 
     assert summary.done == len(good)
     assert summary.failed_by_code == {code: 1 for code in bad}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,9 @@ from raylens.actors.handles import UNAVAILABLE, Backoff, call_with_retry
 from raylens.cluster.intake import discover, spec_for_path
 from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, Pipeline, SubmitResult
 from raylens.cluster.settings import Settings
-from raylens.errors import QueueFull
+from raylens.errors import ErrorCode, QueueFull
+
+log = logging.getLogger(__name__)
 
 
 def submit(
@@ -66,11 +72,9 @@ class IngestSummary:
     latency_p99_s: float | None = None
     complete: bool = False
     job_ids: list[str] = field(default_factory=list, repr=False)
-    latencies_s: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_ids: bool = False) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("latencies_s")
         if not with_ids:
             d.pop("job_ids")
         return d
@@ -83,119 +87,191 @@ def ingest(
     lane: Lane = Lane.BULK,
     progress: bool = True,
     pipeline: Pipeline = Pipeline.BOTH,
+    keep_ids: bool = False,
 ) -> IngestSummary:
-    """Enqueue every image under root, skipping content already done, and wait for the end."""
+    """Enqueue every image under root, skipping content already done, and wait for the end.
+
+    Streams: listing, hashing (a thread pool) and submitting overlap with the workers, and at
+    most RAYLENS_INGEST_MAX_PENDING jobs are followed at once, so memory does not grow with the
+    folder (keep_ids=True also keeps every job id in the summary, for callers that want them).
+    A file that vanishes or cannot be read between listing and hashing is counted as failed
+    (`source_missing`), and the rest goes on."""
     from tqdm import tqdm
 
     t0 = time.monotonic()
     started_at = time.time()
     summary = IngestSummary(path=str(root))
-    files = list(discover(root))
-    summary.files = len(files)
+    files = discover(root)
+    first = next(files, None)  # a missing root raises here, before anything is started
     bar = tqdm(
-        total=len(files),
+        total=None,
         desc="ingest",
         unit="img",
         disable=not progress,
         mininterval=0.5,
         dynamic_ncols=True,
     )
-    pending: dict[str, None] = {}  # ordered set of job ids still to finish
-    seen: set[str] = set()
-    last_poll = time.monotonic()
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="raylens-hash") as pool:
-        # The first chunk is one batch, so workers start while the rest is still being hashed.
-        bounds = _chunks(
-            len(files), min(settings.max_batch_size, settings.ingest_chunk), settings.ingest_chunk
-        )
-        for i, j in bounds:
-            specs = list(pool.map(lambda p: spec_for_path(p, lane, pipeline), files[i:j]))
-            results = submit(
-                queue,
-                specs,
-                settings,
-                on_wait=lambda message: bar.set_postfix_str(f"waiting: {message}"[:80]),
-            )
-            for res in results:
-                if res.job_id in seen:
-                    summary.duplicates += 1
-                    bar.update(1)
-                    continue
-                seen.add(res.job_id)
-                if res.created:
-                    summary.submitted += 1
-                if res.state is JobState.DONE and not res.created:
-                    summary.skipped += 1
-                    bar.update(1)
-                else:
-                    pending[res.job_id] = None
-            summary.job_ids += [r.job_id for r in results]
-            if time.monotonic() - last_poll > settings.ingest_poll_s * 4:
-                _collect(queue, pending, summary, bar, started_at)
-                last_poll = time.monotonic()
-        _wait(settings, queue, pending, summary, bar, t0, started_at)
+    if progress and first is not None:
+        threading.Thread(target=_count_into, args=(root, bar), daemon=True).start()
+    run = _Run(settings, queue, summary, bar, started_at, keep_ids)
+    listing = chain([first], files) if first is not None else iter(())
+    # The first chunk is one batch, so workers start while the rest is still being listed.
+    first_size = min(settings.max_batch_size, settings.ingest_chunk)
+    sizes = chain([first_size], repeat(settings.ingest_chunk))
+    with ThreadPoolExecutor(
+        max_workers=settings.ingest_hash_threads, thread_name_prefix="raylens-hash"
+    ) as pool:
+        hashing: deque[list[tuple[Path, Future[JobSpec]]]] = deque()
+        for size in sizes:
+            paths = list(islice(listing, size))
+            if paths:
+                summary.files += len(paths)
+                hashing.append([(p, pool.submit(spec_for_path, p, lane, pipeline)) for p in paths])
+            # One chunk hashes while the one before it is submitted.
+            if hashing and (len(hashing) > 1 or not paths):
+                run.submit([(p, _spec(fut)) for p, fut in hashing.popleft()])
+            if not paths and not hashing:
+                break
+        run.wait(t0)
     bar.close()
     summary.seconds = round(time.monotonic() - t0, 3)
     processed = summary.done + summary.failed
     summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds else 0.0
-    summary.complete = not pending
-    if summary.latencies_s:
-        p50, p99 = np.percentile(summary.latencies_s, [50, 99])
+    summary.complete = not run.pending
+    if run.latencies:
+        p50, p99 = np.percentile(run.latencies, [50, 99])
         summary.latency_p50_s = round(float(p50), 3)
         summary.latency_p99_s = round(float(p99), 3)
     return summary
 
 
-def _chunks(n: int, first: int, rest: int) -> list[tuple[int, int]]:
-    out, i, size = [], 0, first
-    while i < n:
-        out.append((i, min(n, i + size)))
-        i, size = i + size, rest
-    return out
+def _spec(fut: Future[JobSpec]) -> JobSpec | OSError:
+    try:
+        return fut.result()
+    except OSError as exc:  # listed, then gone or unreadable before it was hashed
+        return exc
 
 
-def _collect(
-    queue: Any, pending: dict[str, None], summary: IngestSummary, bar: Any, started_at: float
-) -> None:
-    """Move finished jobs out of pending, counting them (jobs created since started_at, a
-    Unix time, also give their creation -> done latency)."""
-    codes: Counter[str] = Counter(summary.failed_by_code)
-    ids = list(pending)
-    for i in range(0, len(ids), 1000):
-        try:
-            jobs: list[Job | None] = ray.get(queue.states.remote(ids[i : i + 1000]))
-        except UNAVAILABLE:
-            bar.set_postfix_str("queue restarting", refresh=False)
-            return  # the queue is being rebuilt from the store; look again next poll
-        for job_id, job in zip(ids[i : i + 1000], jobs):
-            if job is None or not job.state.terminal:
+def _count_into(root: Path, bar: Any) -> None:
+    """Count the files under root (a second, cheap listing) and give the bar its total."""
+    n = sum(1 for _ in discover(root))
+    with bar.get_lock():
+        bar.total = n
+    bar.refresh()
+
+
+# Submission -> done latencies kept for the percentiles: exact up to this many jobs, a uniform
+# sample of the run beyond it.
+LATENCY_SAMPLE = 100_000
+
+
+class _Run:
+    """The state of one ingest that grows with what is in flight, not with the folder."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queue: Any,
+        summary: IngestSummary,
+        bar: Any,
+        started_at: float,
+        keep_ids: bool,
+    ) -> None:
+        self.settings, self.queue, self.summary, self.bar = settings, queue, summary, bar
+        self.started_at, self.keep_ids = started_at, keep_ids
+        self.pending: dict[str, None] = {}  # ordered set of job ids still to finish
+        self.latencies: list[float] = []
+        self._seen_latencies = 0
+        self._rng = random.Random(0)
+        self._codes: Counter[str] = Counter()
+        self._last_poll = time.monotonic()
+
+    def submit(self, items: list[tuple[Path, JobSpec | OSError]]) -> None:
+        specs = [s for _, s in items if isinstance(s, JobSpec)]
+        for path, spec in items:
+            if isinstance(spec, OSError):
+                self._failed(ErrorCode.SOURCE_MISSING.value)
+                log.warning("%s could not be read: %s", path, spec)
+        results = submit(
+            self.queue,
+            specs,
+            self.settings,
+            on_wait=lambda message: self.bar.set_postfix_str(f"waiting: {message}"[:80]),
+        )
+        for res in results:
+            if self.keep_ids:
+                self.summary.job_ids.append(res.job_id)
+            if res.created:
+                self.summary.submitted += 1
+            elif res.job_id in self.pending or (
+                res.state.terminal
+                and res.created_at is not None
+                and res.created_at >= self.started_at
+            ):
+                # The content of another file of this run (followed, or finished already):
+                # one job for both.
+                self.summary.duplicates += 1
+                self.bar.update(1)
                 continue
-            del pending[job_id]
-            bar.update(1)
-            if job.state is JobState.DONE:
-                summary.done += 1
-                done_at = job.timestamps().get("done")
-                if done_at is not None and job.created_at >= started_at:
-                    summary.latencies_s.append(done_at - job.created_at)
-            else:
-                summary.failed += 1
-                codes[job.error_code.value if job.error_code else "internal"] += 1
-    summary.failed_by_code = dict(codes)
-    bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
+            elif res.state is JobState.DONE:
+                self.summary.skipped += 1
+                self.bar.update(1)
+                continue
+            # Created now, or found queued/running/failed (a resubmission after a queue restart
+            # returns jobs its lost reply had created): followed to the end.
+            self.pending[res.job_id] = None
+        if time.monotonic() - self._last_poll > self.settings.ingest_poll_s * 4:
+            self.collect()
+        while len(self.pending) >= self.settings.ingest_max_pending:
+            time.sleep(self.settings.ingest_poll_s)
+            self.collect()
 
+    def wait(self, t0: float) -> None:
+        timeout = self.settings.ingest_timeout_s
+        while self.pending:
+            if timeout and time.monotonic() - t0 > timeout:
+                return
+            # Each poll reads every pending record: poll big backlogs less often.
+            time.sleep(self.settings.ingest_poll_s * max(1.0, len(self.pending) / 2000))
+            self.collect()
 
-def _wait(
-    settings: Settings,
-    queue: Any,
-    pending: dict[str, None],
-    summary: IngestSummary,
-    bar: Any,
-    t0: float,
-    started_at: float,
-) -> None:
-    while pending:
-        if settings.ingest_timeout_s and time.monotonic() - t0 > settings.ingest_timeout_s:
+    def collect(self) -> None:
+        """Move finished jobs out of pending, counting them (jobs created since the run
+        started also give their creation -> done latency)."""
+        self._last_poll = time.monotonic()
+        ids = list(self.pending)
+        for i in range(0, len(ids), 1000):
+            try:
+                jobs: list[Job | None] = ray.get(self.queue.states.remote(ids[i : i + 1000]))
+            except UNAVAILABLE:
+                self.bar.set_postfix_str("queue restarting", refresh=False)
+                return  # the queue is being rebuilt from the store; look again next poll
+            for job_id, job in zip(ids[i : i + 1000], jobs):
+                if job is None or not job.state.terminal:
+                    continue
+                del self.pending[job_id]
+                if job.state is JobState.DONE:
+                    self.summary.done += 1
+                    self.bar.update(1)
+                    done_at = job.timestamps().get("done")
+                    if done_at is not None and job.created_at >= self.started_at:
+                        self._latency(done_at - job.created_at)
+                else:
+                    self._failed(job.error_code.value if job.error_code else "internal")
+        self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
+
+    def _failed(self, code: str) -> None:
+        self.summary.failed += 1
+        self._codes[code] += 1
+        self.summary.failed_by_code = dict(self._codes)
+        self.bar.update(1)
+
+    def _latency(self, seconds: float) -> None:
+        """Reservoir sampling: every latency of the run is equally likely to be kept."""
+        self._seen_latencies += 1
+        if len(self.latencies) < LATENCY_SAMPLE:
+            self.latencies.append(seconds)
             return
-        # Each poll reads every pending record: poll big backlogs less often.
-        time.sleep(settings.ingest_poll_s * max(1.0, len(pending) / 2000))
-        _collect(queue, pending, summary, bar, started_at)
+        k = self._rng.randrange(self._seen_latencies)
+        if k < LATENCY_SAMPLE:
+            self.latencies[k] = seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from raylens.media.formats import MEDIA_SUFFIXES, sniff_format
 from raylens.media.video import sniff_video
 
 _HASH_CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -28,18 +30,36 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 def discover(root: Path) -> Iterator[Path]:
-    """Every image or video file under root (by suffix), in a stable order; root may be one
-    file."""
+    """Every image or video file under root (by suffix); root may be one file.
+
+    Streams: a folder of a million files is never held as a list (each directory's entries are
+    yielded as the file system reports them, then its subdirectories in name order), so the
+    same tree is listed in the same order while it is unchanged. Symlinked directories are not
+    followed; an unreadable directory is skipped with a warning."""
     if root.is_file():
         yield root.resolve()
         return
     if not root.is_dir():
         raise SourceMissing(f"{root} does not exist")
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in MEDIA_SUFFIXES:
-                yield (Path(dirpath) / name).resolve()
+    stack = [root.resolve()]
+    while stack:
+        folder = stack.pop()
+        subdirs: list[str] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
+                        elif Path(entry.name).suffix.lower() in MEDIA_SUFFIXES and entry.is_file():
+                            path = Path(entry.path)
+                            yield path.resolve() if entry.is_symlink() else path
+                    except OSError:  # vanished or unreadable since the listing: not a file
+                        continue
+        except OSError as exc:
+            log.warning("skipping %s: %s", folder, exc)
+            continue
+        stack += [folder / name for name in sorted(subdirs, reverse=True)]
 
 
 def spec_for_path(path: Path, lane: Lane, pipeline: Pipeline = Pipeline.BOTH) -> JobSpec:

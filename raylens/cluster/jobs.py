@@ -196,6 +196,9 @@ class SubmitResult:
     job_id: str
     created: bool
     state: JobState
+    # When the job was first created (Unix time), where the queue knows it: an ingest tells a
+    # file with the content of another file of the same run from content done long before.
+    created_at: float | None = None
 
 
 def request_fingerprint(specs: Sequence[JobSpec]) -> str:

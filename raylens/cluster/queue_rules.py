@@ -151,7 +151,12 @@ class QueueRules:
             )
         jobs = self.store.get_many(record[1])
         return [
-            SubmitResult(job_id, False, job.state if job else JobState.FAILED)
+            SubmitResult(
+                job_id,
+                False,
+                job.state if job else JobState.FAILED,
+                job.created_at if job else None,
+            )
             for job_id, job in zip(record[1], jobs)
         ]
 
@@ -215,7 +220,7 @@ class QueueRules:
                 and not self.lanes.is_queued(job.id)
             ):
                 self.lanes.push(job.id, job.lane, job.updated_at, solo=job.suspect)
-            out.append(SubmitResult(job.id, created, job.state))
+            out.append(SubmitResult(job.id, created, job.state, job.created_at))
         return out
 
     # ---- retry --------------------------------------------------------------------------------

@@ -377,6 +377,15 @@ class Settings(BaseSettings):
         description="Port of the Ray dashboard of the local head node `raylens up` starts.",
     )
     ingest_chunk: int = Field(default=256, ge=1, description="Jobs submitted per queue call.")
+    ingest_max_pending: int = Field(
+        default=20_000,
+        ge=1,
+        description="Most jobs one `raylens ingest` follows at once: beyond it, listing and "
+        "hashing wait for jobs to finish, so memory stays bounded for any folder size.",
+    )
+    ingest_hash_threads: int = Field(
+        default=4, ge=1, le=256, description="Threads `raylens ingest` hashes files with."
+    )
     ingest_poll_s: float = Field(
         default=0.2,
         gt=0,
