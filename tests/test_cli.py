@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 from skimage import data as skdata
+
+from raylens.cli.ray_session import RaySession
 
 from _images import write_images
 from _ports import free_port
@@ -170,8 +173,48 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         no_face = _run(["search", "--face", str(tmp_path / "more" / "img_00100.jpg")], cli_env)
         assert no_face.returncode == 1 and "no face found" in no_face.stderr
     finally:
-        down = _run(["down"], cli_env)
+        # Another Ray on the same machine (a notebook's, another test run's): `raylens down`
+        # must stop only the head `raylens up` started (`ray stop` would stop this one too).
+        bystander = _start_bystander_ray()
+        try:
+            down = _run(["down"], cli_env)
+            bystander_alive = _listening(bystander)
+        finally:
+            session = RaySession(bystander)
+            if session.find():
+                session.terminate()
     assert down.returncode == 0, down.stderr
+    assert bystander_alive, "raylens down stopped another Ray head on this machine"
+    assert not _listening(int(cli_env["RAYLENS_RAY_PORT"]))  # its own head is gone
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _start_bystander_ray() -> int:
+    """A second Ray head on free ports (its agents too: two heads on one machine would
+    otherwise both want Ray's default agent ports). Returns its GCS port."""
+    port = free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=0",
+        "--include-dashboard=false",
+        "--node-ip-address=127.0.0.1",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return port
 
 
 def test_cli_up_fails_at_once_naming_the_setting_when_the_checkpoint_is_missing(

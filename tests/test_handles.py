@@ -140,3 +140,27 @@ def test_pause_delays_go_on_growing_across_trips_until_work_was_healthy() -> Non
     pause.wait(lambda delay: waited.append(delay) or False)
 
     assert waited == [0.1, 0.2, 0.1]
+
+
+def test_named_actor_looks_up_once_and_again_only_after_a_failed_call(monkeypatch) -> None:
+    from raylens.actors import handles
+
+    looked_up: list[str] = []
+
+    class Handle:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+    def fake_lookup(name: str, namespace: str) -> Handle:
+        looked_up.append(name)
+        return Handle(len(looked_up))
+
+    monkeypatch.setattr(handles, "lookup", fake_lookup)
+    monkeypatch.setattr(handles.ray, "get", lambda value, timeout=None: value)
+    actor = handles.NamedActor("raylens-queue", "ns")
+
+    assert [actor.call(lambda h: h.n) for _ in range(3)] == [1, 1, 1]
+    with pytest.raises(ray.exceptions.RayActorError):
+        actor.call(lambda h: (_ for _ in ()).throw(ray.exceptions.RayActorError()))
+    assert actor.call(lambda h: h.n) == 2  # re-created under its name: found afresh
+    assert looked_up == ["raylens-queue", "raylens-queue"]

@@ -15,7 +15,7 @@ import pytest
 
 from raylens.actors import ingest
 from raylens.cluster import intake
-from raylens.cluster.jobs import Job, JobSpec, JobState, SubmitResult
+from raylens.cluster.jobs import Job, JobSpec, JobState, Outcome, SubmitResult
 from raylens.cluster.settings import Settings
 from raylens.errors import SourceMissing
 
@@ -36,6 +36,7 @@ class FakeQueue:
         self.submits: list[int] = []
         self.submit = _Remote(self._submit)
         self.states = _Remote(self._states)
+        self.outcomes = _Remote(self._outcomes)
 
     def add_done(self, spec: JobSpec, created_at: float) -> None:
         job = Job.new(spec, "m", now=created_at)
@@ -65,6 +66,14 @@ class FakeQueue:
                 self.by_id[job_id] = job
             out.append(job)
         return out
+
+    def _outcomes(self, ids: list[str]) -> list[Outcome]:
+        """As JobQueue.outcomes: only the finished jobs, as tuples."""
+        return [
+            (j.id, j.state.value, None, j.created_at, j.timestamps().get("done"))
+            for j in self._states(ids)
+            if j is not None and j.state.terminal
+        ]
 
     def pending_now(self) -> int:
         return sum(1 for j in self.by_id.values() if not j.state.terminal)

@@ -816,3 +816,22 @@ def test_worker_retries_its_ack_with_backoff_when_the_queue_answers_store_unavai
 
     assert sent == [("w1", [("j1", {})], [], {"j1": 1})]
     assert len(sleeps) == 3 and sleeps == sorted(sleeps) and sleeps[0] > 0
+
+
+# ---- what an ingest follows its jobs by -----------------------------------------------------
+def test_in_flight_is_true_for_queued_and_leased_jobs_and_false_once_acked_or_rebuilt(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    a, b, c = ids(submit(rules, [spec(i) for i in range(3)]))
+    leased = lease(rules, "w1", 1)
+    assert [j.id for j in leased] == [a]
+    assert rules.in_flight(a) and rules.in_flight(b) and rules.in_flight(c)
+
+    ack(rules, "w1", done=[(a, {})], tokens={a: leased[0].lease_token})
+
+    assert not rules.in_flight(a) and rules.in_flight(b)
+    assert not rules.in_flight("no-such-job")
+    # A restarted queue knows the same from the store alone.
+    again = make_rules()
+    assert (again.in_flight(a), again.in_flight(b), again.in_flight(c)) == (False, True, True)

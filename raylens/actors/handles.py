@@ -51,6 +51,30 @@ def lookup(name: str, namespace: str) -> Any:
         raise ActorMissing(f"no actor {name!r} in namespace {namespace!r}") from exc
 
 
+class NamedActor:
+    """A named actor's handle, looked up once (`ray.get_actor` is a GCS round trip) and again
+    only after a call through it failed: the actor may have been re-created under its name."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name, self.namespace = name, namespace
+        self._handle: Any = None
+
+    def handle(self) -> Any:
+        handle = self._handle
+        if handle is None:
+            handle = self._handle = lookup(self.name, self.namespace)
+        return handle
+
+    def call(self, make: Callable[[Any], Any], timeout: float | None = None) -> Any:
+        """ray.get(make(handle)); any failure forgets the handle, so the next call looks the
+        name up afresh."""
+        try:
+            return ray.get(make(self.handle()), timeout=timeout)
+        except BaseException:
+            self._handle = None
+            raise
+
+
 @dataclass
 class Backoff:
     """Delays first, first*factor, ... capped at cap; reset() starts again."""

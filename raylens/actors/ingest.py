@@ -19,7 +19,7 @@ import ray
 
 from raylens.actors.handles import UNAVAILABLE, Backoff, call_with_retry
 from raylens.cluster.intake import discover, spec_for_path
-from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, Pipeline, SubmitResult
+from raylens.cluster.jobs import JobSpec, JobState, Lane, Outcome, Pipeline, SubmitResult
 from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, QueueFull
 
@@ -163,6 +163,7 @@ def _count_into(root: Path, bar: Any) -> None:
 # Submission -> done latencies kept for the percentiles: exact up to this many jobs, a uniform
 # sample of the run beyond it.
 LATENCY_SAMPLE = 100_000
+OUTCOMES_CHUNK = 5000  # job ids per JobQueue.outcomes call
 
 
 class _Run:
@@ -237,27 +238,28 @@ class _Run:
 
     def collect(self) -> None:
         """Move finished jobs out of pending, counting them (jobs created since the run
-        started also give their creation -> done latency)."""
+        started also give their creation -> done latency). The queue answers from memory for
+        jobs it still holds, and sends back only the finished ones."""
         self._last_poll = time.monotonic()
         ids = list(self.pending)
-        for i in range(0, len(ids), 1000):
+        for i in range(0, len(ids), OUTCOMES_CHUNK):
             try:
-                jobs: list[Job | None] = ray.get(self.queue.states.remote(ids[i : i + 1000]))
+                finished: list[Outcome] = ray.get(
+                    self.queue.outcomes.remote(ids[i : i + OUTCOMES_CHUNK])
+                )
             except UNAVAILABLE:
                 self.bar.set_postfix_str("queue restarting", refresh=False)
                 return  # the queue is being rebuilt from the store; look again next poll
-            for job_id, job in zip(ids[i : i + 1000], jobs):
-                if job is None or not job.state.terminal:
+            for job_id, state, code, created_at, done_at in finished:
+                if self.pending.pop(job_id, False) is False:
                     continue
-                del self.pending[job_id]
-                if job.state is JobState.DONE:
+                if state == JobState.DONE.value:
                     self.summary.done += 1
                     self.bar.update(1)
-                    done_at = job.timestamps().get("done")
-                    if done_at is not None and job.created_at >= self.started_at:
-                        self._latency(done_at - job.created_at)
+                    if done_at is not None and created_at >= self.started_at:
+                        self._latency(done_at - created_at)
                 else:
-                    self._failed(job.error_code.value if job.error_code else "internal")
+                    self._failed(code or "internal")
         self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
 
     def _failed(self, code: str) -> None:

@@ -16,6 +16,7 @@ from raylens.cluster.jobs import (
     Job,
     JobSpec,
     JobState,
+    Outcome,
     SubmitResult,
     request_fingerprint,
 )
@@ -245,6 +246,29 @@ class JobQueue:
     # ---- reads ----------------------------------------------------------------------------------
     async def states(self, job_ids: Sequence[str]) -> list[Job | None]:
         return await self._io_call(self.store.get_many, list(job_ids))
+
+    async def outcomes(self, job_ids: Sequence[str]) -> list[Outcome]:
+        """The finished jobs among job_ids, compactly (what an ingest follows its jobs by).
+
+        A job this queue holds queued or leased is not finished, so it is answered from memory
+        without a store read; only the others are read, and only the terminal ones come back,
+        as (job id, state, error code or None, created_at, done_at or None)."""
+        self._ensure_started()
+        ask = [j for j in job_ids if not self.rules.in_flight(j)]
+        if not ask:
+            return []
+        jobs = await self._io_call(self.store.get_many, ask)
+        return [
+            (
+                job.id,
+                job.state.value,
+                job.error_code.value if job.error_code else None,
+                job.created_at,
+                job.timestamps().get("done"),
+            )
+            for job in jobs
+            if job is not None and job.state.terminal
+        ]
 
     async def get(self, job_id: str) -> Job:
         job = await self._io_call(self.store.get, job_id)

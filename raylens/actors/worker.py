@@ -24,7 +24,7 @@ import numpy as np
 import ray
 
 from raylens.actors import metrics
-from raylens.actors.handles import Backoff, Pause, call_with_retry, lookup
+from raylens.actors.handles import Backoff, NamedActor, Pause, call_with_retry
 from raylens.cluster import model_setup
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.jobs import Failure, Job
@@ -66,6 +66,7 @@ class RemoteIndex:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.actor = NamedActor(settings.index_actor_name, settings.namespace)
 
     def upsert(
         self,
@@ -75,8 +76,10 @@ class RemoteIndex:
         collection: str | None = None,
     ) -> int:
         try:
-            actor = lookup(self.settings.index_actor_name, self.settings.namespace)
-            return ray.get(actor.upsert.remote(list(ids), vectors, list(payloads), collection))
+            n: int = self.actor.call(
+                lambda a: a.upsert.remote(list(ids), vectors, list(payloads), collection)
+            )
+            return n
         except IndexUnavailable:
             raise
         except Exception as exc:
@@ -86,9 +89,10 @@ class RemoteIndex:
         """Raise IndexUnavailable unless the index actor serves a call (an empty upsert: no
         write, whatever the collections hold)."""
         try:
-            actor = lookup(self.settings.index_actor_name, self.settings.namespace)
             empty = np.zeros((0, 1), dtype=np.float32)
-            ray.get(actor.upsert.remote([], empty, []), timeout=self.settings.infra_backoff_max_s)
+            self.actor.call(
+                lambda a: a.upsert.remote([], empty, []), timeout=self.settings.infra_backoff_max_s
+            )
         except Exception as exc:
             raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
 
@@ -145,6 +149,7 @@ class Worker:
         self.model_id = self.embedder.model_id
         self.faces: FaceBackend | None = model_setup.build_face_backend(settings)  # loaded once
         self.payloads = open_payload_store(settings)
+        self._queue = NamedActor(settings.queue_actor_name, settings.namespace)
         # Neither checks the index here: a worker starts (its model loaded once) while the
         # index is down, and waits for it like for any outage.
         self.index: ServerIndex | RemoteIndex = (
@@ -287,9 +292,8 @@ class Worker:
 
     def _queue_call(self, make: Callable[[Any], Any], *, forever: bool = False) -> Any:
         """Call the queue actor, riding out its restarts (the store keeps the truth meanwhile)."""
-        name, ns = self.settings.queue_actor_name, self.settings.namespace
         return call_with_retry(
-            lambda: ray.get(make(lookup(name, ns))),
+            lambda: self._queue.call(make),
             what="queue",
             deadline_s=self.settings.lease_timeout_s,
             keep_going=lambda: forever and not self._stop.is_set(),

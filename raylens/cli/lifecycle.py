@@ -52,9 +52,15 @@ def _start_local_ray(settings: Settings) -> None:
 
 
 def _stop_local_ray(settings: Settings) -> None:
+    """Stop the head `raylens up` started on RAYLENS_RAY_PORT, and only it: `ray stop` would
+    also stop every other Ray of this user on the machine."""
+    from raylens.cli.ray_session import RaySession
+
     marker = settings.data_dir / MARKER
     if marker.exists():
-        subprocess.run([_ray_bin(), "stop"], capture_output=True)
+        session = RaySession(settings.ray_port)
+        if session.find():
+            session.terminate()
         marker.unlink(missing_ok=True)
 
 

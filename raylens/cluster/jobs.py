@@ -201,6 +201,11 @@ class SubmitResult:
     created_at: float | None = None
 
 
+# A finished job as JobQueue.outcomes reports it: (job id, state, error code or None,
+# created_at, done_at or None).
+Outcome = tuple[str, str, str | None, float, float | None]
+
+
 def request_fingerprint(specs: Sequence[JobSpec]) -> str:
     """What makes two submissions the same request: their contents and pipelines, in order."""
     h = hashlib.sha256()

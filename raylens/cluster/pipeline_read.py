@@ -122,8 +122,8 @@ class JobReader:
         raise SourceMissing(f"job {job.id}: source kind {job.source_kind.value} not supported yet")
 
     def _read_path(self, path: str) -> bytes | str:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size  # one path lookup, not two
             head = f.read(64)
             if sniff_video(head) is not None:
                 if size > self.settings.max_video_bytes:

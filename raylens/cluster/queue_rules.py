@@ -425,6 +425,10 @@ class QueueRules:
             )
         return out
 
+    def in_flight(self, job_id: str) -> bool:
+        """Memory: the job is in a lane or leased (so it is not finished); O(1)."""
+        return self.lanes.is_queued(job_id) or self.lanes.lease_of(job_id) is not None
+
     def heartbeat(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Memory step: extend the leases this worker still holds; returns how many."""
         return self.lanes.extend(worker_id, job_ids, self.clock() + self.settings.lease_timeout_s)
