@@ -8,15 +8,17 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help up test test-all test-fast lint bench bench-index bench-check chaos deps uv redis clean
+.PHONY: help up test test-all test-fast lint bench bench-index bench-overhead bench-check chaos deps uv redis clean
 
 help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
 	@echo "make test-all  everything: make test + full-size drills and the bench peers' smoke tests"
 	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve (ViT-B-32),"
-	@echo "            then search latency of the embedded index over 100,000 points under ingest"
-	@echo "make bench-index  only that last part (BENCH_INDEX_ARGS=\"--backend client\" for the old engine)"
+	@echo "            then search latency of the embedded index over 100,000 points under ingest,"
+	@echo "            then the overhead section (make bench-overhead)"
+	@echo "make bench-index  only the search-latency part (BENCH_INDEX_ARGS=\"--backend client\" for the old engine)"
+	@echo "make bench-overhead  raylens's own cost: tiny model, 1k/10k/50k-job ingest and HTTP, CPU-ms per job per process"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench-check  the benchmark peers' smoke tests (tiny model; not part of make test)"
 	@echo "make chaos  fault drills at full size (load, worker kills, poison, idempotency); prints a table"
@@ -57,12 +59,16 @@ lint: deps
 bench: deps redis
 	$(UV) run --frozen python bench/bench_http.py $(BENCH_ARGS)
 	$(UV) run --frozen python bench/bench_index.py $(BENCH_INDEX_ARGS)
+	$(UV) run --frozen python bench/bench_overhead.py $(BENCH_OVERHEAD_ARGS)
 
 bench-index: deps
 	$(UV) run --frozen python bench/bench_index.py $(BENCH_INDEX_ARGS)
 
+bench-overhead: deps
+	$(UV) run --frozen python bench/bench_overhead.py $(BENCH_OVERHEAD_ARGS)
+
 bench-check: deps redis
-	RAYLENS_BENCH_TESTS=1 $(UV) run --frozen pytest -q -ra tests/test_bench_peer_rq.py tests/test_bench_peers_serve.py tests/test_bench_cli.py
+	RAYLENS_BENCH_TESTS=1 $(UV) run --frozen pytest -q -ra tests/test_bench_peer_rq.py tests/test_bench_peers_serve.py tests/test_bench_cli.py tests/test_bench_overhead.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -17,6 +17,7 @@ Benchmark fixtures, never imported by raylens. What they share:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -65,6 +66,21 @@ def free_port() -> int:
 
     port: int = pick()
     return port
+
+
+async def post_upload(
+    http: Any, files: list[Any], headers: dict[str, str], attempts: int = 20
+) -> tuple[Any, int]:
+    """POST /v1/jobs (embed pipeline) until it is not refused with 429/503 (waiting what
+    Retry-After says), at most `attempts` times; (the last answer, how many were refused)."""
+    refused = 0
+    for attempt in range(attempts):
+        resp = await http.post("/v1/jobs", files=files, data={"pipeline": "embed"}, headers=headers)
+        if resp.status_code not in (429, 503) or attempt == attempts - 1:
+            break
+        refused += 1
+        await asyncio.sleep(float(resp.headers.get("Retry-After", 1)))
+    return resp, refused
 
 
 @contextmanager

@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peer_common import free_port, stdout_to_stderr  # noqa: E402
+from _peer_common import free_port, post_upload, stdout_to_stderr  # noqa: E402
 from _rss import RowMemory  # noqa: E402
 from bench_core import (  # noqa: E402
     make_images,
@@ -195,14 +195,8 @@ async def upload_all(url: str, data: list[bytes], clients: int) -> dict[str, Any
                 files = [("files", (f"photo_{i:05d}.jpg", data[i], "image/jpeg"))]
                 headers = {"Idempotency-Key": uuid.uuid4().hex}
                 t0, t0_wall = time.perf_counter(), time.time()
-                for attempt in range(20):
-                    resp = await http.post(
-                        "/v1/jobs", files=files, data={"pipeline": "embed"}, headers=headers
-                    )
-                    if resp.status_code not in (429, 503) or attempt == 19:
-                        break
-                    retries += 1
-                    await asyncio.sleep(float(resp.headers.get("Retry-After", 1)))
+                resp, refused = await post_upload(http, files, headers)
+                retries += refused
                 if resp.status_code != 202:
                     raise SystemExit(f"upload {i}: HTTP {resp.status_code} {resp.text[:300]}")
                 latencies.append(time.perf_counter() - t0)

@@ -68,7 +68,7 @@ TESTS_DIR = BENCH_DIR.parent / "tests"
 for _p in (BENCH_DIR, TESTS_DIR):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
-from _peer_common import decode_like_raw, free_port  # noqa: E402
+from _peer_common import decode_like_raw, free_port, post_upload  # noqa: E402
 
 from _tiny_clip import TinyModel, write_tiny_model  # noqa: E402
 
@@ -443,14 +443,8 @@ async def upload(
             for req in next_request:  # shared iterator: each client takes the next request
                 files = [("files", (paths[i].name, data[i], "image/jpeg")) for i in req]
                 headers = {"Idempotency-Key": uuid.uuid4().hex}
-                for attempt in range(20):
-                    resp = await http.post(
-                        "/v1/jobs", files=files, data={"pipeline": "embed"}, headers=headers
-                    )
-                    if resp.status_code not in (429, 503) or attempt == 19:
-                        break
-                    retries += 1
-                    await asyncio.sleep(float(resp.headers.get("Retry-After", 1)))
+                resp, refused = await post_upload(http, files, headers)
+                retries += refused
                 if resp.status_code != 202:
                     raise SystemExit(f"upload: HTTP {resp.status_code} {resp.text[:300]}")
                 jobs = resp.json()["jobs"]
