@@ -49,7 +49,11 @@ class JobOut(BaseModel):
     source_kind: str = Field(description="upload, path or uri.")
     sha256: str = Field(description="sha256 of the input bytes.")
     size_bytes: int = Field(description="Size of the input in bytes.")
-    attempts: int = Field(description="Times a worker has taken the job.")
+    attempts: int = Field(
+        description="Attempts the job has used: each lease counts one, except a lease that "
+        "ended in an outage of the index or the job store (its attempt is given back). At "
+        "RAYLENS_MAX_ATTEMPTS a retryable failure dead-letters the job."
+    )
     created_at: float = Field(description="Unix time, seconds.")
     updated_at: float = Field(description="Unix time of the last transition, seconds.")
     timestamps: dict[str, float] = Field(description="Last time the job entered each state.")
