@@ -197,3 +197,19 @@ def test_latency_sample_stays_bounded_when_a_run_outgrows_it(
         run._latency(float(i))
     assert len(run.latencies) == 100
     assert 2000 < sum(run.latencies) / 100 < 8000  # a uniform sample of 0..9999, not the first 100
+
+
+def test_ingest_gives_up_incomplete_at_its_timeout_when_nothing_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files(tmp_path / "stuck", 300)
+    queue = FakeQueue()
+    monkeypatch.setattr(queue, "_states", lambda ids: [queue.by_id[i] for i in ids])  # never done
+    settings = _settings(ingest_max_pending=60, ingest_timeout_s=0.5)
+    t0 = time.monotonic()
+
+    summary = ingest.ingest(settings, tmp_path / "stuck", queue, progress=False)
+
+    assert time.monotonic() - t0 < 10
+    assert not summary.complete
+    assert summary.done == 0 and summary.files < 300  # listing stopped at the pending cap

@@ -113,7 +113,7 @@ def ingest(
     )
     if progress and first is not None:
         threading.Thread(target=_count_into, args=(root, bar), daemon=True).start()
-    run = _Run(settings, queue, summary, bar, started_at, keep_ids)
+    run = _Run(settings, queue, summary, bar, started_at, keep_ids, t0)
     listing = chain([first], files) if first is not None else iter(())
     # The first chunk is one batch, so workers start while the rest is still being listed.
     first_size = min(settings.max_batch_size, settings.ingest_chunk)
@@ -122,6 +122,7 @@ def ingest(
         max_workers=settings.ingest_hash_threads, thread_name_prefix="raylens-hash"
     ) as pool:
         hashing: deque[list[tuple[Path, Future[JobSpec]]]] = deque()
+        listed_all = False
         for size in sizes:
             paths = list(islice(listing, size))
             if paths:
@@ -130,14 +131,15 @@ def ingest(
             # One chunk hashes while the one before it is submitted.
             if hashing and (len(hashing) > 1 or not paths):
                 run.submit([(p, _spec(fut)) for p, fut in hashing.popleft()])
-            if not paths and not hashing:
+            listed_all = not paths and not hashing
+            if listed_all or run.timed_out():
                 break
-        run.wait(t0)
+        run.wait()
     bar.close()
     summary.seconds = round(time.monotonic() - t0, 3)
     processed = summary.done + summary.failed
     summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds else 0.0
-    summary.complete = not run.pending
+    summary.complete = listed_all and not run.pending
     if run.latencies:
         p50, p99 = np.percentile(run.latencies, [50, 99])
         summary.latency_p50_s = round(float(p50), 3)
@@ -177,9 +179,11 @@ class _Run:
         bar: Any,
         started_at: float,
         keep_ids: bool,
+        t0: float | None = None,
     ) -> None:
         self.settings, self.queue, self.summary, self.bar = settings, queue, summary, bar
         self.started_at, self.keep_ids = started_at, keep_ids
+        self.t0 = time.monotonic() if t0 is None else t0
         self.pending: dict[str, None] = {}  # ordered set of job ids still to finish
         self.latencies: list[float] = []
         self._seen_latencies = 0
@@ -223,18 +227,23 @@ class _Run:
             self.pending[res.job_id] = None
         if time.monotonic() - self._last_poll > self.settings.ingest_poll_s * 4:
             self.collect()
-        while len(self.pending) >= self.settings.ingest_max_pending:
-            time.sleep(self.settings.ingest_poll_s)
+        while len(self.pending) >= self.settings.ingest_max_pending and not self.timed_out():
+            time.sleep(self._poll_delay())
             self.collect()
 
-    def wait(self, t0: float) -> None:
-        timeout = self.settings.ingest_timeout_s
-        while self.pending:
-            if timeout and time.monotonic() - t0 > timeout:
-                return
-            # Each poll reads every pending record: poll big backlogs less often.
-            time.sleep(self.settings.ingest_poll_s * max(1.0, len(self.pending) / 2000))
+    def wait(self) -> None:
+        while self.pending and not self.timed_out():
+            time.sleep(self._poll_delay())
             self.collect()
+
+    def timed_out(self) -> bool:
+        """RAYLENS_INGEST_TIMEOUT_S has passed: stop listing and waiting (incomplete)."""
+        timeout = self.settings.ingest_timeout_s
+        return timeout is not None and time.monotonic() - self.t0 > timeout
+
+    def _poll_delay(self) -> float:
+        # Each poll sends every pending id: poll big backlogs less often.
+        return self.settings.ingest_poll_s * max(1.0, len(self.pending) / 2000)
 
     def collect(self) -> None:
         """Move finished jobs out of pending, counting them (jobs created since the run
