@@ -61,6 +61,12 @@ def _stop_local_ray(settings: Settings) -> None:
         session = RaySession(settings.ray_port)
         if session.find():
             session.terminate()
+        elif _local_cluster_running(settings):
+            print(
+                f"could not find the processes of the Ray head on port {settings.ray_port} to "
+                "stop them; `ray stop` stops it (and every other Ray of yours on this machine)",
+                file=sys.stderr,
+            )
         marker.unlink(missing_ok=True)
 
 
