@@ -260,8 +260,9 @@ class _Run:
                 self.bar.set_postfix_str("queue restarting", refresh=False)
                 return  # the queue is being rebuilt from the store; look again next poll
             for job_id, state, code, created_at, done_at in finished:
-                if self.pending.pop(job_id, False) is False:
+                if job_id not in self.pending:
                     continue
+                del self.pending[job_id]
                 if state == JobState.DONE.value:
                     self.summary.done += 1
                     self.bar.update(1)

@@ -51,7 +51,7 @@ def discover(root: Path) -> Iterator[Path]:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             subdirs.append(entry.name)
-                        elif Path(entry.name).suffix.lower() in MEDIA_SUFFIXES and entry.is_file():
+                        elif _is_media_name(entry.name) and entry.is_file():
                             path = Path(entry.path)
                             yield path.resolve() if entry.is_symlink() else path
                     except OSError:  # vanished or unreadable since the listing: not a file
@@ -60,6 +60,10 @@ def discover(root: Path) -> Iterator[Path]:
             log.warning("skipping %s: %s", folder, exc)
             continue
         stack += [folder / name for name in sorted(subdirs, reverse=True)]
+
+
+def _is_media_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in MEDIA_SUFFIXES
 
 
 def spec_for_path(path: Path, lane: Lane, pipeline: Pipeline = Pipeline.BOTH) -> JobSpec:
