@@ -132,7 +132,9 @@ def test_lease_keeps_submission_order_when_jobs_share_a_lane(make_rules) -> None
 
 
 def test_lease_skips_a_job_when_the_store_no_longer_has_it_queued(make_rules) -> None:
-    rules = make_rules()
+    # Another writer of the store than this queue: only a queue that keeps no records in
+    # memory sees it (the queue is the store's only writer; see QueueRules).
+    rules = make_rules(queue_cache_jobs=0)
     a, b = ids(submit(rules, [spec(1), spec(2)]))
     rules.store.put([job(rules, a).moved(JobState.FAILED, error=(ErrorCode.INTERNAL, "x"))])
 
@@ -835,3 +837,109 @@ def test_in_flight_is_true_for_queued_and_leased_jobs_and_false_once_acked_or_re
     # A restarted queue knows the same from the store alone.
     again = make_rules()
     assert (again.in_flight(a), again.in_flight(b), again.in_flight(c)) == (False, True, True)
+
+
+# ---- records in memory: a lease and an ack read no row back ---------------------------------
+class CountingStore:
+    """The real SQLite store, counting the job rows read back (get_many)."""
+
+    def __init__(self, inner: SqliteJobStore) -> None:
+        self._inner = inner
+        self.rows_read = 0
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        self.rows_read += len(job_ids)
+        return self._inner.get_many(job_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def counted(rules: QueueRules) -> CountingStore:
+    store = CountingStore(rules.store)  # type: ignore[arg-type]
+    rules.store = store  # type: ignore[assignment]
+    return store
+
+
+def test_lease_and_ack_read_no_row_back_when_the_queue_wrote_the_jobs(make_rules) -> None:
+    rules = make_rules()
+    store = counted(rules)
+    submitted = ids(submit(rules, [spec(i) for i in range(4)]))
+
+    leased = lease(rules, "w1", 4)
+    counts = ack(
+        rules,
+        "w1",
+        done=[(j, {"n": 1}) for j in submitted[:3]],
+        failed=[Failure(submitted[3], ErrorCode.INTERNAL, "retry me", retryable=True)],
+        tokens=tokens_of(leased),
+    )
+    again = lease(rules, "w1", 4)  # the re-queued one, as written by the ack
+
+    assert counts == {"done": 3, "failed": 0, "requeued": 1}
+    assert store.rows_read == 0
+    assert [j.id for j in again] == [submitted[3]]
+    # What memory answered is what the store holds.
+    assert again[0] == job(rules, submitted[3])
+    assert [job(rules, j).state for j in submitted[:3]] == [JobState.DONE] * 3
+
+
+def test_queue_reads_the_store_again_when_a_write_failed(flaky_rules) -> None:
+    rules, flaky = flaky_rules
+    submitted = ids(submit(rules, [spec(1), spec(2)]))
+    leased = lease(rules, "w1", 2)
+    flaky.fail_next("put")  # a write that raised may still have landed: memory is forgotten
+    with pytest.raises(StoreUnavailable):
+        ack(rules, "w1", done=[(j, {}) for j in submitted], tokens=tokens_of(leased))
+    store = counted(rules)
+
+    ack(rules, "w1", done=[(j, {}) for j in submitted], tokens=tokens_of(leased))
+
+    assert store.rows_read == 2
+    assert_settled(rules, submitted)
+
+
+def test_queue_reads_every_record_from_the_store_when_its_cache_is_off(make_rules) -> None:
+    rules = make_rules(queue_cache_jobs=0)
+    store = counted(rules)
+    submitted = ids(submit(rules, [spec(i) for i in range(3)]))
+    leased = lease(rules, "w1", 3)
+    ack(rules, "w1", done=[(j, {}) for j in submitted], tokens=tokens_of(leased))
+
+    assert store.rows_read == 6  # three read to lease, three to ack
+    assert rules.finished_outcomes(submitted) == ([], submitted)
+    assert_settled(rules, submitted)
+
+
+def test_queue_keeps_at_most_queue_cache_jobs_records_when_more_are_queued(make_rules) -> None:
+    rules = make_rules(queue_cache_jobs=2)
+    store = counted(rules)
+    submitted = ids(submit(rules, [spec(i) for i in range(5)]))
+
+    leased = lease(rules, "w1", 5)
+
+    assert len(leased) == 5 and store.rows_read == 3  # two from memory, three read back
+    assert all(job(rules, j).state is JobState.RUNNING for j in submitted)
+
+
+def test_finished_outcomes_answer_from_memory_until_a_retry_requeues_the_job(make_rules) -> None:
+    rules = make_rules()
+    a, b, c = ids(submit(rules, [spec(i) for i in range(3)]))
+    leased = lease(rules, "w1", 2)
+    ack(
+        rules,
+        "w1",
+        done=[(a, {})],
+        failed=[Failure(b, ErrorCode.CORRUPT_IMAGE, "bad")],
+        tokens=tokens_of(leased),
+    )
+
+    known, ask = rules.finished_outcomes([a, b, c, "no-such-job"])
+
+    assert known == [job(rules, a).outcome(), job(rules, b).outcome()]
+    assert known[0][1:3] == ("done", None) and known[1][1:3] == ("failed", "corrupt_image")
+    assert ask == ["no-such-job"]  # c is queued: in flight, nothing to read
+    rules.queue_retried(rules.requeue_failed([b]))
+    assert rules.finished_outcomes([a, b]) == ([job(rules, a).outcome()], [])
+    # A restarted queue answers the same from the store.
+    assert make_rules().finished_outcomes([a, b]) == ([], [a])

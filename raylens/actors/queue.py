@@ -251,24 +251,15 @@ class JobQueue:
         """The finished jobs among job_ids, compactly (what an ingest follows its jobs by).
 
         A job this queue holds queued or leased is not finished, so it is answered from memory
-        without a store read; only the others are read, and only the terminal ones come back,
-        as (job id, state, error code or None, created_at, done_at or None)."""
+        without a store read, and so is one this queue finished lately (QueueRules keeps the
+        outcomes of the last queue_cache_jobs); only the others are read, and only the terminal
+        ones come back, as (job id, state, error code or None, created_at, done_at or None)."""
         self._ensure_started()
-        ask = [j for j in job_ids if not self.rules.in_flight(j)]
+        known, ask = self.rules.finished_outcomes(job_ids)
         if not ask:
-            return []
+            return known
         jobs = await self._io_call(self.store.get_many, ask)
-        return [
-            (
-                job.id,
-                job.state.value,
-                job.error_code.value if job.error_code else None,
-                job.created_at,
-                job.timestamps().get("done"),
-            )
-            for job in jobs
-            if job is not None and job.state.terminal
-        ]
+        return known + [job.outcome() for job in jobs if job is not None and job.state.terminal]
 
     async def get(self, job_id: str) -> Job:
         job = await self._io_call(self.store.get, job_id)

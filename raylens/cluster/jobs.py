@@ -148,6 +148,16 @@ class Job(BaseModel):
         used = self.attempts - (1 if self.state is JobState.RUNNING else 0)
         return used > 0
 
+    def outcome(self) -> Outcome:
+        """This job as JobQueue.outcomes reports a finished one (see Outcome)."""
+        return (
+            self.id,
+            self.state.value,
+            self.error_code.value if self.error_code else None,
+            self.created_at,
+            self.timestamps().get("done"),
+        )
+
     def moved(
         self,
         to: JobState,

@@ -56,7 +56,10 @@ class Lanes:
         return {lane: len(q) for lane, q in self._lanes.items()}
 
     def is_queued(self, job_id: str) -> bool:
-        return any(job_id in q for q in self._lanes.values())
+        for q in self._lanes.values():  # a plain loop: asked for every id an ingest follows
+            if job_id in q:
+                return True
+        return False
 
     def queued_ids(self, lane: Lane) -> list[str]:
         """The ids of one lane, head first."""

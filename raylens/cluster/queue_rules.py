@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, SubmitResult
+from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, Outcome, SubmitResult
 from raylens.cluster.lanes import Lanes, Queued
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import JobStore
@@ -92,6 +93,13 @@ class QueueRules:
     lease expired, its worker was replaced, the model failed on it) is leased alone, so an
     input that kills its worker dead-letters alone instead of taking its batch-mates along.
     The mark is derived from the record, so a rebuilt queue keeps it.
+
+    Records in memory (the queue is the store's only writer): the store steps keep the last
+    version they wrote of up to queue_cache_jobs queued or leased jobs, so a lease or an ack
+    reads no row back (a failed write forgets them all: it may have landed); the memory steps
+    keep the outcomes of as many jobs finished lately, so an ingest following its jobs reads
+    none either. A job leaving a terminal state (a retry) leaves that memory first. Records are
+    never changed in place (Job.moved copies).
     """
 
     def __init__(
@@ -117,6 +125,59 @@ class QueueRules:
         # with the writes they count
         self._terminal: dict[str, int] | None = None
         self.terminal_read_at = 0.0
+        self._cache_cap = settings.queue_cache_jobs
+        self._known: dict[str, Job] = {}  # store steps only: the last version written
+        self._finished: OrderedDict[str, Outcome] = OrderedDict()  # memory steps only
+
+    # ---- records in memory --------------------------------------------------------------------
+    def _read(self, ids: list[str]) -> list[Job | None]:
+        """Store step: the records of these jobs, as this queue last wrote them where it keeps
+        them, the others read from the store."""
+        known = self._known
+        miss = [i for i in ids if i not in known]
+        got = dict(zip(miss, self.store.get_many(miss))) if miss else {}
+        return [known[i] if i in known else got[i] for i in ids]
+
+    def _write(self, jobs: list[Job]) -> None:
+        """Store step: put the jobs, then keep the versions written."""
+        try:
+            self.store.put(jobs)
+        except BaseException:
+            self._known.clear()  # a write that raised may still have landed: trust the store
+            raise
+        self._remember(jobs)
+
+    def _remember(self, jobs: Sequence[Job]) -> None:
+        known = self._known
+        for job in jobs:
+            if job.state.terminal:
+                known.pop(job.id, None)
+            elif job.id in known or len(known) < self._cache_cap:
+                known[job.id] = job
+
+    def _note_finished(self, jobs: Sequence[Job]) -> None:
+        """Memory step: remember the outcomes of jobs just finished, oldest forgotten first."""
+        if self._cache_cap <= 0:
+            return
+        finished = self._finished
+        for job in jobs:
+            finished[job.id] = job.outcome()
+        while len(finished) > self._cache_cap:
+            finished.popitem(last=False)
+
+    def finished_outcomes(self, job_ids: Sequence[str]) -> tuple[list[Outcome], list[str]]:
+        """Memory step: the outcomes of those of job_ids this queue finished lately, and the
+        ids memory cannot answer (neither in flight nor finished lately: for the store)."""
+        known: list[Outcome] = []
+        ask: list[str] = []
+        finished = self._finished
+        for job_id in job_ids:
+            outcome = finished.get(job_id)
+            if outcome is not None:
+                known.append(outcome)
+            elif not self.in_flight(job_id):
+                ask.append(job_id)
+        return known, ask
 
     # ---- start-up (both sides: runs before the actor serves calls) ----------------------------
     def rebuild(self) -> dict[str, int]:
@@ -192,6 +253,7 @@ class QueueRules:
             if known is not None:
                 return known, []
         stored = self.store.create_or_get(jobs)
+        self._remember([job for job, created in stored if created])
         if key is not None:
             try:
                 self.store.put_idempotency(
@@ -244,13 +306,14 @@ class QueueRules:
             if current is not None and current.id != job.id:
                 continue  # the content was submitted again as a newer job; that one counts
             moved.append(job.moved(JobState.QUEUED, attempts=0, note="retry"))
-        self.store.put(moved)
+        self._write(moved)
         self._count_terminal(failed=-len(moved))
         return moved
 
     def queue_retried(self, moved: list[Job]) -> list[str]:
         """Memory step: queue the retried jobs at the tails of their lanes."""
         for job in moved:
+            self._finished.pop(job.id, None)
             self.lanes.push(job.id, job.lane, job.updated_at)
         return [job.id for job in moved]
 
@@ -272,10 +335,10 @@ class QueueRules:
                 leases=job.lease_token + 1,
                 note=worker_id,
             )
-            for job in self.store.get_many(ids)
+            for job in self._read(ids)
             if job is not None and job.state is JobState.QUEUED
         ]
-        self.store.put(running)
+        self._write(running)
         return running
 
     def settle_taken(self, taken: Sequence[Queued], running: Sequence[Job]) -> list[Job]:
@@ -307,7 +370,7 @@ class QueueRules:
         results = dict(done)
         failures = {f.job_id: f for f in failed}
         out = AckOutcome()
-        for job in self.store.get_many(list(results) + list(failures)):
+        for job in self._read(list(results) + list(failures)):
             if job is None:
                 continue
             if job.state.terminal:
@@ -346,7 +409,7 @@ class QueueRules:
             out.failed.append(moved)
             if f.retryable:  # a retryable failure ends a job only when it runs out of attempts
                 out.dead_letter += 1
-        self.store.put(out.done + out.failed + out.requeued)
+        self._write(out.done + out.failed + out.requeued)
         self._count_terminal(done=len(out.done), failed=len(out.failed))
         return out
 
@@ -373,6 +436,7 @@ class QueueRules:
         for job in outcome.done + outcome.failed:
             self.lanes.drop_lease_if(job.id, job.lease_token)
             self.lanes.discard(job.id)
+        self._note_finished(outcome.done + outcome.failed)
         for job in reversed(outcome.requeued):
             self.lanes.drop_lease_if(job.id, job.lease_token)
             self.lanes.push_front(job.id, job.lane, job.updated_at, solo=job.suspect)

@@ -326,6 +326,14 @@ class Settings(BaseSettings):
         description="Most queued jobs; a submission that would go above it is refused whole "
         "with queue_full (nothing written).",
     )
+    queue_cache_jobs: int = Field(
+        default=20_000,
+        ge=0,
+        description="Job records the queue actor keeps in memory as it last wrote them (jobs "
+        "queued or leased), so a lease or an ack reads no row back from the store; and as "
+        "many finished jobs' outcomes, so an ingest following its jobs reads none either. "
+        "Each holds about 2 KB. 0 turns both off (every read goes to the store).",
+    )
     max_input_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Upload/file cap.")
     max_image_pixels: int = Field(
         default=89_478_485, ge=1, description="Decompression-bomb limit (width x height)."
