@@ -230,6 +230,17 @@ class Client:
         """Queue a failed job again; ``ApiError`` invalid_transition if it is not failed."""
         return self._request("POST", f"/v1/jobs/{job_id}/retry")
 
+    def delete(self, job_id: str) -> dict[str, Any]:
+        """Delete the image of a job and everything derived from it (its jobs, image, frame and
+        face points, uploaded payload); returns what was removed. Safe to repeat. ``ApiError``
+        not_found for an id that is neither a job nor a deleted one."""
+        return self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def delete_image(self, sha256: str) -> dict[str, Any]:
+        """Delete an image by the sha256 of its bytes, and everything derived from it; as
+        ``delete``. ``ApiError`` not_found when raylens holds nothing of it and never did."""
+        return self._request("DELETE", f"/v1/images/{sha256}")
+
     def wait(
         self,
         ids: Iterable[str],

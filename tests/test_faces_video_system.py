@@ -263,3 +263,74 @@ def test_a_corrupt_video_fails_with_its_own_code_and_ingest_picks_up_video_files
     (tmp_path / "media" / "notes.txt").write_text("not media")
     found = sorted(p.name for p in intake.discover(tmp_path / "media"))
     assert found == ["a.mp4", "b.jpg"]
+
+
+# ---- delete (issue 15) -------------------------------------------------------------------------
+def hit_shas(hits: list[dict[str, Any]]) -> set[str]:
+    return {h["sha256"] for h in hits}
+
+
+def test_deleting_a_photo_removes_its_image_and_face_points_payload_and_job(api: Api) -> None:
+    data = jpeg(photo("astronaut", (448, 448)))  # bytes of its own: no other test's content
+    job = api.wait(api.upload("to-delete.jpg", data))
+    assert job["state"] == "done" and job["result"]["faces_found"] >= 1, job
+    sha = job["sha256"]
+    before = api("POST", "/v1/search", files={"image": ("q.jpg", data)}, data={"top_k": "5"})
+    assert sha in hit_shas(before.json()["hits"])
+
+    resp = api("DELETE", f"/v1/jobs/{job['id']}")
+
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["sha256"] == [sha] and out["found"] is True
+    assert out["jobs"]["removed"] == 1 and out["jobs"]["by_state"] == {"done": 1}
+    assert out["points"] == {"images": 1, "frames": 0, "faces": job["result"]["faces_found"]}
+    assert out["payloads"] == {"removed": 1, "bytes": len(data)}
+    assert out["by"].startswith("http ")
+    assert api("GET", f"/v1/jobs/{job['id']}").status_code == 404
+    # Search by the image's own vector, by text and by its face: none of its points.
+    by_image = api("POST", "/v1/search", files={"image": ("q.jpg", data)}, data={"top_k": "50"})
+    assert sha not in hit_shas(by_image.json()["hits"])
+    by_text = api("POST", "/v1/search", json={"text": "a photo", "top_k": 50}).json()["hits"]
+    assert sha not in hit_shas(by_text)
+    faces = api("POST", "/v1/faces/search", files={"image": ("a.jpg", data)}, data={"top_k": "50"})
+    assert job["id"] not in {h["job_id"] for h in faces.json()["hits"]}
+    # A repeat removes nothing more, and says what was deleted before.
+    again = api("DELETE", f"/v1/jobs/{job['id']}").json()
+    assert again["jobs"]["removed"] == 0 and again["jobs"]["deleted_before"] == [job["id"]]
+    assert again["points"] == {"images": 0, "frames": 0, "faces": 0}
+    assert again["payloads"]["removed"] == 0 and again["found"] is True
+    # The same bytes uploaded again are a new job, searchable again.
+    fresh = api.wait(api.upload("again.jpg", data))
+    assert fresh["state"] == "done" and fresh["id"] != job["id"]
+
+
+def test_deleting_a_video_by_sha256_removes_every_frame_and_face_point(api: Api) -> None:
+    clip = video_of_photos(size=(480, 352))  # bytes of its own
+    job = api.wait(api.upload("delete-me.mp4", clip))
+    assert job["state"] == "done" and job["result"]["frames"] == 4, job
+    text = api("POST", "/v1/search", json={"text": "a photo", "top_k": 100}).json()["hits"]
+    assert len([h for h in text if h["video_id"] == job["id"]]) == 4
+
+    resp = api("DELETE", f"/v1/images/{job['sha256'].upper()}")  # either case
+
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["points"]["frames"] == 4 and out["points"]["images"] == 0
+    assert out["points"]["faces"] == job["result"]["faces_found"] >= 1
+    assert out["jobs"]["ids"] == [job["id"]]
+    text = api("POST", "/v1/search", json={"text": "a photo", "top_k": 100}).json()["hits"]
+    assert not [h for h in text if h["video_id"] == job["id"] or h["sha256"] == job["sha256"]]
+    faces = api(
+        "POST", "/v1/faces/search", files={"image": ("a.jpg", jpeg(photo("astronaut")))},
+        data={"top_k": "50"},
+    ).json()["hits"]  # fmt: skip
+    assert job["id"] not in {h["video_id"] for h in faces}
+
+
+def test_deleting_what_raylens_never_held_is_404_and_a_bad_sha256_is_422(api: Api) -> None:
+    unknown = api("DELETE", f"/v1/images/{'0' * 64}")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert api("DELETE", "/v1/jobs/no-such-job").status_code == 404
+    bad = api("DELETE", "/v1/images/not-a-sha")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"

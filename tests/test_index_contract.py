@@ -177,3 +177,25 @@ def test_a_batch_whose_parts_disagree_is_refused_before_writing(index: VectorInd
     with pytest.raises(ValueError, match="needs as many vectors and payloads"):
         index.upsert([point_id("a", "m"), point_id("b", "m")], rows(1), [{}])
     assert index.count() == 0
+
+
+def test_delete_content_removes_images_frames_and_faces_of_every_model_and_repeats(
+    index: VectorIndex,
+) -> None:
+    ids, vecs = fill(index)  # sha-0 .. sha-49; k % 3 == 0 are video frames
+    other_model = [point_id("sha-4", "another-model"), point_id("sha-6", "another-model")]
+    index.upsert(other_model, rows(2, seed=5), [payload(4), payload(6)])
+    face_ids = [point_id(f"sha-{k}", "dlib", f"image:face:{k}") for k in (4, 6, 7)]
+    index.upsert(face_ids, rows(3, 128, seed=2), [{"sha256": f"sha-{k}"} for k in (4, 6, 7)], FACES)
+
+    removed = index.delete_content(["sha-4", "sha-6", "sha-never"])
+
+    # sha-4: an image under two models; sha-6: a frame (6 % 3 == 0) under two models
+    assert removed == {"images": 2, "frames": 2, "faces": 2}
+    assert index.count() == 52 - 4 and index.count(FACES) == 1
+    for gone in (ids[4], ids[6], *other_model, face_ids[0], face_ids[1]):
+        assert index.get(gone) is None and index.get(gone, FACES) is None
+    assert {ids[4], ids[6]}.isdisjoint(h["id"] for h in index.search(vecs[4], top_k=60))
+    assert index.get(ids[7]) is not None and index.get(face_ids[2], FACES) is not None
+    assert index.delete_content(["sha-4", "sha-6"]) == {"images": 0, "frames": 0, "faces": 0}
+    assert index.delete_content([]) == {"images": 0, "frames": 0, "faces": 0}

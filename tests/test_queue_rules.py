@@ -943,3 +943,69 @@ def test_finished_outcomes_answer_from_memory_until_a_retry_requeues_the_job(mak
     assert rules.finished_outcomes([a, b]) == ([job(rules, a).outcome()], [])
     # A restarted queue answers the same from the store.
     assert make_rules().finished_outcomes([a, b]) == ([], [a])
+
+
+# ---- delete -----------------------------------------------------------------------------------
+def test_delete_cancels_a_queued_job_and_a_repeat_reports_its_tombstone(make_rules) -> None:
+    rules = make_rules()
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    sha = job(rules, a).sha256
+
+    removed, earlier = rules.delete_content([sha], "test")
+    rules.forget_deleted(removed)
+
+    assert [j.id for j in removed] == [a] and earlier == []
+    assert not rules.in_flight(a) and rules.store.get(a) is None
+    assert [j.id for j in lease(rules, "w1", 5)] == [b]  # the deleted one never runs
+    again, earlier = rules.delete_content([sha], "test")
+    assert again == [] and [t["job_id"] for t in earlier] == [a]
+
+
+def test_ack_of_a_job_deleted_while_it_ran_is_ignored_and_names_its_content(make_rules) -> None:
+    rules = make_rules()
+    a, b = ids(submit(rules, [spec(1), spec(2)]))
+    leased = lease(rules, "w1", 2)
+    sha = job(rules, a).sha256
+
+    removed, _ = rules.delete_content([sha], "test")
+    rules.forget_deleted(removed)
+    outcome = rules.apply_ack([(a, {"n": 1}), (b, {"n": 2})], [], tokens_of(leased))
+    counts = rules.after_ack(outcome)
+
+    assert outcome.deleted == {a: sha}  # the worker removes this content's points again
+    assert counts == {"done": 1, "failed": 0, "requeued": 0}
+    assert rules.store.get(a) is None and rules.store.tombstones([a])[a]["state"] == "running"
+    assert rules.lanes.lease_of(a) is None and rules.lanes.leased() == 0
+    assert job(rules, b).state is JobState.DONE
+
+
+def test_lease_expiry_of_a_deleted_job_drops_its_lease_and_requeues_nothing(make_rules) -> None:
+    rules = make_rules()
+    [a] = ids(submit(rules, [spec(1)]))
+    lease(rules, "w1", 1)
+    removed, _ = rules.delete_content([job(rules, a).sha256], "test")
+    rules.forget_deleted(removed)
+
+    assert reap(rules, after_lease_period(rules)) == 1
+    assert rules.lanes.leased() == 0 and rules.lanes.depth() == 0
+    assert rules.store.get(a) is None
+
+
+def test_delete_finds_every_job_of_the_content_and_a_resubmit_makes_a_new_job(make_rules) -> None:
+    from raylens.cluster.jobs import Pipeline
+
+    rules = make_rules()
+    both = ids(submit(rules, [spec(1)]))[0]
+    faces = ids(submit(rules, [spec(1).model_copy(update={"pipeline": Pipeline.FACES})]))[0]
+    leased = lease(rules, "w1", 2)
+    ack(rules, "w1", done=[(both, {}), (faces, {})], tokens=tokens_of(leased))
+    assert rules.finished_outcomes([both])[0]  # answered from memory before the delete
+
+    removed, _ = rules.delete_content([spec(1).sha256], "test")
+    rules.forget_deleted(removed)
+
+    assert sorted(j.id for j in removed) == sorted([both, faces])
+    assert rules.finished_outcomes([both, faces]) == ([], [both, faces])  # memory forgot them
+    [fresh] = submit(rules, [spec(1)])
+    assert fresh.created and fresh.job_id not in (both, faces)
+    assert make_rules().rebuilt == {"queued": 1, "running": 0}

@@ -108,6 +108,57 @@ def test_create_or_get_makes_a_new_job_when_the_content_key_holds_a_failed_job(
     }
 
 
+# ---- delete -------------------------------------------------------------------------------------
+def test_jobs_for_content_finds_every_job_of_a_content_whatever_its_pipeline_or_model(
+    store: JobStore,
+) -> None:
+    from raylens.cluster.jobs import Pipeline
+
+    old = new_job(1)
+    store.create_or_get([old])
+    store.put([old.moved(JobState.FAILED, now=T0 + 1, error=(ErrorCode.CORRUPT_IMAGE, "bad"))])
+    again = new_job(1, now=T0 + 2)
+    faces = Job.new(spec(1).model_copy(update={"pipeline": Pipeline.FACES}), MODEL, now=T0 + 3)
+    other_model = Job.new(spec(1), "another-model", now=T0 + 4)
+    put_only = Job.new(spec(1), "third-model", now=T0 + 5)
+    store.create_or_get([again, faces, other_model, new_job(2)])
+    store.put([put_only])  # written without create_or_get: findable too
+
+    found = store.jobs_for_content(spec(1).sha256)
+
+    assert ids(found) == [old.id, again.id, faces.id, other_model.id, put_only.id]
+    assert store.jobs_for_content(spec(99).sha256) == []
+
+
+def test_delete_removes_the_jobs_frees_their_content_keys_and_leaves_tombstones(
+    store: JobStore, open_store: StoreFactory
+) -> None:
+    a, b = new_job(1), new_job(2)
+    store.create_or_get([a, b])
+    running = a.moved(JobState.RUNNING, now=T0 + 1, attempts=1)
+    store.put([running])
+
+    store.delete([running], by="test", at=T0 + 5)
+    store.delete([running], by="test", at=T0 + 6)  # a repeat is no error
+
+    reader = open_store()  # what another process sees
+    assert reader.get(a.id) is None and reader.get_many([a.id, b.id])[1] is not None
+    assert reader.find_by_content(a.content_key) is None
+    assert reader.jobs_for_content(a.sha256) == []
+    assert reader.counts()[JobState.RUNNING] == 0 and reader.counts()[JobState.QUEUED] == 1
+    assert a.id not in ids(reader.list(limit=10)[0])
+    tomb = reader.tombstones([a.id, b.id, "no-such-job"])
+    assert list(tomb) == [a.id]
+    assert tomb[a.id]["sha256"] == a.sha256 and tomb[a.id]["state"] == "running"
+    assert tomb[a.id]["by"] == "test" and tomb[a.id]["deleted_at"] == T0 + 6
+    assert "source" not in tomb[a.id]
+    assert [t["job_id"] for t in reader.tombstones_for_content(a.sha256)] == [a.id]
+    assert reader.tombstones_for_content(b.sha256) == []
+    # The content can be submitted again: a new job
+    [(fresh, created)] = reader.create_or_get([new_job(1, now=T0 + 7)])
+    assert created and fresh.id != a.id
+
+
 def test_create_or_get_reports_created_when_the_same_job_is_stored_twice(
     store: JobStore,
 ) -> None:

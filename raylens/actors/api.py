@@ -19,7 +19,14 @@ import ray
 
 from raylens.actors import launch
 from raylens.actors.handles import UNAVAILABLE
-from raylens.cluster.hits import check_filters, check_one_query, check_top_k, face_matches, hit_out
+from raylens.cluster.hits import (
+    check_filters,
+    check_one_query,
+    check_sha256,
+    check_top_k,
+    face_matches,
+    hit_out,
+)
 from raylens.cluster.intake import check_upload, spec_for_upload
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, SubmitResult
 from raylens.cluster.payloads import PayloadStore, open_payload_store
@@ -190,6 +197,73 @@ class ClusterAPI:
                 f"job {job_id} was not re-queued: its content was submitted again as a newer job"
             )
         return await self.get_job(job_id)
+
+    # ---- delete -------------------------------------------------------------------------------
+    async def delete_jobs(self, job_ids: Sequence[str], by: str) -> dict[str, Any]:
+        """Delete the images these jobs were for, and everything derived from them (see
+        delete_content). JobNotFound (404) names an id that is neither a job nor a deleted one;
+        an id deleted before is no error (a repeat)."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidRequest("no job ids to delete")
+        shas: dict[str, str] = {}
+        tombs: dict[str, Any] = await self._queue_call("tombstones", ids)
+        for job_id in ids:
+            if job_id in tombs:
+                shas[job_id] = tombs[job_id]["sha256"]
+                continue
+            try:
+                shas[job_id] = (await self.get_job(job_id)).sha256
+            except JobNotFound:
+                raise JobNotFound(f"no job with id {job_id!r} (nor a deleted one)") from None
+        return await self.delete_content(list(dict.fromkeys(shas.values())), by)
+
+    async def delete_content(self, sha256s: Sequence[str], by: str) -> dict[str, Any]:
+        """Remove everything raylens holds of these contents, as one operation safe to repeat:
+        every job of each (any pipeline or model: a queued one is cancelled, a running one's
+        late result is thrown away) leaving a tombstone; every point derived from it (image,
+        video frames, faces); the uploaded payload. Files ingested by path are never touched.
+        Order: jobs first (nothing new starts), then points, then payloads; should a step fail,
+        the same call again finishes it."""
+        shas = [check_sha256(s) for s in dict.fromkeys(sha256s)]
+        if not shas:
+            raise InvalidRequest("no sha256 to delete")
+        t0 = time.perf_counter()
+        queued: dict[str, Any] = await self._queue_call("delete_content", shas, by)
+        jobs: list[Job] = queued["jobs"]
+        points: dict[str, int] = await self._index_call("delete_content", shas)
+        payloads = await self._run(self._delete_payloads, shas)
+        by_state: dict[str, int] = {}
+        for job in jobs:
+            by_state[job.state.value] = by_state.get(job.state.value, 0) + 1
+        earlier = queued["tombstones"]
+        found = bool(jobs or earlier or any(points.values()) or payloads["removed"])
+        return {
+            "sha256": shas,
+            "found": found,
+            "jobs": {
+                "removed": len(jobs),
+                "ids": [job.id for job in jobs],
+                "by_state": by_state,
+                "cancelled": by_state.get("queued", 0) + by_state.get("running", 0),
+                "deleted_before": sorted(t["job_id"] for t in earlier),
+            },
+            "points": points,
+            "payloads": payloads,
+            "by": by,
+            "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
+
+    def _delete_payloads(self, shas: Sequence[str]) -> dict[str, int]:
+        store = self._payload_store()
+        removed = freed = 0
+        for sha in shas:
+            size = store.size(sha)
+            if size is not None:
+                store.delete(sha)
+                removed += 1
+                freed += size
+        return {"removed": removed, "bytes": freed}
 
     # ---- search -------------------------------------------------------------------------------
     async def search(

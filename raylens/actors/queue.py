@@ -171,7 +171,7 @@ class JobQueue:
         done: Sequence[tuple[str, dict[str, Any]]] = (),
         failed: Sequence[Failure] = (),
         tokens: Mapping[str, int] | None = None,
-    ) -> dict[str, int]:
+    ) -> dict[str, Any]:
         """Record results. Input failures end the job; retryable ones re-queue or dead-letter.
 
         `tokens` maps job ids to the fencing token of the lease the ack answers (the
@@ -184,18 +184,24 @@ class JobQueue:
 
         Memory changes only after the store write succeeded (invariant 11): when it fails
         (StoreUnavailable), leases and lanes are as before and the ack can be sent again.
+
+        Returns the counts (done, failed, requeued), and under "purge" the sha256 of acked
+        jobs that were deleted while they ran: the worker may have stored their vectors after
+        the delete removed the content's points, so it removes them again.
         """
         self._ensure_started()
         outcome = await self._io_call(
             self.rules.apply_ack, list(done), list(failed), dict(tokens or {})
         )
-        counts = self.rules.after_ack(outcome)
+        counts: dict[str, Any] = dict(self.rules.after_ack(outcome))
+        if outcome.deleted:
+            counts["purge"] = sorted(set(outcome.deleted.values()))
         if outcome.requeued:
             self._notify()
         metrics.record_finished(outcome.by_kind(), {f.job_id: f.code.value for f in failed})
         return counts
 
-    async def nack(self, worker_id: str, job_ids: Sequence[str], message: str) -> dict[str, int]:
+    async def nack(self, worker_id: str, job_ids: Sequence[str], message: str) -> dict[str, Any]:
         """Give jobs back (worker stopping, transient failure): counts as an attempt."""
         failures = self.rules.nack_failures(worker_id, job_ids, message)
         return await self.ack(worker_id, failed=failures)
@@ -206,6 +212,21 @@ class JobQueue:
         if failures:
             await self.ack("supervisor", failed=failures)
         return len(failures)
+
+    # ---- delete ---------------------------------------------------------------------------------
+    async def delete_content(self, sha256s: Sequence[str], by: str) -> dict[str, Any]:
+        """Remove every job of these contents (any pipeline or model), leaving tombstones; a
+        queued one is cancelled, a running one's late ack is ignored (and makes its worker
+        remove the content's points again). Returns {"jobs": [removed jobs, as they were],
+        "tombstones": [of jobs deleted by an earlier call]}. The caller removes the points and
+        payloads (ClusterAPI.delete_content)."""
+        self._ensure_started()
+        jobs, earlier = await self._io_call(self.rules.delete_content, list(sha256s), by)
+        self.rules.forget_deleted(jobs)
+        return {"jobs": jobs, "tombstones": earlier}
+
+    async def tombstones(self, job_ids: Sequence[str]) -> dict[str, Any]:
+        return await self._io_call(self.store.tombstones, list(job_ids))
 
     # ---- lease expiry ---------------------------------------------------------------------------
     async def _reap_forever(self) -> None:

@@ -85,6 +85,15 @@ class RemoteIndex:
         except Exception as exc:
             raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
 
+    def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
+        try:
+            out: dict[str, int] = self.actor.call(lambda a: a.delete_content.remote(list(sha256s)))
+            return out
+        except IndexUnavailable:
+            raise
+        except Exception as exc:
+            raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
+
     def probe(self) -> None:
         """Raise IndexUnavailable unless the index actor serves a call (an empty upsert: no
         write, whatever the collections hold)."""
@@ -125,6 +134,9 @@ class ServerIndex:
         collection: str | None = None,
     ) -> int:
         return self._open().upsert(ids, vectors, payloads, collection)
+
+    def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
+        return self._open().delete_content(sha256s)
 
     def probe(self) -> None:
         """Raise IndexUnavailable unless a fresh client reads (or makes) the collection."""
@@ -415,7 +427,9 @@ class Worker:
             self.stats.last_progress_at = time.time()
             return
         out = self.pipeline.process(batch)
-        self._ack(out.done, out.failures, tokens)
+        purge = self._ack(out.done, out.failures, tokens).get("purge")
+        if purge:
+            self._purge(purge)
         self._release_held(batch)
         infra = next((f for f in out.failures if f.infra), None)
         if infra is not None:
@@ -429,7 +443,22 @@ class Worker:
             self._held.difference_update(j.id for j in batch.jobs)
             self._held_changed.notify_all()
 
-    def _ack(self, done: Any, failures: Any, tokens: dict[str, int]) -> None:
+    def _purge(self, sha256s: list[str]) -> None:
+        """Jobs of this batch were deleted while it ran, after the delete removed their
+        points: remove the points this batch stored for them."""
+        try:
+            removed = self.index.delete_content(sha256s)
+            log.info("removed the points of %d deleted content(s): %s", len(sha256s), removed)
+        except Exception:  # the points stay until the content is deleted again
+            log.warning(
+                "could not remove the points of %d content(s) deleted while they ran; "
+                "`raylens delete --sha256` them again: %s",
+                len(sha256s),
+                " ".join(sha256s),
+                exc_info=True,
+            )
+
+    def _ack(self, done: Any, failures: Any, tokens: dict[str, int]) -> dict[str, Any]:
         """Ack a batch, retried with backoff until it lands.
 
         A StoreUnavailable from the queue means its store write failed and it changed nothing
@@ -451,7 +480,7 @@ class Worker:
             self.stats.last_progress_at = time.time()
 
         # Ray raises a remote StoreUnavailable as an instance of it (as_instanceof_cause).
-        call_with_retry(
+        answer: dict[str, Any] | None = call_with_retry(
             lambda: self._queue_call(
                 lambda q: q.ack.remote(self.worker_id, done, failures, tokens), forever=True
             ),
@@ -462,6 +491,7 @@ class Worker:
             on_wait=waiting,
             sleep=time.sleep,
         )
+        return answer or {}
 
     def _record(self, batch: Batch, out: BatchOutcome) -> None:
         s = self.stats

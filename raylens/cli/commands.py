@@ -1,4 +1,5 @@
-"""The commands that talk to a running raylens: ingest, status, search, faces, jobs retry."""
+"""The commands that talk to a running raylens: ingest, status, search, faces, jobs retry,
+delete."""
 
 from __future__ import annotations
 
@@ -165,6 +166,67 @@ def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
         what = f" (failed with {args.code})" if args.code else ""
         print(f"re-queued {len(moved)} failed job(s){what}")
     return 0
+
+
+def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import getpass
+
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
+    from raylens.cluster.hits import check_sha256
+    from raylens.errors import JobNotFound
+
+    if not args.ids and not args.sha256:
+        raise SettingsError("give job ids and/or --sha256 SHA256 (what to delete)")
+    shas = [check_sha256(s) for s in args.sha256]  # bad input fails before anything is asked
+    launch.connect(settings, args.address)
+    try:
+        by = f"cli {getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        by = "cli"
+    api = ClusterAPI(settings)
+
+    async def run() -> tuple[list[dict], list[str]]:
+        reports, missing = [], []
+        for job_id in args.ids:  # one by one, so one unknown id does not stop the others
+            try:
+                reports.append(await api.delete_jobs([job_id], by))
+            except JobNotFound:
+                missing.append(job_id)
+        if shas:
+            out = await api.delete_content(shas, by)
+            reports.append(out)
+            if not out["found"]:
+                missing.extend(shas)
+        return reports, missing
+
+    try:
+        reports, missing = asyncio.run(run())
+    finally:
+        api.close()
+    total = {
+        "jobs": sum(r["jobs"]["removed"] for r in reports),
+        "cancelled": sum(r["jobs"]["cancelled"] for r in reports),
+        "images": sum(r["points"]["images"] for r in reports),
+        "frames": sum(r["points"]["frames"] for r in reports),
+        "faces": sum(r["points"]["faces"] for r in reports),
+        "payloads": sum(r["payloads"]["removed"] for r in reports),
+        "payload_bytes": sum(r["payloads"]["bytes"] for r in reports),
+    }
+    if args.json:
+        print(json.dumps({"deleted": reports, "not_found": missing, "total": total}))
+    else:
+        shas_done = sorted({s for r in reports for s in r["sha256"]})
+        print(
+            f"deleted {len(shas_done)} content(s): {total['jobs']} job(s) "
+            f"({total['cancelled']} cancelled), {total['images']} image point(s), "
+            f"{total['frames']} video-frame point(s), {total['faces']} face point(s), "
+            f"{total['payloads']} payload(s) ({total['payload_bytes']} bytes)"
+        )
+        for what in missing:
+            print(f"not found: {what} (no such job, nor anything of that content)")
+    return 3 if missing else 0
 
 
 def cmd_index_migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from raylens.cli.bench import cmd_bench
 from raylens.cli.commands import (
+    cmd_delete,
     cmd_faces,
     cmd_index_migrate,
     cmd_ingest,
@@ -115,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", action="store_true")
     rt.add_argument("--address")
     rt.set_defaults(func=cmd_jobs_retry)
+
+    de = sub.add_parser(
+        "delete",
+        help="delete images and everything derived from them: their jobs (cancelled if queued "
+        "or running), image, video-frame and face points, uploaded payloads; safe to repeat",
+        description="Delete images, by job id or by sha256, and everything raylens derived "
+        "from them: every job of the content (a queued one never runs, a running one's result "
+        "is thrown away), its image, video-frame and face points (every model's), its "
+        "uploaded payload. Each job leaves a tombstone (id, sha256, state, source kind, time, "
+        "who asked). Files ingested by path are never touched. Exits 0 when everything named "
+        "was found (now or deleted before), 3 when some of it was not.",
+    )
+    de.add_argument("ids", nargs="*", metavar="JOB_ID", help="job ids")
+    de.add_argument(
+        "--sha256", nargs="+", default=[], metavar="SHA256", help="contents, by sha256 hex"
+    )
+    de.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    de.add_argument("--address")
+    de.set_defaults(func=cmd_delete)
 
     fa = sub.add_parser("faces", help="the faces found in one image (box, score, landmarks)")
     fa.add_argument("path", help="an image file")

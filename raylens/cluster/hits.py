@@ -29,6 +29,14 @@ def check_top_k(top_k: int, max_top_k: int) -> None:
         )
 
 
+def check_sha256(value: str) -> str:
+    """A sha256 hex digest (64 hex digits, either case), lower-cased."""
+    sha = str(value).strip().lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise InvalidRequest(f"not a sha256 hex digest (64 hex digits): {str(value)[:80]!r}")
+    return sha
+
+
 def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     """Filters are {payload field: exact value}; values must be scalars."""
     if not filters:

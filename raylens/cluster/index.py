@@ -153,6 +153,28 @@ class VectorIndex:
         self._call("delete in", self.backend.delete, collection, list(ids))
         return len(ids)
 
+    def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
+        """Remove every point derived from these contents, whatever model made it: image
+        points, video-frame points (the image collection) and face points (the faces
+        collection), found by their payload's sha256. Safe to repeat. Returns what it removed:
+        {"images", "frames", "faces"} (points counted just before the delete)."""
+        shas = sorted(set(sha256s))
+        out = {"images": 0, "frames": 0, "faces": 0}
+        if not shas:
+            return out
+        where = {"sha256": shas}
+        for collection, kind in ((self.collection, "images"), (self.faces_collection, "faces")):
+            n = self._call("counting in", self.backend.count_where, collection, where)
+            if kind == "images" and n:
+                frames = self._call(
+                    "counting in", self.backend.count_where, collection, {**where, "media": "video"}
+                )
+                out["frames"] += frames
+                n -= frames
+            out[kind] += n
+            self._call("delete in", self.backend.delete_where, collection, where)
+        return out
+
     def search(
         self,
         vector: np.ndarray,

@@ -54,21 +54,25 @@ class ClientBackend:
         if ids and self.client.collection_exists(name):
             self.client.delete(name, points_selector=models.PointIdsList(points=list(ids)))
 
+    def count_where(self, name: str, filters: dict[str, Any]) -> int:
+        if not self.client.collection_exists(name):
+            return 0
+        return int(self.client.count(name, count_filter=_filter(filters), exact=True).count)
+
+    def delete_where(self, name: str, filters: dict[str, Any]) -> None:
+        from qdrant_client import models
+
+        if self.client.collection_exists(name):
+            self.client.delete(
+                name, points_selector=models.FilterSelector(filter=_filter(filters)), wait=True
+            )
+
     def search(
         self, name: str, vector: np.ndarray, top_k: int, filters: dict[str, Any] | None
     ) -> list[dict[str, Any]]:
-        from qdrant_client import models
-
         if not self.client.collection_exists(name):
             return []
-        query_filter = None
-        if filters:
-            query_filter = models.Filter(
-                must=[
-                    models.FieldCondition(key=k, match=models.MatchValue(value=v))
-                    for k, v in filters.items()
-                ]
-            )
+        query_filter = _filter(filters) if filters else None
         res = self.client.query_points(
             name,
             query=vector.tolist(),
@@ -117,3 +121,20 @@ class ClientBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _filter(filters: dict[str, Any]) -> Any:
+    """Every condition must hold; a list value matches any of its values."""
+    from qdrant_client import models
+
+    return models.Filter(
+        must=[
+            models.FieldCondition(
+                key=k,
+                match=models.MatchAny(any=list(v))
+                if isinstance(v, list)
+                else models.MatchValue(value=v),
+            )
+            for k, v in filters.items()
+        ]
+    )

@@ -361,11 +361,17 @@ def _open_error(path: Path, exc: Exception) -> IndexUnavailable:
 
 
 def _to_edge_filter(filters: dict[str, Any]) -> Any:
+    """Every condition must hold; a list value matches any of its values."""
     if not filters:
         return None
-    from qdrant_edge import FieldCondition, Filter, MatchValue
+    from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 
-    return Filter(must=[FieldCondition(key=k, match=MatchValue(v)) for k, v in filters.items()])
+    return Filter(
+        must=[
+            FieldCondition(key=k, match=MatchAny(list(v)) if isinstance(v, list) else MatchValue(v))
+            for k, v in filters.items()
+        ]
+    )
 
 
 def _split_bools(filters: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -435,6 +441,22 @@ class EdgeBackend:
         c = self._collection(name)
         if c.shard is not None and ids:
             c.update(UpdateOperation.delete_points(list(ids)), 0)
+
+    def count_where(self, name: str, filters: dict[str, Any]) -> int:
+        from qdrant_edge import CountRequest
+
+        c = self._collection(name)
+        if c.shard is None:
+            return 0
+        return int(c.shard.count(CountRequest(exact=True, filter=_to_edge_filter(filters))))
+
+    def delete_where(self, name: str, filters: dict[str, Any]) -> None:
+        from qdrant_edge import UpdateOperation
+
+        c = self._collection(name)
+        if c.shard is not None and filters:
+            # Through update(): a build under way replays it on its copy too.
+            c.update(UpdateOperation.delete_points_by_filter(_to_edge_filter(filters)), 0)
 
     def search(
         self, name: str, vector: np.ndarray, top_k: int, filters: dict[str, Any] | None

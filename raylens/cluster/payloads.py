@@ -46,6 +46,10 @@ class PayloadStore(ABC):
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Bytes stored under key, or None when there are none."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 

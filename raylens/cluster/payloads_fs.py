@@ -92,6 +92,16 @@ class FsPayloadStore(PayloadStore):
     def exists(self, key: str) -> bool:
         return is_key(key) and self._path(key).is_file()
 
+    def size(self, key: str) -> int | None:
+        if not is_key(key):
+            return None
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read payload {key} under {self.root}: {exc}") from exc
+
     def delete(self, key: str) -> None:
         if not is_key(key):
             raise ValueError(f"payload key {key!r} is not a sha256 hex digest")

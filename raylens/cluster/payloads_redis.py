@@ -42,6 +42,13 @@ class RedisPayloadStore(RedisBacked, PayloadStore):
         with redis_errors(self.url, f"check payload {key}"):
             return bool(self._r.exists(self._key(key)))
 
+    def size(self, key: str) -> int | None:
+        if not is_key(key):
+            return None
+        with redis_errors(self.url, f"check payload {key}"):
+            n = int(self._r.strlen(self._key(key)))  # 0 for a missing key
+        return n if n or self.exists(key) else None
+
     def delete(self, key: str) -> None:
         if not is_key(key):
             raise ValueError(f"payload key {key!r} is not a sha256 hex digest")

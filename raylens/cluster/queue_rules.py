@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, Outcome, SubmitResult
+from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, Outcome, Pipeline, SubmitResult
 from raylens.cluster.lanes import Lanes, Queued
 from raylens.cluster.settings import Settings
-from raylens.cluster.store import JobStore
+from raylens.cluster.store import JobStore, Tombstone
 from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull
 
 log = logging.getLogger("raylens.queue")
@@ -44,6 +44,9 @@ class AckOutcome:
     infra: int = 0  # re-queued for an infrastructure fault, the lease's attempt given back
     # acked jobs already terminal in the store: whatever memory still holds of them goes
     finished: list[str] = field(default_factory=list)
+    # acked jobs that were deleted meanwhile (job id -> sha256): their worker may have written
+    # vectors after the delete, so it removes that content's points again
+    deleted: dict[str, str] = field(default_factory=dict)
     stale: int = 0  # acks ignored because they answered a lease that is not the current one
 
     def by_kind(self) -> dict[str, list[Job]]:
@@ -370,8 +373,11 @@ class QueueRules:
         results = dict(done)
         failures = {f.job_id: f for f in failed}
         out = AckOutcome()
-        for job in self._read(list(results) + list(failures)):
+        asked = list(results) + list(failures)
+        missing = []
+        for job_id, job in zip(asked, self._read(asked)):
             if job is None:
+                missing.append(job_id)
                 continue
             if job.state.terminal:
                 out.finished.append(job.id)
@@ -411,6 +417,9 @@ class QueueRules:
                 out.dead_letter += 1
         self._write(out.done + out.failed + out.requeued)
         self._count_terminal(done=len(out.done), failed=len(out.failed))
+        if missing:
+            tombs = self.store.tombstones(missing)
+            out.deleted = {job_id: t["sha256"] for job_id, t in tombs.items()}
         return out
 
     def _fail_or_requeue(self, job: Job, f: Failure, now: float) -> Job:
@@ -440,7 +449,7 @@ class QueueRules:
         for job in reversed(outcome.requeued):
             self.lanes.drop_lease_if(job.id, job.lease_token)
             self.lanes.push_front(job.id, job.lane, job.updated_at, solo=job.suspect)
-        for job_id in outcome.finished:  # terminal in the store: nothing may hold it
+        for job_id in [*outcome.finished, *outcome.deleted]:  # nothing may hold these
             self.lanes.drop_lease(job_id)
             self.lanes.discard(job_id)
         counts = outcome.counts()
@@ -450,6 +459,44 @@ class QueueRules:
         self.counters["dead_letter"] += outcome.dead_letter
         self.counters["infra_requeued"] += outcome.infra
         return counts
+
+    # ---- delete ------------------------------------------------------------------------------
+    def content_jobs(self, sha256: str) -> list[Job]:
+        """Store step: every job of this content. Besides the store's own lookup, the content
+        keys of this queue's model (a Redis store written before it kept one set per content
+        finds its jobs that way)."""
+        found = {job.id: job for job in self.store.jobs_for_content(sha256)}
+        for pipeline in Pipeline:
+            job = self.store.find_by_content(f"{sha256}:{pipeline.value}:{self.model_id}")
+            if job is not None:
+                found.setdefault(job.id, job)
+        return sorted(found.values(), key=lambda j: (j.created_at, j.id))
+
+    def delete_content(self, sha256s: Sequence[str], by: str) -> tuple[list[Job], list[Tombstone]]:
+        """Store step: remove every job of these contents, leaving tombstones. Returns the jobs
+        removed (as they were) and the tombstones of jobs deleted before (a repeat)."""
+        jobs: list[Job] = []
+        earlier: list[Tombstone] = []
+        for sha in dict.fromkeys(sha256s):
+            jobs.extend(self.content_jobs(sha))
+            earlier.extend(self.store.tombstones_for_content(sha))
+        for job in jobs:  # before the write: a write that raises may still have landed
+            self._known.pop(job.id, None)
+        self.store.delete(jobs, by, time.time())
+        removed = {job.id for job in jobs}
+        self._count_terminal(
+            done=-sum(1 for j in jobs if j.state is JobState.DONE),
+            failed=-sum(1 for j in jobs if j.state is JobState.FAILED),
+        )
+        return jobs, [t for t in earlier if t["job_id"] not in removed]
+
+    def forget_deleted(self, jobs: Sequence[Job]) -> None:
+        """Memory step, after delete_content: nothing queued of them any more. A leased one
+        keeps its lease until its worker acks (or the lease expires): that ack learns of the
+        delete and makes the worker remove the content's points again (AckOutcome.deleted)."""
+        for job in jobs:
+            self.lanes.discard(job.id)
+            self._finished.pop(job.id, None)
 
     # ---- failures the queue makes up: nack, release, lease expiry (memory steps) -------------
     def nack_failures(self, worker_id: str, job_ids: Sequence[str], message: str) -> list[Failure]:

@@ -5,11 +5,27 @@ from __future__ import annotations
 import base64
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from raylens.cluster.jobs import Job, JobState
 from raylens.cluster.settings import Settings
 
 IdempotencyRecord = tuple[str, list[str]]  # (request fingerprint, job ids)
+
+# What a deleted job leaves behind: {"job_id", "sha256", "state" (when deleted), "source_kind",
+# "deleted_at" (Unix time), "by" (who asked)}. No source path, name or result is kept.
+Tombstone = dict[str, Any]
+
+
+def tombstone(job: Job, by: str, at: float) -> Tombstone:
+    return {
+        "job_id": job.id,
+        "sha256": job.sha256,
+        "state": job.state.value,
+        "source_kind": job.source_kind.value,
+        "deleted_at": at,
+        "by": by,
+    }
 
 
 def encode_cursor(created_at: float, job_id: str) -> str:
@@ -56,6 +72,23 @@ class JobStore(ABC):
     @abstractmethod
     def find_by_content(self, content_key: str) -> Job | None:
         """The job currently registered for a content key, if any."""
+
+    @abstractmethod
+    def jobs_for_content(self, sha256: str) -> list[Job]:
+        """Every job recorded for this content (any pipeline, any model, failed ones too)."""
+
+    @abstractmethod
+    def delete(self, jobs: Sequence[Job], by: str, at: float) -> None:
+        """Remove these jobs' records (and the content keys that name them), leaving a
+        Tombstone for each, all in one transaction. Absent jobs are no error."""
+
+    @abstractmethod
+    def tombstones(self, job_ids: Sequence[str]) -> dict[str, Tombstone]:
+        """The tombstones of those of these ids that were deleted."""
+
+    @abstractmethod
+    def tombstones_for_content(self, sha256: str) -> list[Tombstone]:
+        """The tombstones of every deleted job of this content."""
 
     @abstractmethod
     def iter_state(self, state: JobState, batch: int = 1000) -> Iterator[Job]:

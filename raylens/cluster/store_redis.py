@@ -24,7 +24,14 @@ from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 from redis.retry import Retry
 
 from raylens.cluster.jobs import Job, JobState
-from raylens.cluster.store import IdempotencyRecord, JobStore, decode_cursor, encode_cursor
+from raylens.cluster.store import (
+    IdempotencyRecord,
+    JobStore,
+    Tombstone,
+    decode_cursor,
+    encode_cursor,
+    tombstone,
+)
 from raylens.errors import SettingsError, StoreUnavailable
 
 CONNECT_TIMEOUT_S = 2.0
@@ -98,7 +105,7 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
 
 
 # Atomic per job. KEYS: content key, job key, all-jobs set, the four state sets, the new job's
-# state set. ARGV: job id, job JSON, created_at, job key prefix.
+# state set, the content's set of job ids. ARGV: job id, job JSON, created_at, job key prefix.
 # Returns {created (0/1), stored job JSON}.
 CREATE_OR_GET = """
 local existing = redis.call('GET', KEYS[1])
@@ -116,7 +123,20 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 for i = 4, 7 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 redis.call('ZADD', KEYS[8], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[9], ARGV[1])
 return {1, ARGV[2]}
+"""
+
+# Atomic per job. KEYS: job key, all-jobs set, the four state sets, content key, the content's
+# set of job ids, tombstone key, the content's set of tombstones. ARGV: job id, tombstone JSON.
+DELETE_JOB = """
+redis.call('DEL', KEYS[1])
+for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+if redis.call('GET', KEYS[7]) == ARGV[1] then redis.call('DEL', KEYS[7]) end
+redis.call('SREM', KEYS[8], ARGV[1])
+redis.call('SET', KEYS[9], ARGV[2])
+redis.call('SADD', KEYS[10], ARGV[1])
+return 1
 """
 
 
@@ -157,6 +177,7 @@ class RedisJobStore(RedisBacked, JobStore):
     def __init__(self, url: str, prefix: str = "raylens", **timeouts: Any) -> None:
         super().__init__(url, prefix, **timeouts)
         self._create_or_get = self._r.register_script(CREATE_OR_GET)
+        self._delete_job = self._r.register_script(DELETE_JOB)
 
     # ---- keys -----------------------------------------------------------------------------------
 
@@ -168,6 +189,15 @@ class RedisJobStore(RedisBacked, JobStore):
 
     def _content_key(self, content_key: str) -> str:
         return f"{self.prefix}:content:{content_key}"
+
+    def _sha_key(self, sha256: str) -> str:
+        return f"{self.prefix}:sha:{sha256}"
+
+    def _tombstone_key(self, job_id: str) -> str:
+        return f"{self.prefix}:deleted:{job_id}"
+
+    def _tombstone_sha_key(self, sha256: str) -> str:
+        return f"{self.prefix}:deleted-sha:{sha256}"
 
     def _idempotency_key(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
@@ -197,6 +227,7 @@ class RedisJobStore(RedisBacked, JobStore):
                         self._all_key,
                         *state_keys,
                         self._state_key(job.state),
+                        self._sha_key(job.sha256),
                     ],
                     args=[job.id, job.to_json(), repr(job.created_at), f"{self.prefix}:job:"],
                     client=pipe,
@@ -219,6 +250,29 @@ class RedisJobStore(RedisBacked, JobStore):
                 pipe.zadd(self._state_key(job.state), score)
                 # Findable by content even when put without create_or_get; never steals a key.
                 pipe.setnx(self._content_key(job.content_key), job.id)
+                pipe.sadd(self._sha_key(job.sha256), job.id)
+            pipe.execute()
+
+    def delete(self, jobs: Sequence[Job], by: str, at: float) -> None:
+        if not jobs:
+            return
+        state_keys = [self._state_key(s) for s in JobState]
+        with self._errors("delete"):
+            pipe = self._r.pipeline(transaction=True)
+            for job in jobs:
+                self._delete_job(
+                    keys=[
+                        self._job_key(job.id),
+                        self._all_key,
+                        *state_keys,
+                        self._content_key(job.content_key),
+                        self._sha_key(job.sha256),
+                        self._tombstone_key(job.id),
+                        self._tombstone_sha_key(job.sha256),
+                    ],
+                    args=[job.id, json.dumps(tombstone(job, by, at)).encode()],
+                    client=pipe,
+                )
             pipe.execute()
 
     def put_idempotency(
@@ -250,6 +304,26 @@ class RedisJobStore(RedisBacked, JobStore):
                 values: Any = self._r.mget([self._job_key(j) for j in chunk])
             out.extend(Job.from_json(v) if v is not None else None for v in values)
         return out
+
+    def jobs_for_content(self, sha256: str) -> list[Job]:
+        with self._errors("jobs_for_content"):
+            members: Any = self._r.smembers(self._sha_key(sha256))
+        jobs = [j for j in self.get_many(sorted(m.decode() for m in members)) if j is not None]
+        return sorted(jobs, key=lambda j: (j.created_at, j.id))
+
+    def tombstones(self, job_ids: Sequence[str]) -> dict[str, Tombstone]:
+        out: dict[str, Tombstone] = {}
+        for start in range(0, len(job_ids), MGET_CHUNK):
+            chunk = list(job_ids[start : start + MGET_CHUNK])
+            with self._errors("tombstones"):
+                values: Any = self._r.mget([self._tombstone_key(j) for j in chunk])
+            out.update((j, json.loads(v)) for j, v in zip(chunk, values) if v is not None)
+        return out
+
+    def tombstones_for_content(self, sha256: str) -> list[Tombstone]:
+        with self._errors("tombstones"):
+            members: Any = self._r.smembers(self._tombstone_sha_key(sha256))
+        return list(self.tombstones(sorted(m.decode() for m in members)).values())
 
     def find_by_content(self, content_key: str) -> Job | None:
         with self._errors("find_by_content"):

@@ -11,7 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from raylens.cluster.jobs import Job, JobState
-from raylens.cluster.store import IdempotencyRecord, JobStore, decode_cursor, encode_cursor
+from raylens.cluster.store import (
+    IdempotencyRecord,
+    JobStore,
+    Tombstone,
+    decode_cursor,
+    encode_cursor,
+    tombstone,
+)
 from raylens.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
@@ -34,6 +41,13 @@ CREATE TABLE IF NOT EXISTS content (
     content_key TEXT PRIMARY KEY,
     job_id      TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_key);
+CREATE TABLE IF NOT EXISTS tombstones (
+    job_id      TEXT PRIMARY KEY,
+    sha256      TEXT NOT NULL,
+    data        TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tombstones_sha256 ON tombstones (sha256);
 CREATE TABLE IF NOT EXISTS idempotency (
     key         TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -170,6 +184,20 @@ class SqliteJobStore(JobStore):
                 [(job.content_key, job.id) for job in jobs],
             )
 
+    def delete(self, jobs: Sequence[Job], by: str, at: float) -> None:
+        if not jobs:
+            return
+        with self._transaction("delete") as db:
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(job.id,) for job in jobs])
+            db.executemany(
+                "DELETE FROM content WHERE content_key = ? AND job_id = ?",
+                [(job.content_key, job.id) for job in jobs],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO tombstones (job_id, sha256, data) VALUES (?, ?, ?)",
+                [(job.id, job.sha256, json.dumps(tombstone(job, by, at))) for job in jobs],
+            )
+
     def put_idempotency(
         self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
     ) -> None:
@@ -207,6 +235,34 @@ class SqliteJobStore(JobStore):
             ):
                 found[job_id] = Job.from_json(data)
         return [found.get(job_id) for job_id in job_ids]
+
+    def jobs_for_content(self, sha256: str) -> list[Job]:
+        # Content keys begin "<sha256>:", so the keys of one content are one range of the index.
+        rows = self._query(
+            "jobs_for_content",
+            "SELECT data FROM jobs WHERE content_key >= ? AND content_key < ? "
+            "ORDER BY created_at, id",
+            (f"{sha256}:", f"{sha256};"),
+        )
+        return [Job.from_json(data) for (data,) in rows]
+
+    def tombstones(self, job_ids: Sequence[str]) -> dict[str, Tombstone]:
+        found: dict[str, Tombstone] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, data in self._query(
+                "tombstones",
+                f"SELECT job_id, data FROM tombstones WHERE job_id IN ({marks})",
+                chunk,
+            ):
+                found[job_id] = json.loads(data)
+        return found
+
+    def tombstones_for_content(self, sha256: str) -> list[Tombstone]:
+        rows = self._query("tombstones", "SELECT data FROM tombstones WHERE sha256 = ?", (sha256,))
+        return [json.loads(data) for (data,) in rows]
 
     def find_by_content(self, content_key: str) -> Job | None:
         rows = self._query(

@@ -89,6 +89,13 @@ UPLOAD_ERRORS: Responses = {
     },
 }
 NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No such job (`not_found`)."}}
+NOT_DELETABLE: Responses = {
+    404: {
+        "model": ErrorOut,
+        "description": "No such job, nor a deleted one; for a sha256, nothing raylens holds "
+        "or held of that content (`not_found`).",
+    }
+}
 NOT_FAILED: Responses = {
     409: {"model": ErrorOut, "description": "Not failed (`invalid_transition`)."}
 }

@@ -99,6 +99,50 @@ class JobsPage(BaseModel):
     )
 
 
+class DeletedJobs(BaseModel):
+    removed: int = Field(description="Job records removed now (each leaves a tombstone).")
+    ids: list[str] = Field(description="Their ids.")
+    by_state: dict[str, int] = Field(
+        description="How many of them were in each state when deleted (queued, running, done, "
+        "failed)."
+    )
+    cancelled: int = Field(
+        description="Of them, queued or running: a queued job never runs; a running one's "
+        "result is thrown away when its worker answers, and its vectors removed again."
+    )
+    deleted_before: list[str] = Field(
+        description="Job ids of this content deleted by an earlier call (a repeat)."
+    )
+
+
+class DeletedPoints(BaseModel):
+    images: int = Field(description="Image points removed (every model's).")
+    frames: int = Field(description="Video-frame points removed.")
+    faces: int = Field(description="Face points removed (of the image and of video frames).")
+
+
+class DeletedPayloads(BaseModel):
+    removed: int = Field(description="Uploaded files removed (0 or 1 per content).")
+    bytes: int = Field(description="Bytes they held.")
+
+
+class DeleteOut(BaseModel):
+    """What a delete removed. Safe to repeat: a repeat removes nothing more and says so. What
+    remains: one tombstone per deleted job (job id, sha256, state when deleted, source kind,
+    time, who asked); files ingested by path are never touched (raylens does not own them)."""
+
+    sha256: list[str] = Field(description="The contents deleted.")
+    found: bool = Field(
+        description="false when raylens held nothing of them, now or before (no job, "
+        "tombstone, point or payload)."
+    )
+    jobs: DeletedJobs
+    points: DeletedPoints
+    payloads: DeletedPayloads
+    by: str = Field(description="Who asked, as recorded on the tombstones.")
+    took_ms: float = Field(description="Time the delete took, milliseconds.")
+
+
 class SearchRequest(BaseModel):
     """A JSON query: exactly one of `text` or `vector` (upload an image with multipart instead)."""
 

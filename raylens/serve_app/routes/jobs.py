@@ -1,7 +1,9 @@
-"""Job routes: upload images as jobs, read one, page through them, retry a failed one."""
+"""Job routes: upload images as jobs, read one, page through them, retry a failed one, delete
+an image and everything derived from it."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -10,10 +12,17 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.jobs import JobState, Lane, Pipeline
 from raylens.cluster.settings import Settings
-from raylens.errors import InvalidRequest
-from raylens.serve_app.openapi import ERRORS, NOT_FAILED, NOT_FOUND, UPLOAD_BODY, UPLOAD_ERRORS
+from raylens.errors import InvalidRequest, JobNotFound
+from raylens.serve_app.openapi import (
+    ERRORS,
+    NOT_DELETABLE,
+    NOT_FAILED,
+    NOT_FOUND,
+    UPLOAD_BODY,
+    UPLOAD_ERRORS,
+)
 from raylens.serve_app.redaction import Redactor
-from raylens.serve_app.schemas import JobOut, JobsPage, SubmitOut
+from raylens.serve_app.schemas import DeleteOut, JobOut, JobsPage, SubmitOut
 from raylens.serve_app.uploads import file_parts, read_multipart, text_field
 
 
@@ -27,8 +36,19 @@ def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
         raise InvalidRequest(f"{field} must be one of {allowed}, got {value!r}") from None
 
 
+def who_asked(request: Request, settings: Settings) -> str:
+    """Who a delete names on its tombstones: the client address, and with API keys on, a
+    fingerprint of the key used (never the key)."""
+    peer = request.client.host if request.client else "unknown"
+    if not settings.api_key_list:
+        return f"http {peer}"
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return f"http {peer} key {hashlib.sha256(token.encode()).hexdigest()[:12]}"
+
+
 def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRouter:
-    """/v1/jobs and /v1/jobs/{job_id}[/retry], every route behind `auth`."""
+    """/v1/jobs, /v1/jobs/{job_id}[/retry] and /v1/images/{sha256}, every route behind
+    `auth`."""
     jobs = APIRouter(tags=["jobs"], dependencies=auth)
     redact = Redactor(settings)  # job errors may quote a store's URL or the data dir
 
@@ -99,5 +119,49 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     )
     async def retry_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
         return JobOut.of(await api.retry(job_id), redact)
+
+    @jobs.delete(
+        "/v1/jobs/{job_id}",
+        response_model=DeleteOut,
+        responses={**ERRORS, **NOT_DELETABLE},
+        summary="Delete the image of a job and everything derived from it",
+    )
+    async def delete_job(
+        request: Request, job_id: Annotated[str, Path(min_length=1, max_length=64)]
+    ) -> DeleteOut:
+        """Removes the job's content as DELETE /v1/images/{sha256} does: every job of it
+        (queued or running ones are cancelled first), its image, video-frame and face points,
+        its uploaded payload. Safe to repeat: a deleted job's id answers 200 again, with
+        nothing more removed."""
+        return DeleteOut.model_validate(
+            await api.delete_jobs([job_id], who_asked(request, settings))
+        )
+
+    @jobs.delete(
+        "/v1/images/{sha256}",
+        response_model=DeleteOut,
+        responses={**ERRORS, **NOT_DELETABLE},
+        summary="Delete an image (by sha256) and everything derived from it",
+    )
+    async def delete_image(
+        request: Request,
+        sha256: Annotated[
+            str,
+            Path(
+                pattern="^[0-9a-fA-F]{64}$",
+                description="sha256 hex digest of the image or video bytes.",
+            ),
+        ],
+    ) -> DeleteOut:
+        """Removes, as one operation safe to repeat: every job of this content (any pipeline
+        or model; a queued one never runs, a running one's result is thrown away and its
+        vectors removed again), leaving a tombstone each; every point derived from it (the
+        image, each video frame, each face, in every model's vectors); the uploaded payload.
+        Files ingested by path stay where they are. 404 when raylens holds nothing of it and
+        never did."""
+        out = await api.delete_content([sha256], who_asked(request, settings))
+        if not out["found"]:
+            raise JobNotFound(f"raylens holds nothing of sha256 {sha256.lower()}")
+        return DeleteOut.model_validate(out)
 
     return jobs
