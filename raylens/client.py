@@ -230,6 +230,14 @@ class Client:
         """Queue a failed job again; ``ApiError`` invalid_transition if it is not failed."""
         return self._request("POST", f"/v1/jobs/{job_id}/retry")
 
+    def images(self, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """A page of what is indexed, newest first: ``{"images": [...], "next_cursor"}`` (one
+        entry per done job: sha256, source, model_id, faces, frames, ...)."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return self._request("GET", "/v1/images", params=params)
+
     def delete(self, job_id: str) -> dict[str, Any]:
         """Delete the image of a job and everything derived from it (its jobs, image, frame and
         face points, uploaded payload); returns what was removed. Safe to repeat. ``ApiError``

@@ -334,3 +334,34 @@ def test_deleting_what_raylens_never_held_is_404_and_a_bad_sha256_is_422(api: Ap
     assert api("DELETE", "/v1/jobs/no-such-job").status_code == 404
     bad = api("DELETE", "/v1/images/not-a-sha")
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_images_pages_through_what_is_indexed_and_a_deleted_image_leaves_the_list(
+    api: Api,
+) -> None:
+    listed_job = api.wait(api.upload("listed.jpg", jpeg(photo("astronaut", (416, 416)))))
+    gone_job = api.wait(api.upload("gone.jpg", jpeg(photo("coffee", (416, 320)))))
+    assert api("DELETE", f"/v1/images/{gone_job['sha256']}").status_code == 200
+
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(100):
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api("GET", "/v1/images", params=params)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert len(body["images"]) <= 2
+        seen.extend(body["images"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+
+    by_job = {e["job_id"]: e for e in seen}
+    assert len(by_job) == len(seen)  # no entry twice across pages
+    entry = by_job[listed_job["id"]]
+    assert entry["sha256"] == listed_job["sha256"] and entry["name"] == "listed.jpg"
+    assert entry["media"] == "image" and entry["faces"] == listed_job["result"]["faces_found"]
+    assert entry["point_id"] == listed_job["result"]["point_id"] and entry["model_id"]
+    assert gone_job["id"] not in by_job
+    assert any(e["media"] == "video" and e["frames"] == 4 for e in seen)
+    assert api("GET", "/v1/images", params={"limit": 0}).status_code == 422

@@ -198,6 +198,12 @@ class ClusterAPI:
             )
         return await self.get_job(job_id)
 
+    async def list_images(self, limit: int, cursor: str | None) -> dict[str, Any]:
+        """A page of what is indexed, newest first: one entry per done job (its content's
+        sha256, source, model id, faces, frames, point id), and the next page's cursor."""
+        jobs, next_cursor = await self.list_jobs(JobState.DONE, limit, cursor)
+        return {"images": [image_entry(job) for job in jobs], "next_cursor": next_cursor}
+
     # ---- delete -------------------------------------------------------------------------------
     async def delete_jobs(self, job_ids: Sequence[str], by: str) -> dict[str, Any]:
         """Delete the images these jobs were for, and everything derived from them (see
@@ -427,6 +433,27 @@ class ClusterAPI:
 
     def close(self) -> None:
         self._io.shutdown(wait=False)
+
+
+def image_entry(job: Job) -> dict[str, Any]:
+    """One indexed image (or video) as GET /v1/images lists it, from its done job."""
+    result = job.result or {}
+    return {
+        "sha256": job.sha256,
+        "job_id": job.id,
+        "name": job.name,
+        "source_kind": job.source_kind.value,
+        "source": job.source,
+        "pipeline": job.pipeline.value,
+        "model_id": result.get("model_id"),
+        "media": result.get("media", "image"),
+        "point_id": result.get("point_id"),
+        "faces": result.get("faces_found"),
+        "frames": result.get("frames"),
+        "size_bytes": job.size_bytes,
+        "created_at": job.created_at,
+        "done_at": job.timestamps().get("done"),
+    }
 
 
 def _as_raylens(exc: ray.exceptions.RayTaskError) -> RaylensError:

@@ -168,6 +168,37 @@ def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
+
+    if not 1 <= args.limit <= 1000:
+        raise SettingsError(f"--limit must be 1..1000, got {args.limit}")
+    launch.connect(settings, args.address)
+    api = ClusterAPI(settings)
+    try:
+        page = asyncio.run(api.list_images(args.limit, args.cursor))
+    finally:
+        api.close()
+    if args.json:
+        print(json.dumps(page))
+        return 0
+    if not page["images"]:
+        print("nothing indexed" + (" after that cursor" if args.cursor else ""))
+    for e in page["images"]:
+        extra = f", {e['frames']} frames" if e["frames"] is not None else ""
+        faces = "-" if e["faces"] is None else e["faces"]
+        print(
+            f"{e['sha256']}  {e['media']}{extra}, faces {faces}, {e['model_id']}  "
+            f"{e['name'] or e['source']}  (job {e['job_id']})"
+        )
+    if page["next_cursor"]:
+        print(f"more: raylens images --cursor {page['next_cursor']}")
+    return 0
+
+
 def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     import getpass

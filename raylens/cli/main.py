@@ -12,6 +12,7 @@ from raylens.cli.bench import cmd_bench
 from raylens.cli.commands import (
     cmd_delete,
     cmd_faces,
+    cmd_images,
     cmd_index_migrate,
     cmd_ingest,
     cmd_jobs_retry,
@@ -116,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", action="store_true")
     rt.add_argument("--address")
     rt.set_defaults(func=cmd_jobs_retry)
+
+    im = sub.add_parser(
+        "images",
+        help="page through what is indexed, newest first (sha256, source, model, faces, frames)",
+    )
+    im.add_argument("--limit", type=int, default=100, help="entries per page (1-1000)")
+    im.add_argument("--cursor", help="next_cursor of the previous page")
+    im.add_argument("--json", action="store_true")
+    im.add_argument("--address")
+    im.set_defaults(func=cmd_images)
 
     de = sub.add_parser(
         "delete",

@@ -99,6 +99,35 @@ class JobsPage(BaseModel):
     )
 
 
+class ImageOut(BaseModel):
+    """One indexed image or video: what a delete of it would remove is its sha256's."""
+
+    sha256: str = Field(description="sha256 of its bytes: DELETE /v1/images/{sha256} removes it.")
+    job_id: str = Field(description="The done job that indexed it.")
+    name: str | None = Field(description="Original file name, if known.")
+    source_kind: str = Field(description="upload, path or uri.")
+    source: str = Field(description="Payload key of an upload, or the file path.")
+    pipeline: Pipeline = Field(description="What the job computed: embed, faces or both.")
+    model_id: str | None = Field(description="The model that made its vectors.")
+    media: str = Field(description="image or video.")
+    point_id: str | None = Field(
+        description="Its image point (null for a video, whose frames are points, or a "
+        "faces-only job)."
+    )
+    faces: int | None = Field(description="Face points stored (null: faces not computed).")
+    frames: int | None = Field(description="Video frames stored (null for an image).")
+    size_bytes: int = Field(description="Size of its bytes.")
+    created_at: float = Field(description="When its job was created, Unix time.")
+    done_at: float | None = Field(description="When its vectors were stored, Unix time.")
+
+
+class ImagesPage(BaseModel):
+    images: list[ImageOut] = Field(description="Newest first; one entry per done job.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
 class DeletedJobs(BaseModel):
     removed: int = Field(description="Job records removed now (each leaves a tombstone).")
     ids: list[str] = Field(description="Their ids.")

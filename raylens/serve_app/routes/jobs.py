@@ -22,7 +22,7 @@ from raylens.serve_app.openapi import (
     UPLOAD_ERRORS,
 )
 from raylens.serve_app.redaction import Redactor
-from raylens.serve_app.schemas import DeleteOut, JobOut, JobsPage, SubmitOut
+from raylens.serve_app.schemas import DeleteOut, ImagesPage, JobOut, JobsPage, SubmitOut
 from raylens.serve_app.uploads import file_parts, read_multipart, text_field
 
 
@@ -119,6 +119,22 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     )
     async def retry_job(job_id: Annotated[str, Path(max_length=64)]) -> JobOut:
         return JobOut.of(await api.retry(job_id), redact)
+
+    @jobs.get(
+        "/v1/images",
+        response_model=ImagesPage,
+        responses=ERRORS,
+        summary="Page through what is indexed, newest first",
+    )
+    async def list_images(
+        limit: Annotated[int, Query(ge=1, le=1000, description="Entries per page.")] = 100,
+        cursor: Annotated[
+            str | None, Query(max_length=500, description="next_cursor of the previous page.")
+        ] = None,
+    ) -> ImagesPage:
+        """One entry per done job: the content's sha256 (what DELETE /v1/images/{sha256}
+        removes), its source, the model that made its vectors, its faces and video frames."""
+        return ImagesPage.model_validate(await api.list_images(limit, cursor))
 
     @jobs.delete(
         "/v1/jobs/{job_id}",
