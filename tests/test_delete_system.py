@@ -152,3 +152,37 @@ def test_the_delete_verb_reports_counts_as_json_and_exits_3_for_an_unknown_id(
     assert out["total"]["jobs"] == 1 and out["total"]["images"] == 1
     assert out["total"]["payloads"] == 1 and out["deleted"][0]["by"].startswith("cli")
     assert job_of(system, sub["id"]) is None
+
+
+def test_gc_removes_only_payloads_no_job_needs_and_status_counts_their_bytes(
+    system: Settings,
+) -> None:
+    from raylens.cluster.payloads import open_payload_store
+
+    api = ClusterAPI(system)
+    [sub] = call(api.submit_uploads([("kept.jpg", image_bytes(7004, (64, 64)))]))
+    api.close()
+    # A crash between the payload write and the job write leaves bytes no job names.
+    payloads = open_payload_store(system)
+    orphan = image_bytes(7005, (64, 64))
+    orphan_key = payloads.put(orphan)
+    assert payloads.exists(orphan_key), (orphan_key, system.payload_dir)
+    before = launch.status(system)["payloads"]
+
+    young = ClusterAPI(system)  # the default minimum age protects a fresh orphan
+    left = call(young.collect_garbage())
+    young.close()
+    assert left["removed"] == 0 and left["young"] >= 2 and payloads.exists(orphan_key)
+    aged = ClusterAPI(system.model_copy(update={"gc_min_age_s": 0.0}))
+    dry = call(aged.collect_garbage(dry_run=True))
+    real = call(aged.collect_garbage())
+    again = call(aged.collect_garbage())
+    aged.close()
+
+    assert dry["orphans"] == 1 and dry["orphan_bytes"] == len(orphan) and dry["removed"] == 0
+    assert real["removed"] == 1 and real["freed_bytes"] == len(orphan)
+    assert not payloads.exists(orphan_key) and payloads.exists(sub["sha256"])
+    assert again["orphans"] == 0
+    after = launch.status(system)["payloads"]
+    assert after["count"] == before["count"] - 1
+    assert after["bytes"] == before["bytes"] - len(orphan)

@@ -94,6 +94,23 @@ def test_payload_store_forgets_the_bytes_when_deleted(payloads: PayloadStore) ->
         payloads.get(key)
 
 
+def test_payload_store_scan_lists_every_payload_with_its_size_and_usage_sums_them(
+    payloads: PayloadStore,
+) -> None:
+    assert list(payloads.scan()) == [] and payloads.usage() == (0, 0)
+    datas = [bytes([i]) * (100 + i) for i in range(30)]
+    keys = [payloads.put(d) for d in datas]
+    payloads.delete(keys[0])
+
+    found = {p.key: p for p in payloads.scan()}
+
+    assert set(found) == set(keys[1:])
+    assert all(found[k].size == len(d) for k, d in zip(keys[1:], datas[1:]))
+    assert all(0 <= p.idle_s < 60 for p in found.values())
+    assert payloads.usage() == (29, sum(len(d) for d in datas[1:]))
+    assert payloads.size(keys[1]) == len(datas[1]) and payloads.size(keys[0]) is None
+
+
 # ---- filesystem specifics -----------------------------------------------------------------------
 def test_fs_payload_store_writes_one_file_under_a_two_letter_folder_when_put(
     tmp_path: Path,

@@ -159,3 +159,31 @@ def test_stale_failure_ack_is_ignored_when_another_worker_holds_the_lease(
     assert done["done"] == 1
     job = ray.get(queue.states.remote([job_id]))[0]
     assert job.state is JobState.DONE and job.result == {"by": "B"}
+
+
+def test_uploaded_bytes_go_once_no_job_needs_them_when_keep_uploads_is_off(
+    tmp_path, settings_for, queue_for
+) -> None:
+    from raylens.cluster.jobs import Pipeline
+    from raylens.cluster.payloads import open_payload_store
+
+    from _images import image_bytes
+
+    settings = settings_for(keep_uploads=False)
+    queue = queue_for(settings)
+    payloads = open_payload_store(settings)
+    data = image_bytes(4242)
+    embed = intake.spec_for_upload(data, payloads, settings, Lane.NORMAL, "a.jpg", Pipeline.EMBED)
+    faces = embed.model_copy(update={"pipeline": Pipeline.FACES})
+    kept = image_bytes(4243)
+    other = intake.spec_for_upload(kept, payloads, settings, Lane.NORMAL, "b.jpg", Pipeline.EMBED)
+    ray.get(queue.submit.remote([embed, faces]))
+
+    first = ray.get(queue.lease.remote("w1", 1))
+    ray.get(queue.ack.remote("w1", [(first[0].id, {})], [], {first[0].id: first[0].lease_token}))
+    assert payloads.exists(embed.sha256)  # the faces job still needs the bytes
+    second = ray.get(queue.lease.remote("w1", 1))
+    ray.get(queue.ack.remote("w1", [(second[0].id, {})], [], {second[0].id: second[0].lease_token}))
+
+    assert not payloads.exists(embed.sha256)
+    assert payloads.exists(other.sha256)  # never submitted: an orphan for raylens gc, not this

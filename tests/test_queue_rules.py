@@ -1009,3 +1009,32 @@ def test_delete_finds_every_job_of_the_content_and_a_resubmit_makes_a_new_job(ma
     [fresh] = submit(rules, [spec(1)])
     assert fresh.created and fresh.job_id not in (both, faces)
     assert make_rules().rebuilt == {"queued": 1, "running": 0}
+
+
+# ---- which uploaded bytes a job still needs (keep_uploads, raylens gc) -------------------------
+def test_payloads_needed_keeps_bytes_of_any_job_and_drops_orphans_when_keep_uploads_is_on(
+    make_rules,
+) -> None:
+    rules = make_rules()
+    [a] = ids(submit(rules, [spec(1)]))
+    leased = lease(rules, "w1", 1)
+    ack(rules, "w1", done=[(a, {})], tokens=tokens_of(leased))
+
+    assert rules.payloads_needed([spec(1).sha256, spec(2).sha256]) == {spec(1).sha256}
+
+
+def test_payloads_needed_keeps_only_unfinished_jobs_bytes_when_keep_uploads_is_off(
+    make_rules,
+) -> None:
+    from raylens.cluster.jobs import Pipeline
+
+    rules = make_rules(keep_uploads=False)
+    [a] = ids(submit(rules, [spec(1)]))
+    ids(submit(rules, [spec(1).model_copy(update={"pipeline": Pipeline.FACES})]))
+    leased = lease(rules, "w1", 1)
+    ack(rules, "w1", done=[(a, {})], tokens=tokens_of(leased))
+
+    assert rules.payloads_needed([spec(1).sha256]) == {spec(1).sha256}  # the faces job waits
+    leased = lease(rules, "w1", 1)
+    ack(rules, "w1", done=[(leased[0].id, {})], tokens=tokens_of(leased))
+    assert rules.payloads_needed([spec(1).sha256]) == set()

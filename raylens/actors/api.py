@@ -260,6 +260,54 @@ class ClusterAPI:
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
 
+    async def collect_garbage(self, dry_run: bool = False, chunk: int = 500) -> dict[str, Any]:
+        """Remove uploaded payloads no job needs (orphans of a crash between the payload write
+        and the job write; with keep_uploads off, bytes of finished jobs), never one younger
+        than gc_min_age_s. Returns what it scanned and freed (dry_run: what it would free)."""
+        t0 = time.perf_counter()
+        store = self._payload_store()
+        out = {"scanned": 0, "bytes": 0, "young": 0, "orphans": 0, "orphan_bytes": 0}
+        freed = {"removed": 0, "freed_bytes": 0}
+        min_age = self.settings.gc_min_age_s
+
+        async def settle(batch: list[Any]) -> None:
+            needed = set(await self._queue_call("payloads_needed", [p.key for p in batch]))
+            orphans = [p for p in batch if p.key not in needed]
+            out["orphans"] += len(orphans)
+            out["orphan_bytes"] += sum(p.size for p in orphans)
+            if dry_run or not orphans:
+                return
+            for p in orphans:
+                await self._run(store.delete, p.key)
+                freed["removed"] += 1
+                freed["freed_bytes"] += p.size
+
+        scan = store.scan()
+        batch: list[Any] = []
+        while True:
+            item = await self._run(next, scan, None)
+            if item is None:
+                break
+            out["scanned"] += 1
+            out["bytes"] += item.size
+            if item.idle_s < min_age:
+                out["young"] += 1
+                continue
+            batch.append(item)
+            if len(batch) >= chunk:
+                await settle(batch)
+                batch = []
+        if batch:
+            await settle(batch)
+        return {
+            **out,
+            **freed,
+            "dry_run": dry_run,
+            "min_age_s": min_age,
+            "keep_uploads": self.settings.keep_uploads,
+            "took_s": round(time.perf_counter() - t0, 3),
+        }
+
     def _delete_payloads(self, shas: Sequence[str]) -> dict[str, int]:
         store = self._payload_store()
         removed = freed = 0

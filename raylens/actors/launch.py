@@ -312,7 +312,8 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """Queue depth per lane, job counts per state, each worker's loaded-model report."""
+    """Queue depth per lane, job counts per state, each worker's loaded-model report, the
+    index's counts, and the payload store's files and bytes (a scan of it)."""
     queue = queue_handle(settings)
     reports = []
     for w in worker_handles(settings):
@@ -329,6 +330,17 @@ def status(settings: Settings) -> dict[str, Any]:
             out["index"] = VectorIndex(settings).info()
     except (RaylensError, ray.exceptions.RayError) as exc:
         out["index"] = {"error": str(exc)[:500]}
+    try:
+        from raylens.cluster.payloads import open_payload_store
+
+        payloads = open_payload_store(settings)
+        try:
+            count, held = payloads.usage()
+        finally:
+            payloads.close()
+        out["payloads"] = {"count": count, "bytes": held}
+    except RaylensError as exc:
+        out["payloads"] = {"error": str(exc)[:500]}
     out["at"] = time.time()
     return out
 

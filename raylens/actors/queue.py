@@ -17,9 +17,11 @@ from raylens.cluster.jobs import (
     JobSpec,
     JobState,
     Outcome,
+    SourceKind,
     SubmitResult,
     request_fingerprint,
 )
+from raylens.cluster.payloads import PayloadStore, open_payload_store
 from raylens.cluster.queue_rules import QueueRules, StoredThenFailed
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import JobStore, open_job_store
@@ -55,6 +57,7 @@ class JobQueue:
         self.rules.rebuild()  # runs before the actor serves calls: blocking is fine
         self._wakeup: asyncio.Event | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._payloads: PayloadStore | None = None  # opened when keep_uploads is off
 
     async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -198,6 +201,10 @@ class JobQueue:
             counts["purge"] = sorted(set(outcome.deleted.values()))
         if outcome.requeued:
             self._notify()
+        if not self.settings.keep_uploads:
+            uploads = [j.sha256 for j in outcome.done if j.source_kind is SourceKind.UPLOAD]
+            if uploads:
+                await self._io_call(self._drop_uploads, uploads)
         metrics.record_finished(outcome.by_kind(), {f.job_id: f.code.value for f in failed})
         return counts
 
@@ -224,6 +231,22 @@ class JobQueue:
         jobs, earlier = await self._io_call(self.rules.delete_content, list(sha256s), by)
         self.rules.forget_deleted(jobs)
         return {"jobs": jobs, "tombstones": earlier}
+
+    def _drop_uploads(self, sha256s: list[str]) -> None:
+        """Store step (keep_uploads off): delete the uploaded bytes no job needs any more. A
+        failure only logs: `raylens gc` collects what is left."""
+        try:
+            if self._payloads is None:
+                self._payloads = open_payload_store(self.settings)
+            needed = self.rules.payloads_needed(sha256s)
+            for sha in set(sha256s) - needed:
+                self._payloads.delete(sha)
+        except Exception:
+            log.warning("uploaded payloads not deleted (raylens gc will)", exc_info=True)
+
+    async def payloads_needed(self, sha256s: Sequence[str]) -> list[str]:
+        """Those of these contents whose uploaded bytes a job still needs (see QueueRules)."""
+        return sorted(await self._io_call(self.rules.payloads_needed, list(sha256s)))
 
     async def tombstones(self, job_ids: Sequence[str]) -> dict[str, Any]:
         return await self._io_call(self.store.tombstones, list(job_ids))

@@ -59,6 +59,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         + f"; leased {q['leased']} (max depth {q['max_depth']})"
     )
     print("jobs: " + ", ".join(f"{k} {v}" for k, v in q["jobs"].items()))
+    pay = st.get("payloads", {})
+    if "error" in pay:
+        print(f"payloads: unavailable: {pay['error']}")
+    else:
+        print(f"payloads: {pay.get('count', '?')} uploaded file(s), {pay.get('bytes', '?')} bytes")
     idx = st.get("index", {})
     print(
         f"index: {idx.get('points', '?')} points in {idx.get('collection', '?')}, "
@@ -196,6 +201,34 @@ def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
         )
     if page["next_cursor"]:
         print(f"more: raylens images --cursor {page['next_cursor']}")
+    return 0
+
+
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
+
+    launch.connect(settings, args.address)
+    api = ClusterAPI(settings)
+    try:
+        out = asyncio.run(api.collect_garbage(dry_run=args.dry_run))
+    finally:
+        api.close()
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    n, b = (
+        (out["orphans"], out["orphan_bytes"])
+        if args.dry_run
+        else (out["removed"], out["freed_bytes"])
+    )
+    print(
+        f"scanned {out['scanned']} payload(s), {out['bytes']} bytes; {verb} {n} no job needs "
+        f"({b} bytes); {out['young']} younger than {out['min_age_s']:g}s left alone"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ from raylens.cli.bench import cmd_bench
 from raylens.cli.commands import (
     cmd_delete,
     cmd_faces,
+    cmd_gc,
     cmd_images,
     cmd_index_migrate,
     cmd_ingest,
@@ -146,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--json", action="store_true", help="print what was removed as JSON")
     de.add_argument("--address")
     de.set_defaults(func=cmd_delete)
+
+    gc = sub.add_parser(
+        "gc",
+        help="remove uploaded payloads no job needs (crash orphans; with RAYLENS_KEEP_UPLOADS="
+        "false, bytes of finished jobs) and say what it freed",
+        description="Scan the payload store and remove uploaded bytes no job needs: orphans "
+        "of a crash between the payload write and the job write, and, with "
+        "RAYLENS_KEEP_UPLOADS=false, the bytes of finished jobs. Payloads written less than "
+        "RAYLENS_GC_MIN_AGE_S ago are never removed.",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what would be removed")
+    gc.add_argument("--json", action="store_true")
+    gc.add_argument("--address")
+    gc.set_defaults(func=cmd_gc)
 
     fa = sub.add_parser("faces", help="the faces found in one image (box, score, landmarks)")
     fa.add_argument("path", help="an image file")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from raylens.cluster.settings import Settings
 
@@ -22,6 +24,12 @@ def key_for(data: bytes, sha256: str | None = None) -> str:
     if sha256 is not None and sha256.lower() != actual:
         raise ValueError(f"payload sha256 mismatch: given {sha256}, content hashes to {actual}")
     return actual
+
+
+class StoredPayload(NamedTuple):
+    key: str  # the sha256 hex of the bytes
+    size: int  # bytes
+    idle_s: float  # seconds since it was written (a file's mtime; Redis: since last touched)
 
 
 class PayloadStore(ABC):
@@ -48,6 +56,18 @@ class PayloadStore(ABC):
     @abstractmethod
     def size(self, key: str) -> int | None:
         """Bytes stored under key, or None when there are none."""
+
+    @abstractmethod
+    def scan(self) -> Iterator[StoredPayload]:
+        """Every payload stored, in no particular order, without holding them all at once."""
+
+    def usage(self) -> tuple[int, int]:
+        """(payloads, bytes) held: a full scan."""
+        count = total = 0
+        for p in self.scan():
+            count += 1
+            total += p.size
+        return count, total
 
     @abstractmethod
     def close(self) -> None: ...

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from raylens.cluster.payloads import PayloadStore, is_key, key_for
+from raylens.cluster.payloads import PayloadStore, StoredPayload, is_key, key_for
 from raylens.errors import SourceMissing, StoreUnavailable
 
 
@@ -91,6 +93,31 @@ class FsPayloadStore(PayloadStore):
 
     def exists(self, key: str) -> bool:
         return is_key(key) and self._path(key).is_file()
+
+    def scan(self) -> Iterator[StoredPayload]:
+        now = time.time()
+        try:
+            shards = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list payloads under {self.root}: {exc}") from exc
+        for shard in shards:
+            if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                continue
+            try:
+                entries = list(os.scandir(shard.path))
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot list payloads under {shard.path}: {exc}") from exc
+            for entry in entries:
+                key = shard.name + entry.name
+                if not is_key(key) or not entry.is_file(follow_symlinks=False):
+                    continue  # a temporary file of a put under way, or not raylens's
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield StoredPayload(key, st.st_size, max(0.0, now - st.st_mtime))
 
     def size(self, key: str) -> int | None:
         if not is_key(key):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from raylens.cluster.payloads import PayloadStore, is_key, key_for
+from raylens.cluster.payloads import PayloadStore, StoredPayload, is_key, key_for
 from raylens.cluster.store_redis import RedisBacked, redacted_url, redis_errors
 from raylens.errors import SourceMissing
 
@@ -41,6 +42,26 @@ class RedisPayloadStore(RedisBacked, PayloadStore):
             return False
         with redis_errors(self.url, f"check payload {key}"):
             return bool(self._r.exists(self._key(key)))
+
+    def scan(self) -> Iterator[StoredPayload]:
+        prefix = self._key("")
+        cursor: Any = 0
+        while True:
+            with redis_errors(self.url, "list payloads"):
+                cursor, names = self._r.scan(cursor, match=f"{prefix}*", count=1000)
+                pipe = self._r.pipeline(transaction=False)
+                for name in names:
+                    pipe.strlen(name)
+                    pipe.object("idletime", name)
+                replies = pipe.execute() if names else []
+            for i, name in enumerate(names):
+                text = name.decode() if isinstance(name, bytes) else str(name)
+                key = text[len(prefix) :]
+                size, idle = replies[2 * i], replies[2 * i + 1]
+                if is_key(key) and idle is not None:  # None: deleted meanwhile
+                    yield StoredPayload(key, int(size), float(idle))
+            if int(cursor) == 0:
+                return
 
     def size(self, key: str) -> int | None:
         if not is_key(key):

@@ -490,6 +490,17 @@ class QueueRules:
         )
         return jobs, [t for t in earlier if t["job_id"] not in removed]
 
+    def payloads_needed(self, sha256s: Sequence[str]) -> set[str]:
+        """Store step: those of these contents whose uploaded bytes a job still needs: one not
+        finished yet, or (with keep_uploads) any job at all."""
+        keep = self.settings.keep_uploads
+        needed = set()
+        for sha in dict.fromkeys(sha256s):
+            jobs = self.content_jobs(sha)
+            if any(keep or not j.state.terminal for j in jobs):
+                needed.add(sha)
+        return needed
+
     def forget_deleted(self, jobs: Sequence[Job]) -> None:
         """Memory step, after delete_content: nothing queued of them any more. A leased one
         keeps its lease until its worker acks (or the lease expires): that ack learns of the

@@ -468,6 +468,18 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         default=86_400.0, gt=0, description="How long an Idempotency-Key is remembered."
     )
+    keep_uploads: bool = Field(
+        default=True,
+        description="Keep an uploaded file's bytes once its vectors are stored (so it can be "
+        "re-embedded later). false: deleted as soon as no job of that content still needs them "
+        "(a failed job retried later then fails source_missing).",
+    )
+    gc_min_age_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="`raylens gc` never removes a payload written less than this long ago (an "
+        "upload between its payload write and its job write looks like an orphan).",
+    )
     search_max_top_k: int = Field(
         default=1000,
         ge=1,
