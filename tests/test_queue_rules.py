@@ -1038,3 +1038,31 @@ def test_payloads_needed_keeps_only_unfinished_jobs_bytes_when_keep_uploads_is_o
     leased = lease(rules, "w1", 1)
     ack(rules, "w1", done=[(leased[0].id, {})], tokens=tokens_of(leased))
     assert rules.payloads_needed([spec(1).sha256]) == set()
+
+
+# ---- job records expire after RAYLENS_JOB_RETENTION_S --------------------------------------------
+def test_expire_finished_removes_only_records_finished_longer_ago_than_the_retention(
+    make_rules,
+) -> None:
+    rules = make_rules(job_retention_s=100.0)
+    a, b, c, d = ids(submit(rules, [spec(i) for i in range(4)]))
+    leased = lease(rules, "w1", 3)
+    ack(
+        rules,
+        "w1",
+        done=[(a, {}), (b, {})],
+        failed=[Failure(c, ErrorCode.CORRUPT_IMAGE, "bad")],
+        tokens=tokens_of(leased),
+    )
+    finished_at = job(rules, b).updated_at
+
+    assert rules.expire_finished(now=finished_at + 50) == []  # not old enough yet
+    gone = rules.expire_finished(now=finished_at + 101)
+    rules.forget_deleted(gone)
+
+    assert sorted(j.id for j in gone) == sorted([a, b, c])
+    assert all(rules.store.get(j) is None for j in (a, b, c))
+    assert rules.store.tombstones([a, b, c]) == {}  # expiry bounds the store: no tombstones
+    assert job(rules, d).state is JobState.QUEUED and rules.in_flight(d)
+    assert rules.finished_outcomes([a]) == ([], [a])
+    assert make_rules(job_retention_s=0.0).expire_finished(now=finished_at + 10**6) == []

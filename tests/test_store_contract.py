@@ -157,6 +157,10 @@ def test_delete_removes_the_jobs_frees_their_content_keys_and_leaves_tombstones(
     # The content can be submitted again: a new job
     [(fresh, created)] = reader.create_or_get([new_job(1, now=T0 + 7)])
     assert created and fresh.id != a.id
+    # A record expired by age leaves no tombstone.
+    reader.delete([fresh], by="retention", at=T0 + 8, tombstones=False)
+    assert reader.get(fresh.id) is None and reader.tombstones([fresh.id]) == {}
+    assert [t["job_id"] for t in reader.tombstones_for_content(a.sha256)] == [a.id]
 
 
 def test_create_or_get_reports_created_when_the_same_job_is_stored_twice(

@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 # The done/failed job gauges are counted at each ack and re-read from the store this often.
 _TERMINAL_RESYNC_S = 60.0
+# With RAYLENS_JOB_RETENTION_S set, finished records past it are looked for this often.
+_EXPIRE_EVERY_S = 60.0
 
 
 class JobQueue:
@@ -253,6 +255,7 @@ class JobQueue:
 
     # ---- lease expiry ---------------------------------------------------------------------------
     async def _reap_forever(self) -> None:
+        expired_at = 0.0
         while True:
             await asyncio.sleep(self.settings.lease_check_interval_s)
             try:
@@ -261,10 +264,24 @@ class JobQueue:
                 log.exception(
                     "lease reaper failed; retrying in %ss", self.settings.lease_check_interval_s
                 )
+            if self.settings.job_retention_s > 0 and time.time() - expired_at > _EXPIRE_EVERY_S:
+                expired_at = time.time()
+                try:
+                    await self.expire_finished()
+                except Exception:  # next round; never stops the reaper
+                    log.exception("removing expired job records failed")
             try:
                 await self._publish_metrics()
             except Exception:  # metrics never stop the reaper
                 log.debug("metrics: queue gauges not published", exc_info=True)
+
+    async def expire_finished(self) -> int:
+        """Remove the done and failed records older than job_retention_s (see Settings)."""
+        old = await self._io_call(self.rules.expire_finished)
+        self.rules.forget_deleted(old)
+        if old:
+            log.info("removed %d finished job records past RAYLENS_JOB_RETENTION_S", len(old))
+        return len(old)
 
     async def reap(self) -> int:
         """Re-queue (or dead-letter) every job whose lease deadline has passed."""

@@ -501,6 +501,28 @@ class QueueRules:
                 needed.add(sha)
         return needed
 
+    def expire_finished(self, now: float | None = None, limit: int = 10_000) -> list[Job]:
+        """Store step: remove up to `limit` done or failed records that finished more than
+        job_retention_s ago (no tombstone: this bounds the store). Returns them."""
+        if self.settings.job_retention_s <= 0:
+            return []
+        cutoff = (time.time() if now is None else now) - self.settings.job_retention_s
+        old: list[Job] = []
+        for state in (JobState.DONE, JobState.FAILED):
+            for job in self.store.iter_state(state):  # oldest created first
+                if job.created_at > cutoff or len(old) >= limit:
+                    break  # created after the cutoff: finished after it too
+                if job.updated_at <= cutoff:
+                    old.append(job)
+        for job in old:
+            self._known.pop(job.id, None)
+        self.store.delete(old, "retention", time.time(), tombstones=False)
+        self._count_terminal(
+            done=-sum(1 for j in old if j.state is JobState.DONE),
+            failed=-sum(1 for j in old if j.state is JobState.FAILED),
+        )
+        return old
+
     def forget_deleted(self, jobs: Sequence[Job]) -> None:
         """Memory step, after delete_content: nothing queued of them any more. A leased one
         keeps its lease until its worker acks (or the lease expires): that ack learns of the

@@ -474,6 +474,15 @@ class Settings(BaseSettings):
         "re-embedded later). false: deleted as soon as no job of that content still needs them "
         "(a failed job retried later then fails source_missing).",
     )
+    job_retention_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Remove done and failed job records this long after they finished (0: "
+        "never). Their vectors stay searchable (a delete by sha256 still finds them); what "
+        "goes is the record: GET /v1/jobs/{id} answers 404, GET /v1/images no longer lists it, "
+        "the same content is embedded again when submitted again, and its uploaded bytes become "
+        "an orphan for `raylens gc`. No tombstone is left.",
+    )
     gc_min_age_s: float = Field(
         default=3600.0,
         ge=0,

@@ -78,9 +78,10 @@ class JobStore(ABC):
         """Every job recorded for this content (any pipeline, any model, failed ones too)."""
 
     @abstractmethod
-    def delete(self, jobs: Sequence[Job], by: str, at: float) -> None:
+    def delete(self, jobs: Sequence[Job], by: str, at: float, *, tombstones: bool = True) -> None:
         """Remove these jobs' records (and the content keys that name them), leaving a
-        Tombstone for each, all in one transaction. Absent jobs are no error."""
+        Tombstone for each (unless tombstones=False: records expired by age), all in one
+        transaction. Absent jobs are no error."""
 
     @abstractmethod
     def tombstones(self, job_ids: Sequence[str]) -> dict[str, Tombstone]:

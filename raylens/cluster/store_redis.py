@@ -128,14 +128,17 @@ return {1, ARGV[2]}
 """
 
 # Atomic per job. KEYS: job key, all-jobs set, the four state sets, content key, the content's
-# set of job ids, tombstone key, the content's set of tombstones. ARGV: job id, tombstone JSON.
+# set of job ids, tombstone key, the content's set of tombstones. ARGV: job id, tombstone JSON
+# ('' for none).
 DELETE_JOB = """
 redis.call('DEL', KEYS[1])
 for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 if redis.call('GET', KEYS[7]) == ARGV[1] then redis.call('DEL', KEYS[7]) end
 redis.call('SREM', KEYS[8], ARGV[1])
-redis.call('SET', KEYS[9], ARGV[2])
-redis.call('SADD', KEYS[10], ARGV[1])
+if ARGV[2] ~= '' then
+    redis.call('SET', KEYS[9], ARGV[2])
+    redis.call('SADD', KEYS[10], ARGV[1])
+end
 return 1
 """
 
@@ -253,7 +256,7 @@ class RedisJobStore(RedisBacked, JobStore):
                 pipe.sadd(self._sha_key(job.sha256), job.id)
             pipe.execute()
 
-    def delete(self, jobs: Sequence[Job], by: str, at: float) -> None:
+    def delete(self, jobs: Sequence[Job], by: str, at: float, *, tombstones: bool = True) -> None:
         if not jobs:
             return
         state_keys = [self._state_key(s) for s in JobState]
@@ -270,7 +273,10 @@ class RedisJobStore(RedisBacked, JobStore):
                         self._tombstone_key(job.id),
                         self._tombstone_sha_key(job.sha256),
                     ],
-                    args=[job.id, json.dumps(tombstone(job, by, at)).encode()],
+                    args=[
+                        job.id,
+                        json.dumps(tombstone(job, by, at)).encode() if tombstones else b"",
+                    ],
                     client=pipe,
                 )
             pipe.execute()

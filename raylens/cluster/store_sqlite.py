@@ -184,7 +184,7 @@ class SqliteJobStore(JobStore):
                 [(job.content_key, job.id) for job in jobs],
             )
 
-    def delete(self, jobs: Sequence[Job], by: str, at: float) -> None:
+    def delete(self, jobs: Sequence[Job], by: str, at: float, *, tombstones: bool = True) -> None:
         if not jobs:
             return
         with self._transaction("delete") as db:
@@ -193,10 +193,11 @@ class SqliteJobStore(JobStore):
                 "DELETE FROM content WHERE content_key = ? AND job_id = ?",
                 [(job.content_key, job.id) for job in jobs],
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO tombstones (job_id, sha256, data) VALUES (?, ?, ?)",
-                [(job.id, job.sha256, json.dumps(tombstone(job, by, at))) for job in jobs],
-            )
+            if tombstones:
+                db.executemany(
+                    "INSERT OR REPLACE INTO tombstones (job_id, sha256, data) VALUES (?, ?, ?)",
+                    [(job.id, job.sha256, json.dumps(tombstone(job, by, at))) for job in jobs],
+                )
 
     def put_idempotency(
         self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
