@@ -56,7 +56,7 @@ def stub_worker(pipeline: RecordingPipeline, probe: Any) -> Any:
         payloads=SimpleNamespace(exists=lambda key: False),
         _held=set(),
         _held_changed=threading.Condition(),
-        _ack=lambda done, failures, tokens: acks.append((done, failures, tokens)),
+        _ack=lambda done, failures, tokens: acks.append((done, failures, tokens)) or {},
         _record=lambda batch, out: None,
         acks=acks,
     )
@@ -115,3 +115,25 @@ def test_server_index_lets_the_worker_start_when_the_qdrant_server_is_down(tmp_p
         index.upsert(["00000000-0000-0000-0000-000000000001"], np.ones((1, 8)), [{}])
     with pytest.raises(IndexUnavailable):
         index.probe()
+
+
+def test_worker_removes_the_points_of_jobs_deleted_while_it_ran_when_its_ack_says_so() -> None:
+    a = leased(1)
+    w = stub_worker(RecordingPipeline(outcome([(a.id, {})], [])), probe=lambda: None)
+    removed: list[list[str]] = []
+    w.index = SimpleNamespace(delete_content=lambda shas: removed.append(list(shas)) or {})
+    w._ack = lambda done, failures, tokens: {"done": 0, "purge": [a.sha256]}
+    w._purge = MethodType(Worker._purge, w)
+    w._held = {a.id}
+
+    w._process(Batch([a], [], 0.0))
+
+    assert removed == [[a.sha256]] and w._held == set()
+    # An index that fails the removal only logs: the batch is settled all the same.
+    w.index = SimpleNamespace(
+        delete_content=lambda shas: (_ for _ in ()).throw(IndexUnavailable("x"))
+    )
+    w.pipeline = RecordingPipeline(outcome([(a.id, {})], []))
+    w._held = {a.id}
+    w._process(Batch([a], [], 0.0))
+    assert w._held == set()
