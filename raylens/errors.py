@@ -85,6 +85,12 @@ class SettingsError(RaylensError):
     code = ErrorCode.SETTINGS_INVALID
 
 
+class ModelMismatch(SettingsError):
+    """A query or a write of one model against a collection of another model's vectors."""
+
+    http_status = 409
+
+
 class ModelLoadError(RaylensError):
     code = ErrorCode.MODEL_LOAD_FAILED
     http_status = 503

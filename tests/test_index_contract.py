@@ -199,3 +199,26 @@ def test_delete_content_removes_images_frames_and_faces_of_every_model_and_repea
     assert index.get(ids[7]) is not None and index.get(face_ids[2], FACES) is not None
     assert index.delete_content(["sha-4", "sha-6"]) == {"images": 0, "frames": 0, "faces": 0}
     assert index.delete_content([]) == {"images": 0, "frames": 0, "faces": 0}
+
+
+def test_vectors_of_two_models_are_never_mixed_in_a_collection_nor_compared(
+    kind: str, tmp_path: Path
+) -> None:
+    ix = open_index(kind, tmp_path)
+    ids = [point_id(f"sha-{k}", "model-a") for k in range(3)]
+    ix.upsert(ids, rows(3), [{"sha256": f"sha-{k}", "model_id": "model-a"} for k in range(3)])
+
+    with pytest.raises(SettingsError, match="holds vectors of model 'model-a'"):
+        ix.upsert([point_id("x", "model-b")], rows(1), [{"sha256": "x", "model_id": "model-b"}])
+    with pytest.raises(SettingsError, match="RAYLENS_QDRANT_COLLECTION"):
+        ix.search(rows(1)[0], model_id="model-b")
+    assert len(ix.search(rows(1)[0], top_k=3, model_id="model-a")) == 3
+    assert ix.count() == 3
+    ix.upsert([point_id("f", "dlib")], rows(1, 128), [{"sha256": "f", "model_id": "dlib"}], FACES)
+    ix.close()
+    # A new process learns the collection's model from its points.
+    again = open_index(kind, tmp_path)
+    with pytest.raises(SettingsError):
+        again.search(rows(1)[0], model_id="model-b")
+    again.search(rows(1, 128)[0], collection=FACES, model_id="dlib")
+    again.close()

@@ -67,6 +67,7 @@ class ClusterAPI:
         self._index: Any = None  # the index actor (the embedded engine)
         self._index_server: Any = None  # VectorIndex when a Qdrant server is configured
         self._dim: int | None = None
+        self._report: dict[str, Any] | None = None  # a worker's report: the models queries use
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -345,19 +346,25 @@ class ClusterAPI:
             query = np.asarray(await self._on_worker("embed_image_bytes", image))
         else:
             query = await self._check_vector(vector or [])
-        hits = await self._index_search(query, top_k, checked)
+        model_id = (await self._worker_report())["model_id"]
+        hits = await self._index_search(query, top_k, checked, None, model_id)
         return {
             "hits": [hit_out(h) for h in hits],
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
+
+    async def _worker_report(self) -> dict[str, Any]:
+        """A worker's report (cached): the models that embed queries, their dimension."""
+        if self._report is None:
+            self._report = await self._on_worker("report")
+        return self._report
 
     async def _check_vector(self, vector: Sequence[float]) -> np.ndarray:
         arr = np.asarray(vector, dtype=np.float32).reshape(-1)
         if not np.all(np.isfinite(arr)):
             raise InvalidRequest("vector holds NaN or infinite values")
         if self._dim is None:
-            report = await self._on_worker("report")
-            self._dim = int(report["dim"])
+            self._dim = int((await self._worker_report())["dim"])
         if arr.shape[0] != self._dim:
             raise InvalidRequest(
                 f"vector has {arr.shape[0]} values; the model makes {self._dim}-d vectors"
@@ -370,9 +377,12 @@ class ClusterAPI:
         top_k: int,
         filters: dict[str, Any] | None,
         collection: str | None = None,
+        model_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The index's nearest points; with model_id (the model that made the query), a
+        collection of another model's vectors is refused (VectorIndex.check_model)."""
         hits: list[dict[str, Any]] = await self._index_call(
-            "search", query, top_k, filters, collection
+            "search", query, top_k, filters, collection, model_id
         )
         return hits
 
@@ -437,13 +447,16 @@ class ClusterAPI:
             chosen = found[index]
             vector = np.asarray(chosen.pop("vector"), dtype=np.float32)
             query = {"face_index": index, "faces_in_image": len(found), **chosen}
+            face_model = (await self._worker_report()).get("face_model") or {}
+            model_id = face_model.get("model_id")
         else:
             point = await self._index_call("get", face_id, collection)
             if point is None:
                 raise JobNotFound(f"no stored face with id {face_id!r}")
             vector = point["vector"]
             query = {"face_id": face_id, **{k: point["payload"].get(k) for k in ("box", "job_id")}}
-        hits = await self._index_search(vector, top_k, None, collection)
+            model_id = None  # a stored face: of the collection's own model
+        hits = await self._index_search(vector, top_k, None, collection, model_id)
         matches = face_matches(hits, limit)
         return {
             "query": query,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from raylens.cluster.settings import Settings
-from raylens.errors import IndexUnavailable, RaylensError, SettingsError
+from raylens.errors import IndexUnavailable, ModelMismatch, RaylensError, SettingsError
 
 # Fixed namespace so a point id depends only on (content, model): retries and duplicate
 # submissions overwrite the same point instead of adding one (invariant 3,
@@ -57,6 +57,7 @@ class VectorIndex:
             self.backend = self._open_backend(settings, builds)
         self.where = self.backend.where
         self._ready: dict[str, int] = {}  # collection -> vector size, once checked or created
+        self._models: dict[str, str] = {}  # collection -> model id of its vectors, once seen
         if dim is not None:
             self._ensure_collection(dim)
 
@@ -126,6 +127,28 @@ class VectorIndex:
             )
         self._ready[collection] = dim
 
+    def check_model(self, model_id: str | None, collection: str | None = None) -> None:
+        """Refuse (SettingsError) to mix vectors of two models in one collection: a write or a
+        query of `model_id` against a collection whose vectors another model made (judged by
+        a point it holds; remembered once seen). An empty collection takes any model."""
+        collection = collection or self.collection
+        if not model_id:
+            return
+        known = self._models.get(collection)
+        if known is None:
+            sample = self._call("reading", self.backend.sample_payload, collection)
+            known = (sample or {}).get("model_id")
+            if not known:
+                return  # empty (or points without a model id): nothing to mix with yet
+            self._models[collection] = known
+        if known != model_id:
+            raise ModelMismatch(
+                f"Qdrant collection {collection!r} holds vectors of model {known!r}, not "
+                f"{model_id!r}: vectors of two models are never mixed or compared. Point "
+                "RAYLENS_QDRANT_COLLECTION (or _FACES_COLLECTION) at a collection of its own for "
+                "this model, or go back to the model that made them"
+            )
+
     def upsert(
         self,
         ids: Sequence[str],
@@ -144,7 +167,11 @@ class VectorIndex:
                 f"(got {vectors.shape} and {len(payloads)})"
             )
         self._ensure_collection(int(vectors.shape[1]), collection)
+        if payloads:
+            self.check_model(payloads[0].get("model_id"), collection)
         self._call("upsert to", self.backend.upsert, collection, ids, vectors, payloads)
+        if payloads and payloads[0].get("model_id"):
+            self._models.setdefault(collection or self.collection, payloads[0]["model_id"])
         return len(ids)
 
     def delete(self, ids: Sequence[str], collection: str | None = None) -> int:
@@ -181,10 +208,14 @@ class VectorIndex:
         top_k: int = 10,
         filters: dict[str, Any] | None = None,
         collection: str | None = None,
+        model_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Nearest points, best first: [{id, score, payload}]. score is the cosine similarity
-        for images and the Euclidean distance (smaller is closer) for faces."""
+        for images and the Euclidean distance (smaller is closer) for faces. With model_id
+        (the model that made the query vector), a collection of another model's vectors is
+        refused (check_model)."""
         collection = collection or self.collection
+        self.check_model(model_id, collection)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         size = self._ready.get(collection)
         if size is None:

@@ -100,6 +100,13 @@ class ClientBackend:
             "payload": p.payload or {},
         }
 
+    def sample_payload(self, name: str) -> dict[str, Any] | None:
+        """The payload of one point of the collection (None when it holds none)."""
+        if not self.client.collection_exists(name):
+            return None
+        points, _ = self.client.scroll(name, limit=1, with_payload=True, with_vectors=False)
+        return dict(points[0].payload or {}) if points else None
+
     def point_ids(self, name: str, limit: int) -> list[str]:
         ids: list[str] = []
         offset = None

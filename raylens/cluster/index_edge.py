@@ -511,6 +511,16 @@ class EdgeBackend:
             "payload": p.payload or {},
         }
 
+    def sample_payload(self, name: str) -> dict[str, Any] | None:
+        """The payload of one point of the collection (None when it holds none)."""
+        from qdrant_edge import ScrollRequest
+
+        c = self._collection(name)
+        if c.shard is None:
+            return None
+        points, _ = c.shard.scroll(ScrollRequest(limit=1, with_payload=True, with_vector=False))
+        return dict(points[0].payload or {}) if points else None
+
     def point_ids(self, name: str, limit: int) -> list[str]:
         from qdrant_edge import ScrollRequest
 

@@ -89,6 +89,13 @@ UPLOAD_ERRORS: Responses = {
     },
 }
 NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No such job (`not_found`)."}}
+MODEL_MISMATCH: Responses = {
+    409: {
+        "model": ErrorOut,
+        "description": "The collection holds vectors of another model than the query's "
+        "(`settings_invalid`): vectors of two models are never compared.",
+    }
+}
 NOT_DELETABLE: Responses = {
     404: {
         "model": ErrorOut,

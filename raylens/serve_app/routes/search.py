@@ -9,7 +9,13 @@ from fastapi import APIRouter, Request
 
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.settings import Settings
-from raylens.serve_app.openapi import FACE_SEARCH_BODY, NOT_FOUND, SEARCH_BODY, UPLOAD_ERRORS
+from raylens.serve_app.openapi import (
+    FACE_SEARCH_BODY,
+    MODEL_MISMATCH,
+    NOT_FOUND,
+    SEARCH_BODY,
+    UPLOAD_ERRORS,
+)
 from raylens.serve_app.schemas import FaceSearchOut, FaceSearchRequest, SearchOut, SearchRequest
 from raylens.serve_app.uploads import is_multipart, read_image_query, read_json
 
@@ -21,7 +27,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     @routes.post(
         "/v1/search",
         response_model=SearchOut,
-        responses={**UPLOAD_ERRORS},
+        responses={**UPLOAD_ERRORS, **MODEL_MISMATCH},
         openapi_extra={"requestBody": SEARCH_BODY},
         summary="Search by text, vector (JSON) or an uploaded image (multipart)",
     )
@@ -41,7 +47,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     @routes.post(
         "/v1/faces/search",
         response_model=FaceSearchOut,
-        responses={**UPLOAD_ERRORS, **NOT_FOUND},
+        responses={**UPLOAD_ERRORS, **NOT_FOUND, **MODEL_MISMATCH},
         openapi_extra={"requestBody": FACE_SEARCH_BODY},
         summary="Find faces like the largest (or face_index) face of an image, or a stored face",
     )
