@@ -224,17 +224,19 @@ class SqliteJobStore(JobStore):
         rows = self._query("get", "SELECT data FROM jobs WHERE id = ?", (job_id,))
         return Job.from_json(rows[0][0]) if rows else None
 
+    def _by_ids(self, action: str, select: str, ids: Sequence[str]) -> list[tuple]:
+        """Rows of `select` ("SELECT id, data FROM t WHERE id") IN these ids, chunked to stay
+        under SQLite's bound-parameter limit (999 on old builds)."""
+        unique = list(dict.fromkeys(ids))
+        rows: list[tuple] = []
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows += self._query(action, f"{select} IN ({','.join('?' * len(chunk))})", chunk)
+        return rows
+
     def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
-        found: dict[str, Job] = {}
-        ids = list(dict.fromkeys(job_ids))
-        # Chunked to stay under SQLite's bound-parameter limit (999 on old builds).
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for job_id, data in self._query(
-                "get_many", f"SELECT id, data FROM jobs WHERE id IN ({marks})", chunk
-            ):
-                found[job_id] = Job.from_json(data)
+        rows = self._by_ids("get_many", "SELECT id, data FROM jobs WHERE id", job_ids)
+        found = {job_id: Job.from_json(data) for job_id, data in rows}
         return [found.get(job_id) for job_id in job_ids]
 
     def jobs_for_content(self, sha256: str) -> list[Job]:
@@ -248,18 +250,10 @@ class SqliteJobStore(JobStore):
         return [Job.from_json(data) for (data,) in rows]
 
     def tombstones(self, job_ids: Sequence[str]) -> dict[str, Tombstone]:
-        found: dict[str, Tombstone] = {}
-        ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for job_id, data in self._query(
-                "tombstones",
-                f"SELECT job_id, data FROM tombstones WHERE job_id IN ({marks})",
-                chunk,
-            ):
-                found[job_id] = json.loads(data)
-        return found
+        rows = self._by_ids(
+            "tombstones", "SELECT job_id, data FROM tombstones WHERE job_id", job_ids
+        )
+        return {job_id: json.loads(data) for job_id, data in rows}
 
     def tombstones_for_content(self, sha256: str) -> list[Tombstone]:
         rows = self._query("tombstones", "SELECT data FROM tombstones WHERE sha256 = ?", (sha256,))
