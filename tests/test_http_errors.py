@@ -253,3 +253,18 @@ def test_the_redactor_takes_out_credentials_and_keeps_plain_text(
     from raylens.serve_app.redaction import Redactor
 
     assert Redactor(Settings(data_dir=tmp_path))(text) == redacted
+
+
+def test_openapi_asks_for_a_bearer_key_only_when_api_keys_are_set(tmp_path: Path) -> None:
+    open_spec = create_app(Settings(data_dir=tmp_path / "a"), StubAPI()).openapi()  # type: ignore[arg-type]
+    keyed = create_app(
+        Settings(data_dir=tmp_path / "b", api_keys=API_KEY),
+        StubAPI(),  # type: ignore[arg-type]
+    ).openapi()
+
+    ops = [op for path in open_spec["paths"].values() for op in path.values()]
+    assert all("security" not in op for op in ops)
+    assert "securitySchemes" not in open_spec.get("components", {})
+    assert keyed["paths"]["/v1/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert keyed["paths"]["/v1/images/{sha256}"]["delete"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in keyed["paths"]["/v1/healthz"]["get"]

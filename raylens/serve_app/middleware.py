@@ -123,15 +123,20 @@ def host_origin_guard(settings: Settings) -> Middleware:
 
 
 def authoriser(settings: Settings) -> Any:
-    """The auth dependency: a no-op without RAYLENS_API_KEYS, else a constant-time check."""
+    """The auth dependency: a no-op without RAYLENS_API_KEYS (and then the OpenAPI document
+    declares no security scheme: nothing is asked of a client), else a constant-time check."""
     keys = [k.encode() for k in settings.api_key_list]
+    if not keys:
+
+        async def open_access() -> None:
+            return None
+
+        return open_access
     bearer = HTTPBearer(auto_error=False, description="An API key from RAYLENS_API_KEYS.")
 
     async def authorised(
         creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        if not keys:
-            return
         if creds is None or creds.scheme.lower() != "bearer":
             raise Unauthorized("send `Authorization: Bearer <api key>`")
         given = creds.credentials.encode()
