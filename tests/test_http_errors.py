@@ -268,3 +268,19 @@ def test_openapi_asks_for_a_bearer_key_only_when_api_keys_are_set(tmp_path: Path
     assert keyed["paths"]["/v1/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
     assert keyed["paths"]["/v1/images/{sha256}"]["delete"]["security"] == [{"HTTPBearer": []}]
     assert "security" not in keyed["paths"]["/v1/healthz"]["get"]
+
+
+def test_openapi_query_bodies_carry_the_bounds_the_handlers_check(tmp_path: Path) -> None:
+    spec = create_app(
+        Settings(data_dir=tmp_path, search_max_top_k=77),
+        StubAPI(),  # type: ignore[arg-type]
+    ).openapi()
+
+    for route in ("/v1/search", "/v1/faces/search"):
+        content = spec["paths"][route]["post"]["requestBody"]["content"]
+        for kind in ("application/json", "multipart/form-data"):
+            top_k = content[kind]["schema"]["properties"]["top_k"]
+            assert (top_k["minimum"], top_k["maximum"]) == (1, 77), (route, kind)
+    faces = spec["paths"]["/v1/faces/search"]["post"]["requestBody"]["content"]
+    form = faces["multipart/form-data"]["schema"]["properties"]
+    assert form["face_index"]["minimum"] == 0 and form["max_distance"]["exclusiveMinimum"] == 0

@@ -142,38 +142,55 @@ UPLOAD_BODY = {
 }
 
 
-def query_body(json_model: Any, fields: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI request body of a query route: a JSON model, or multipart with an image."""
+def query_body(json_model: Any, fields: dict[str, Any], max_top_k: int) -> dict[str, Any]:
+    """OpenAPI request body of a query route: a JSON model, or multipart with an image. top_k
+    carries its bounds in both (1..RAYLENS_SEARCH_MAX_TOP_K of this ingress), so a request the
+    schema admits is one the handler takes."""
     image = {"type": "string", "format": "binary", "description": "Query image."}
+    top_k = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": max_top_k,
+        "default": 10,
+        "description": f"Number of hits at most (1..{max_top_k}, RAYLENS_SEARCH_MAX_TOP_K).",
+    }
+    json_schema = json_model.model_json_schema()
+    json_schema["properties"]["top_k"] = {**json_schema["properties"]["top_k"], **top_k}
     return {
         "required": True,
         "content": {
-            "application/json": {"schema": json_model.model_json_schema()},
+            "application/json": {"schema": json_schema},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": ["image"],
-                    "properties": {
-                        "image": image,
-                        "top_k": {"type": "integer", "default": 10},
-                        **fields,
-                    },
+                    "properties": {"image": image, "top_k": top_k, **fields},
                 }
             },
         },
     }
 
 
-SEARCH_BODY = query_body(
-    SearchRequest, {"filters": {"type": "string", "description": "JSON object of filters."}}
-)
-FACE_SEARCH_BODY = query_body(
-    FaceSearchRequest,
-    {
-        "face_index": {
-            "type": "integer",
-            "description": "Which face of the image (largest first); default 0.",
+def search_body(max_top_k: int) -> dict[str, Any]:
+    filters = {"type": "string", "description": "JSON object of filters."}
+    return query_body(SearchRequest, {"filters": filters}, max_top_k)
+
+
+def face_search_body(max_top_k: int) -> dict[str, Any]:
+    return query_body(
+        FaceSearchRequest,
+        {
+            "face_index": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Which face of the image (largest first); default 0. 422 when "
+                "the image has fewer faces.",
+            },
+            "max_distance": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Default: the match threshold (RAYLENS_FACE_MATCH_THRESHOLD).",
+            },
         },
-        "max_distance": {"type": "number", "description": "Default: the match threshold."},
-    },
-)
+        max_top_k,
+    )

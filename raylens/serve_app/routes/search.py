@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.settings import Settings
 from raylens.serve_app.openapi import (
-    FACE_SEARCH_BODY,
     MODEL_MISMATCH,
     NOT_FOUND,
-    SEARCH_BODY,
     UPLOAD_ERRORS,
+    face_search_body,
+    search_body,
 )
 from raylens.serve_app.schemas import FaceSearchOut, FaceSearchRequest, SearchOut, SearchRequest
 from raylens.serve_app.uploads import is_multipart, read_image_query, read_json
@@ -28,7 +28,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         "/v1/search",
         response_model=SearchOut,
         responses={**UPLOAD_ERRORS, **MODEL_MISMATCH},
-        openapi_extra={"requestBody": SEARCH_BODY},
+        openapi_extra={"requestBody": search_body(settings.search_max_top_k)},
         summary="Search by text, vector (JSON) or an uploaded image (multipart)",
     )
     async def search(request: Request) -> SearchOut:
@@ -48,7 +48,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         "/v1/faces/search",
         response_model=FaceSearchOut,
         responses={**UPLOAD_ERRORS, **NOT_FOUND, **MODEL_MISMATCH},
-        openapi_extra={"requestBody": FACE_SEARCH_BODY},
+        openapi_extra={"requestBody": face_search_body(settings.search_max_top_k)},
         summary="Find faces like the largest (or face_index) face of an image, or a stored face",
     )
     async def search_faces(request: Request) -> FaceSearchOut:
