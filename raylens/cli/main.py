@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     ing.set_defaults(func=cmd_ingest)
 
-    st = sub.add_parser("status", help="queue depth, job counts and each worker's model report")
+    st = sub.add_parser(
+        "status",
+        help="queue depth, job counts, index points, payload bytes, each worker's model report",
+    )
     st.add_argument("--json", action="store_true")
     st.add_argument("--address")
     st.set_defaults(func=cmd_status)
