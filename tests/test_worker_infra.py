@@ -137,3 +137,21 @@ def test_worker_removes_the_points_of_jobs_deleted_while_it_ran_when_its_ack_say
     w._held = {a.id}
     w._process(Batch([a], [], 0.0))
     assert w._held == set()
+
+
+def test_remote_index_passes_the_index_actors_own_errors_through_and_an_outage_as_such() -> None:
+    from raylens.errors import ModelMismatch
+
+    def raising(exc: BaseException) -> Any:
+        def call(make: Any, **kw: Any) -> Any:
+            raise exc
+
+        return SimpleNamespace(call=call)
+
+    index = worker_module.RemoteIndex.__new__(worker_module.RemoteIndex)
+    index.actor = raising(ModelMismatch("collection of another model"))
+    with pytest.raises(ModelMismatch):  # a setting to fix, not an outage to wait out
+        index.upsert(["p"], np.zeros((1, 2), np.float32), [{}])
+    index.actor = raising(ConnectionError("actor gone"))
+    with pytest.raises(IndexUnavailable, match="actor gone"):
+        index.delete_content(["a" * 64])

@@ -16,6 +16,7 @@ import ray
 from raylens.actors.handles import ActorMissing, lookup
 from raylens.actors.queue import JobQueue
 from raylens.cluster.index import VectorIndex
+from raylens.cluster.payloads import open_payload_store
 from raylens.cluster.settings import Settings
 from raylens.errors import (
     IndexUnavailable,
@@ -331,8 +332,6 @@ def status(settings: Settings) -> dict[str, Any]:
     except (RaylensError, ray.exceptions.RayError) as exc:
         out["index"] = {"error": str(exc)[:500]}
     try:
-        from raylens.cluster.payloads import open_payload_store
-
         payloads = open_payload_store(settings)
         try:
             count, held = payloads.usage()

@@ -31,7 +31,13 @@ from raylens.cluster.jobs import Failure, Job
 from raylens.cluster.payloads import open_payload_store
 from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline
 from raylens.cluster.settings import Settings
-from raylens.errors import ErrorCode, IndexUnavailable, ModelLoadError, StoreUnavailable
+from raylens.errors import (
+    ErrorCode,
+    IndexUnavailable,
+    ModelLoadError,
+    RaylensError,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from raylens.models.clip import ClipEmbedder
@@ -68,6 +74,17 @@ class RemoteIndex:
         self.settings = settings
         self.actor = NamedActor(settings.index_actor_name, settings.namespace)
 
+    def _call(self, make: Callable[[Any], Any], **kw: Any) -> Any:
+        """One call of the index actor. Its own errors come back as they are (a collection of
+        another model is a SettingsError, not an outage); the actor unreachable is
+        IndexUnavailable."""
+        try:
+            return self.actor.call(make, **kw)
+        except RaylensError:  # Ray raises a remote one as an instance of it
+            raise
+        except Exception as exc:
+            raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
+
     def upsert(
         self,
         ids: Sequence[str],
@@ -75,24 +92,14 @@ class RemoteIndex:
         payloads: Sequence[dict],
         collection: str | None = None,
     ) -> int:
-        try:
-            n: int = self.actor.call(
-                lambda a: a.upsert.remote(list(ids), vectors, list(payloads), collection)
-            )
-            return n
-        except IndexUnavailable:
-            raise
-        except Exception as exc:
-            raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
+        n: int = self._call(
+            lambda a: a.upsert.remote(list(ids), vectors, list(payloads), collection)
+        )
+        return n
 
     def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
-        try:
-            out: dict[str, int] = self.actor.call(lambda a: a.delete_content.remote(list(sha256s)))
-            return out
-        except IndexUnavailable:
-            raise
-        except Exception as exc:
-            raise IndexUnavailable(f"index actor unavailable: {exc}") from exc
+        out: dict[str, int] = self._call(lambda a: a.delete_content.remote(list(sha256s)))
+        return out
 
     def probe(self) -> None:
         """Raise IndexUnavailable unless the index actor serves a call (an empty upsert: no

@@ -480,15 +480,20 @@ class QueueRules:
         for sha in dict.fromkeys(sha256s):
             jobs.extend(self.content_jobs(sha))
             earlier.extend(self.store.tombstones_for_content(sha))
-        for job in jobs:  # before the write: a write that raises may still have landed
-            self._known.pop(job.id, None)
-        self.store.delete(jobs, by, time.time())
+        self._remove(jobs, by, tombstones=True)
         removed = {job.id for job in jobs}
+        return jobs, [t for t in earlier if t["job_id"] not in removed]
+
+    def _remove(self, jobs: list[Job], by: str, *, tombstones: bool) -> None:
+        """Store step: delete these records (memory forgets them first: a write that raises
+        may still have landed) and keep the done/failed counts current."""
+        for job in jobs:
+            self._known.pop(job.id, None)
+        self.store.delete(jobs, by, time.time(), tombstones=tombstones)
         self._count_terminal(
             done=-sum(1 for j in jobs if j.state is JobState.DONE),
             failed=-sum(1 for j in jobs if j.state is JobState.FAILED),
         )
-        return jobs, [t for t in earlier if t["job_id"] not in removed]
 
     def payloads_needed(self, sha256s: Sequence[str]) -> set[str]:
         """Store step: those of these contents whose uploaded bytes a job still needs: one not
@@ -514,13 +519,7 @@ class QueueRules:
                     break  # created after the cutoff: finished after it too
                 if job.updated_at <= cutoff:
                     old.append(job)
-        for job in old:
-            self._known.pop(job.id, None)
-        self.store.delete(old, "retention", time.time(), tombstones=False)
-        self._count_terminal(
-            done=-sum(1 for j in old if j.state is JobState.DONE),
-            failed=-sum(1 for j in old if j.state is JobState.FAILED),
-        )
+        self._remove(old, "retention", tombstones=False)
         return old
 
     def forget_deleted(self, jobs: Sequence[Job]) -> None:
