@@ -19,6 +19,7 @@ import ray
 
 from raylens.actors import launch
 from raylens.actors.handles import UNAVAILABLE
+from raylens.cluster.active_model import ActiveModel
 from raylens.cluster.hits import (
     check_filters,
     check_one_query,
@@ -68,6 +69,9 @@ class ClusterAPI:
         self._index_server: Any = None  # VectorIndex when a Qdrant server is configured
         self._dim: int | None = None
         self._report: dict[str, Any] | None = None  # a worker's report: the models queries use
+        self._report_at = 0.0
+        self._active: ActiveModel | None = None  # the active model record (model switches)
+        self._active_at = 0.0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -125,6 +129,23 @@ class ClusterAPI:
             f"no worker answered within {self.settings.search_timeout_s}s "
             f"(RAYLENS_SEARCH_TIMEOUT_S): {type(last).__name__}"
         )
+
+    async def active_model(self, refresh: bool = False) -> ActiveModel:
+        """The active model record, as the queue holds it (cached for a few seconds)."""
+        stale = time.monotonic() - self._active_at > WORKER_REFRESH_S
+        if refresh or stale or self._active is None:
+            self._active = ActiveModel.from_json(await self._queue_call("active_model"))
+            self._active_at = time.monotonic()
+        return self._active
+
+    async def _collection_of(self, model_id: str) -> str:
+        """The image collection holding `model_id`'s vectors: the active model's, or an earlier
+        model's while workers still roll over from it. A model the record does not know is
+        sent to the active collection, where the index refuses it (ModelMismatch)."""
+        active = await self.active_model()
+        if model_id not in active.routes():
+            active = await self.active_model(refresh=True)
+        return active.routes().get(model_id, active.collection)
 
     # ---- intake -------------------------------------------------------------------------------
     def _payload_store(self) -> PayloadStore:
@@ -238,7 +259,8 @@ class ClusterAPI:
         t0 = time.perf_counter()
         queued: dict[str, Any] = await self._queue_call("delete_content", shas, by)
         jobs: list[Job] = queued["jobs"]
-        points: dict[str, int] = await self._index_call("delete_content", shas)
+        collections = (await self.active_model(refresh=True)).collections()
+        points: dict[str, int] = await self._index_call("delete_content", shas, collections)
         payloads = await self._run(self._delete_payloads, shas)
         by_state: dict[str, int] = {}
         for job in jobs:
@@ -339,15 +361,16 @@ class ClusterAPI:
         check_top_k(top_k, self.settings.search_max_top_k)
         checked = check_filters(filters)
         t0 = time.perf_counter()
-        if text is not None:
-            query = np.asarray((await self._on_worker("embed_texts", [text]))[0])
-        elif image is not None:
-            check_upload(image, self.settings, "the query image", video=False)
-            query = np.asarray(await self._on_worker("embed_image_bytes", image))
+        if text is not None or image is not None:
+            if image is not None:
+                check_upload(image, self.settings, "the query image", video=False)
+            embedded = await self._on_worker("embed_query", text, image)
+            query, model_id = np.asarray(embedded["vector"]), embedded["model_id"]
         else:
             query = await self._check_vector(vector or [])
-        model_id = (await self._worker_report())["model_id"]
-        hits = await self._index_search(query, top_k, checked, None, model_id)
+            model_id = (await self._worker_report())["model_id"]
+        collection = await self._collection_of(model_id)
+        hits = await self._index_search(query, top_k, checked, collection, model_id)
         return {
             "hits": [hit_out(h) for h in hits],
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
@@ -355,16 +378,18 @@ class ClusterAPI:
 
     async def _worker_report(self) -> dict[str, Any]:
         """A worker's report (cached): the models that embed queries, their dimension."""
-        if self._report is None:
+        stale = time.monotonic() - self._report_at > WORKER_REFRESH_S
+        if self._report is None or stale:  # refreshed: a model switch changes it
             self._report = await self._on_worker("report")
+            self._report_at = time.monotonic()
+            self._dim = int(self._report["dim"])
         return self._report
 
     async def _check_vector(self, vector: Sequence[float]) -> np.ndarray:
         arr = np.asarray(vector, dtype=np.float32).reshape(-1)
         if not np.all(np.isfinite(arr)):
             raise InvalidRequest("vector holds NaN or infinite values")
-        if self._dim is None:
-            self._dim = int((await self._worker_report())["dim"])
+        self._dim = int((await self._worker_report())["dim"])
         if arr.shape[0] != self._dim:
             raise InvalidRequest(
                 f"vector has {arr.shape[0]} values; the model makes {self._dim}-d vectors"

@@ -15,6 +15,8 @@ import ray
 
 from raylens.actors.handles import ActorMissing, lookup
 from raylens.actors.queue import JobQueue
+from raylens.cluster.active_model import ActiveModel, differs_from_settings
+from raylens.cluster.active_model import apply as apply_model
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.payloads import open_payload_store
 from raylens.cluster.settings import Settings
@@ -131,6 +133,14 @@ def queue_handle(settings: Settings) -> Any:
         ) from None
 
 
+def supervisor_handle(settings: Settings) -> Any:
+    """The supervisor actor, or None when it is not running."""
+    try:
+        return _actor(settings.supervisor_actor_name, settings)
+    except ActorMissing:
+        return None
+
+
 def index_handle(settings: Settings) -> Any:
     """The named index actor (embedded engine), or None when a Qdrant server is configured."""
     if settings.qdrant_url:
@@ -196,7 +206,7 @@ def start_index(settings: Settings) -> Any:
     try:
         ray.get(index.count.remote())  # type: ignore[union-attr]
     except ray.exceptions.RayActorError as exc:  # its constructor failed: say why, not Ray
-        why = _creation_error(exc).replace("worker failed", "the index actor failed")
+        why = creation_error(exc).replace("worker failed", "the index actor failed")
         ray.kill(index, no_restart=True)  # type: ignore[arg-type]
         raise (SettingsError if "SettingsError: " in str(exc) else IndexUnavailable)(why) from None
     return index
@@ -252,10 +262,27 @@ def start(settings: Settings) -> dict[str, Any]:
     worker has loaded its model, then start the supervisor. Raises ModelLoadError with the
     worker's own message."""
     queue = start_queue(settings)
+    settings = active_settings(settings, queue)  # a `raylens reindex` switch outranks settings
     start_index(settings)
     reports = start_workers(settings)
     start_supervisor(settings)
     return {"workers": reports, "queue": ray.get(queue.stats.remote())}
+
+
+def active_model(settings: Settings, queue: Any = None) -> ActiveModel:
+    """The active model record, as the queue holds it."""
+    queue = queue if queue is not None else queue_handle(settings)
+    return ActiveModel.from_json(ray.get(queue.active_model.remote()))  # type: ignore[union-attr]
+
+
+def active_settings(settings: Settings, queue: Any = None) -> Settings:
+    """The settings with the active model's weights and collection (they differ from the
+    environment's once `raylens reindex` has switched models)."""
+    record = active_model(settings, queue)
+    note = differs_from_settings(settings, record)
+    if note:
+        log.warning("%s", note)
+    return apply_model(settings, record)
 
 
 def wait_for_workers(settings: Settings, workers: list[Any]) -> list[dict[str, Any]]:
@@ -272,10 +299,10 @@ def wait_for_workers(settings: Settings, workers: list[Any]) -> list[dict[str, A
     except ray.exceptions.RayActorError as exc:
         for w in workers:
             ray.kill(w, no_restart=True)
-        raise ModelLoadError(_creation_error(exc)) from None
+        raise ModelLoadError(creation_error(exc)) from None
 
 
-def _creation_error(exc: Exception) -> str:
+def creation_error(exc: Exception) -> str:
     """The worker's own error line out of Ray's actor-died text."""
     text = str(exc)
     for line in reversed(text.splitlines()):
@@ -323,12 +350,14 @@ def status(settings: Settings) -> dict[str, Any]:
         except Exception as exc:
             reports.append({"error": f"{type(exc).__name__}: {exc}"[:500]})
     out: dict[str, Any] = {"queue": ray.get(queue.stats.remote()), "workers": reports}
+    record = active_model(settings, queue)
+    out["model"] = record.to_dict()
     index = index_handle(settings)
     try:
         if index is not None:
-            out["index"] = ray.get(index.info.remote(), timeout=30)
+            out["index"] = ray.get(index.info.remote(record.collection), timeout=30)
         else:
-            out["index"] = VectorIndex(settings).info()
+            out["index"] = VectorIndex(settings).info(record.collection)
     except (RaylensError, ray.exceptions.RayError) as exc:
         out["index"] = {"error": str(exc)[:500]}
     try:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from raylens.actors import metrics
+from raylens.cluster import active_model
 from raylens.cluster.jobs import (
     LANE_ORDER,
     Failure,
@@ -51,9 +52,18 @@ class JobQueue:
 
     def __init__(self, settings: Settings, model_id: str) -> None:
         self.settings = settings
-        self.model_id = model_id
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylens-store")
         self.store: JobStore = open_job_store(settings)
+        # A `raylens reindex` switch, recorded in the store, outranks the settings' model.
+        stored = self.store.get_meta(active_model.META_KEY)
+        self.active = (
+            active_model.ActiveModel.from_json(stored)
+            if stored
+            else active_model.from_settings(settings)
+        )
+        if self.active.model_id != model_id:
+            log.warning("%s", active_model.differs_from_settings(settings, self.active))
+        model_id = self.model_id = self.active.model_id
         self.rules = QueueRules(settings, model_id, self.store)
         self.lanes = self.rules.lanes
         self.rules.rebuild()  # runs before the actor serves calls: blocking is fine
@@ -74,6 +84,21 @@ class JobQueue:
 
     def _notify(self) -> None:
         self._ensure_started().set()
+
+    # ---- the active model -------------------------------------------------------------------
+    async def active_model(self) -> str:
+        """The active model record (JSON of cluster.active_model.ActiveModel)."""
+        return self.active.to_json()
+
+    async def switch_model(self, record: str) -> str:
+        """Make `record` the active model: stored first (invariant 11), then new submissions
+        are keyed by its model id. Returns the record as stored."""
+        new = active_model.ActiveModel.from_json(record)
+        await self._io_call(self.store.put_meta, active_model.META_KEY, new.to_json())
+        self.active = new
+        self.model_id = self.rules.model_id = new.model_id
+        log.info("active model switched to %s (collection %s)", new.model_id, new.collection)
+        return new.to_json()
 
     # ---- intake -------------------------------------------------------------------------------
     def depth(self) -> int:

@@ -22,7 +22,10 @@ import ray
 
 from raylens.actors import launch, metrics
 from raylens.cluster import scaler
+from raylens.cluster.active_model import ActiveModel
+from raylens.cluster.active_model import apply as apply_model
 from raylens.cluster.settings import Settings
+from raylens.errors import ModelLoadError
 
 log = logging.getLogger("raylens.supervisor")
 
@@ -39,6 +42,7 @@ class Supervisor:
         self._answered: set[str] = set()  # workers that have answered a report at least once
         self._draining: dict[str, asyncio.Task[Any]] = {}
         self.scale_state = scaler.ScalerState()
+        self._rolling = False  # a model switch is rolling the workers over
         # The loop runs from construction, so a supervisor that Ray restarts (max_restarts=-1)
         # goes on supervising with no caller having to ping it first. Ray runs an async actor's
         # __init__ on its event loop; where a Ray version does not, ping/report start it.
@@ -68,6 +72,7 @@ class Supervisor:
         }
 
     async def _loop(self) -> None:
+        await self._follow_active_model()
         while True:
             await asyncio.sleep(self.settings.supervise_interval_s)
             try:
@@ -75,6 +80,86 @@ class Supervisor:
             except Exception:  # never die: the next round tries again
                 log.exception("supervisor check failed")
             self._nudge_index()
+
+    async def _follow_active_model(self) -> None:
+        """Take the active model from the queue: a supervisor that Ray restarts after a model
+        switch gets the settings of its creation, and would start workers of the old model."""
+        try:
+            record = await launch.queue_handle(self.settings).active_model.remote()
+        except Exception as exc:  # no queue yet: the settings' model it is, until a switch
+            log.warning("could not read the active model from the queue: %s", exc)
+            return
+        self.settings = apply_model(self.settings, ActiveModel.from_json(record))
+
+    async def switch_model(self, record: str) -> dict[str, Any]:
+        """Roll every worker over to the active model `record` (already stored by the queue),
+        one at a time: start a worker of the new model, wait until it has loaded it, then drain
+        one of the old model (it finishes what it holds) and remove it. Scaling pauses
+        meanwhile. Where the new worker cannot start beside the old ones (no free CPU or GPU),
+        an old one is drained first. Returns what it did, with timings."""
+        t0 = time.perf_counter()
+        self.settings = apply_model(self.settings, ActiveModel.from_json(record))
+        model_id = ActiveModel.from_json(record).model_id
+        loop = asyncio.get_running_loop()
+        self._rolling = True
+        rolled: list[dict[str, Any]] = []
+        try:
+            named = await loop.run_in_executor(None, launch.named_workers, self.settings)
+            named = [(n, w) for n, w in named if n not in self._draining]
+            answers = await self._reports([w for _, w in named], [n for n, _ in named])
+            old = [
+                (n, w)
+                for (n, w), r in zip(named, answers)
+                if not (isinstance(r, dict) and r.get("model_id") == model_id)
+            ]
+            taken = {n for n, _ in named}
+            for name, worker in old:
+                i = 0
+                while self.settings.worker_name(i) in taken:
+                    i += 1
+                new_name = self.settings.worker_name(i)
+                taken.add(new_name)
+                step: dict[str, Any] = {"old": name, "new": new_name}
+                s0 = time.perf_counter()
+                new = await loop.run_in_executor(None, launch.start_worker, self.settings, new_name)
+                self._first_seen[new_name] = time.time()
+                wait = min(60.0, self.settings.worker_start_timeout_s)
+                self._draining[name] = asyncio.current_task()  # type: ignore[assignment]
+                try:
+                    if not await self._loaded(new, wait):
+                        step["drained_first"] = True  # no room beside it: make room
+                        await self._remove(name, worker)
+                        if not await self._loaded(new, self.settings.worker_start_timeout_s):
+                            raise ModelLoadError(
+                                f"worker {new_name} of {model_id} did not load its model within "
+                                f"{self.settings.worker_start_timeout_s}s "
+                                "(RAYLENS_WORKER_START_TIMEOUT_S)"
+                            )
+                    else:
+                        await self._remove(name, worker)
+                finally:
+                    self._draining.pop(name, None)
+                step["took_s"] = round(time.perf_counter() - s0, 2)
+                rolled.append(step)
+        finally:
+            self._rolling = False
+        return {
+            "model_id": model_id,
+            "rolled": rolled,
+            "took_s": round(time.perf_counter() - t0, 2),
+        }
+
+    async def _loaded(self, worker: Any, timeout_s: float) -> bool:
+        """Whether the worker answers a report (its model loaded) within timeout_s; a worker
+        whose model failed to load raises ModelLoadError with its own message."""
+        try:
+            await asyncio.wait_for(worker.report.remote(), timeout=timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        except ray.exceptions.RayActorError as exc:
+            ray.kill(worker, no_restart=True)
+            raise ModelLoadError(launch.creation_error(exc)) from None
 
     def _nudge_index(self) -> None:
         """The embedded engine's HNSW builds advance on index calls; when nothing calls (no
@@ -149,6 +234,8 @@ class Supervisor:
                 {"worker": name, "why": why, "at": time.time(), "released": released}
             )
             replaced.append(name)
+        if self._rolling:  # a model switch adds and removes workers itself
+            return replaced
         if self.settings.scaling or len(workers) < self.settings.worker_min:
             await self.scale(workers, names, answers)
         return replaced

@@ -98,7 +98,8 @@ class RemoteIndex:
         return n
 
     def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
-        out: dict[str, int] = self._call(lambda a: a.delete_content.remote(list(sha256s)))
+        mine = [self.settings.qdrant_collection]  # this worker's model writes only here
+        out: dict[str, int] = self._call(lambda a: a.delete_content.remote(list(sha256s), mine))
         return out
 
     def probe(self) -> None:
@@ -143,7 +144,7 @@ class ServerIndex:
         return self._open().upsert(ids, vectors, payloads, collection)
 
     def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
-        return self._open().delete_content(sha256s)
+        return self._open().delete_content(sha256s, [self.settings.qdrant_collection])
 
     def probe(self) -> None:
         """Raise IndexUnavailable unless a fresh client reads (or makes) the collection."""
@@ -258,6 +259,17 @@ class Worker:
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         img = self.pipeline.reader.decode(data)
         return self.embedder.embed_images(img.pixels[None])[0]
+
+    def embed_query(self, text: str | None = None, image: bytes | None = None) -> dict[str, Any]:
+        """One query vector and the model id that made it: while workers roll over to a new
+        model, the ingress searches the collection of the model that embedded each query."""
+        if text is not None:
+            vector = self.embed_texts([text])[0]
+        elif image is not None:
+            vector = self.embed_image_bytes(image)
+        else:
+            raise ValueError("embed_query needs a text or an image")
+        return {"vector": vector, "model_id": self.model_id}
 
     def faces_in_bytes(self, data: bytes) -> list[dict[str, Any]]:
         """Query path: the faces of one image, largest first, each with its vector."""

@@ -1,11 +1,12 @@
 """The commands that talk to a running raylens: ingest, status, search, faces, jobs retry,
-delete."""
+images, gc, delete, reindex."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from raylens.cluster.jobs import Lane, Pipeline
 from raylens.cluster.settings import Settings
@@ -316,3 +317,80 @@ def cmd_index_migrate(settings: Settings, args: argparse.Namespace) -> int:
             bar.close()  # type: ignore[attr-defined]
     print(json.dumps(out) if args.json else out["message"])
     return 0
+
+
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-embed every done image with another model, then switch searches to it."""
+    from raylens.actors import launch
+    from raylens.actors.reindex import reindex
+    from raylens.cli.lifecycle import check_weights_here
+
+    if args.limit is not None and args.limit < 1:
+        raise SettingsError("--limit must be at least 1")
+    config = str(Path(args.model_config).expanduser().resolve()) if args.model_config else None
+    # The weights are looked for here first: a tag that is not cached offline fails now.
+    check_weights_here(
+        settings.model_copy(update={"clip_model": args.model, "clip_pretrained": args.pretrained})
+    )
+    launch.connect(settings, args.address)
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, n: int, total: int | None) -> None:
+        if args.json or args.no_progress:
+            return
+        from tqdm import tqdm
+
+        if stage == "total":
+            bars["bar"] = tqdm(total=total, desc="re-embedding", unit="img")
+        elif stage in ("embedded", "skipped") and "bar" in bars:
+            bars["bar"].update(n)
+        elif stage == "switched" and "bar" in bars:
+            bars["bar"].set_description("switched; rolling workers over")
+
+    try:
+        out = reindex(
+            settings,
+            args.model,
+            args.pretrained,
+            config,
+            limit=args.limit,
+            switch=not args.no_switch,
+            progress=progress,
+        )
+    finally:
+        if "bar" in bars:
+            bars["bar"].close()
+    if args.json:
+        print(json.dumps(out))
+    elif out.get("already_active"):
+        print(f"{out['model_id']} is the active model already (collection {out['collection']})")
+    else:
+        _print_reindex(out)
+    return 0
+
+
+def _print_reindex(out: dict[str, Any]) -> None:
+    print(
+        f"re-embedded {out['embedded']} image(s) with {out['model_id']} into "
+        f"{out['collection']!r} in {out['took_s']:.1f}s ({out['images_per_s'] or 0} img/s); "
+        f"{out['skipped']} already there, {out['not_embedded']} face-only job(s) need none; "
+        f"the collection holds {out['points']} point(s)"
+    )
+    for u in out["unavailable"][:20]:
+        print(f"not re-embedded: {u['source']} (job {u['job_id']}): [{u['code']}] {u['message']}")
+    if len(out["unavailable"]) > 20:
+        print(f"... and {len(out['unavailable']) - 20} more (--json lists all)")
+    if out["switched"]:
+        rolled = (out["switch"] or {}).get("rolled")
+        print(
+            f"switched: searches and new images now use {out['model_id']}; "
+            + (
+                f"{len(rolled)} worker(s) rolled over in {out['switch']['took_s']:.1f}s"
+                if rolled is not None
+                else out["switch"].get("note", "")
+            )
+        )
+    elif not out["complete"]:
+        print("not switched: images remain; run the same command again to continue")
+    else:
+        print(f"not switched (--no-switch); searches still use {out['previous_model_id']}")

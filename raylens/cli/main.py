@@ -17,6 +17,7 @@ from raylens.cli.commands import (
     cmd_index_migrate,
     cmd_ingest,
     cmd_jobs_retry,
+    cmd_reindex,
     cmd_search,
     cmd_status,
 )
@@ -164,6 +165,37 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--json", action="store_true")
     gc.add_argument("--address")
     gc.set_defaults(func=cmd_gc)
+
+    rx = sub.add_parser(
+        "reindex",
+        help="re-embed every done image with another model into its own collection, then "
+        "switch searches and new images to it (no downtime; resumable)",
+        description="Re-embed every done image (ingested paths and kept uploads) with another "
+        "OpenCLIP model into a new collection named after its model id, while the old one "
+        "keeps answering searches. An interrupted run resumes: content already in the new "
+        "collection is skipped. When every image is there (those whose bytes are gone are "
+        "listed), it switches in one step: new images and searches use the new model, and the "
+        "workers roll over to it one at a time. Face vectors (dlib) are kept as they are.",
+    )
+    rx.add_argument("--model", required=True, help="OpenCLIP architecture, e.g. ViT-B-16")
+    rx.add_argument(
+        "--pretrained",
+        required=True,
+        help="OpenCLIP pretrained tag or a local checkpoint path ('none' = random weights)",
+    )
+    rx.add_argument(
+        "--model-config", help="JSON file with an extra OpenCLIP architecture config to register"
+    )
+    rx.add_argument(
+        "--limit", type=int, help="re-embed at most this many images now (run again to go on)"
+    )
+    rx.add_argument(
+        "--no-switch", action="store_true", help="re-embed only; keep searches on the old model"
+    )
+    rx.add_argument("--json", action="store_true", help="print the result as JSON")
+    rx.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rx.add_argument("--address")
+    rx.set_defaults(func=cmd_reindex)
 
     fa = sub.add_parser("faces", help="the faces found in one image (box, score, landmarks)")
     fa.add_argument("path", help="an image file")

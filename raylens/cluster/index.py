@@ -180,9 +180,12 @@ class VectorIndex:
         self._call("delete in", self.backend.delete, collection, list(ids))
         return len(ids)
 
-    def delete_content(self, sha256s: Sequence[str]) -> dict[str, int]:
+    def delete_content(
+        self, sha256s: Sequence[str], collections: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Remove every point derived from these contents, whatever model made it: image
-        points, video-frame points (the image collection) and face points (the faces
+        points, video-frame points (in each image collection of `collections`, default this
+        index's own; after a model switch there are several) and face points (the faces
         collection), found by their payload's sha256. Safe to repeat. Returns what it removed:
         {"images", "frames", "faces"} (points counted just before the delete)."""
         shas = sorted(set(sha256s))
@@ -190,7 +193,11 @@ class VectorIndex:
         if not shas:
             return out
         where = {"sha256": shas}
-        for collection, kind in ((self.collection, "images"), (self.faces_collection, "faces")):
+        images = list(dict.fromkeys(collections or [self.collection]))
+        for collection, kind in [
+            *((c, "images") for c in images),
+            (self.faces_collection, "faces"),
+        ]:
             n = self._call("counting in", self.backend.count_where, collection, where)
             if kind == "images" and n:
                 frames = self._call(
@@ -201,6 +208,11 @@ class VectorIndex:
             out[kind] += n
             self._call("delete in", self.backend.delete_where, collection, where)
         return out
+
+    def existing(self, ids: Sequence[str], collection: str | None = None) -> list[str]:
+        """Which of these point ids the collection holds (a resumed re-embed skips them)."""
+        ids = [i for i in ids if _is_uuid(i)]
+        return self._call("reading", self.backend.existing, collection or self.collection, ids)
 
     def search(
         self,
@@ -236,9 +248,7 @@ class VectorIndex:
     def get(self, point_id: str, collection: str | None = None) -> dict[str, Any] | None:
         """One point with its vector and payload, or None (also for an id that is no UUID:
         raylens stores none, and a Qdrant server would answer it with a parse error)."""
-        try:
-            uuid.UUID(point_id)
-        except (TypeError, ValueError, AttributeError):
+        if not _is_uuid(point_id):
             return None
         return self._call(
             "read from", self.backend.retrieve, collection or self.collection, point_id
@@ -258,13 +268,16 @@ class VectorIndex:
     def build_state(self) -> dict[str, Any]:
         return dict(self._call("reading", self.backend.stats))
 
-    def info(self) -> dict[str, Any]:
+    def info(self, collection: str | None = None) -> dict[str, Any]:
+        """Counts and build state; `collection`: the image collection to count (the active
+        model's, default this index's own)."""
+        collection = collection or self.collection
         return {
-            "collection": self.collection,
-            "dim": self.dim,
+            "collection": collection,
+            "dim": self._ready.get(collection, self.dim),
             "where": self.where,
             "engine": "qdrant-edge (embedded)" if self.embedded else "qdrant server",
-            "points": self.count(),
+            "points": self.count(collection),
             "faces_collection": self.faces_collection,
             "faces": self.count(self.faces_collection),
             "builds": self.build_state(),
@@ -273,3 +286,11 @@ class VectorIndex:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True

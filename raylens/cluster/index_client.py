@@ -100,6 +100,13 @@ class ClientBackend:
             "payload": p.payload or {},
         }
 
+    def existing(self, name: str, ids: Sequence[str]) -> list[str]:
+        """Which of these point ids the collection holds (one call, no vectors)."""
+        if not ids or not self.client.collection_exists(name):
+            return []
+        found = self.client.retrieve(name, ids=list(ids), with_vectors=False, with_payload=False)
+        return [str(p.id) for p in found]
+
     def sample_payload(self, name: str) -> dict[str, Any] | None:
         """The payload of one point of the collection (None when it holds none)."""
         if not self.client.collection_exists(name):

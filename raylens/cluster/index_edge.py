@@ -511,6 +511,14 @@ class EdgeBackend:
             "payload": p.payload or {},
         }
 
+    def existing(self, name: str, ids: Sequence[str]) -> list[str]:
+        """Which of these point ids the collection holds (one call, no vectors)."""
+        c = self._collection(name)
+        if c.shard is None or not ids:
+            return []
+        found = c.shard.retrieve(list(ids), with_payload=False, with_vector=False)
+        return [str(p.id) for p in found]
+
     def sample_payload(self, name: str) -> dict[str, Any] | None:
         """The payload of one point of the collection (None when it holds none)."""
         from qdrant_edge import ScrollRequest

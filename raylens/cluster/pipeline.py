@@ -291,8 +291,8 @@ class BatchPipeline:
             results[job.id]["faces_found"] += len(faces)
             if item.part == "image":
                 results[job.id]["faces"] = summaries
-        if ids:
-            self.index.upsert(ids, np.stack(vecs), payloads)
+        if ids:  # into this model's own collection, named explicitly (a switch may be under way)
+            self.index.upsert(ids, np.stack(vecs), payloads, self.settings.qdrant_collection)
         if face_ids:
             self.index.upsert(
                 face_ids, np.stack(face_vecs), face_payloads, self.settings.qdrant_faces_collection

@@ -190,6 +190,20 @@ class Settings(BaseSettings):
         description="GPU share per worker (fractional allowed). Unset = 1 if the cluster has "
         "GPUs, else 0.",
     )
+    reindex_actors: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="`raylens reindex`: actors that load the new model and re-embed (beside "
+        "the workers, which keep serving the old model until the switch).",
+    )
+    reindex_num_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="`raylens reindex`: GPU share per re-embedding actor. Unset = the workers' "
+        "share; on a cluster whose GPUs the workers fill, set both so they fit side by side "
+        "(e.g. 0.5 each).",
+    )
     worker_num_cpus: float = Field(
         default=1.0,
         gt=0,

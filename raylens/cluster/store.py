@@ -116,6 +116,14 @@ class JobStore(ABC):
         """Remember which jobs a keyed request made, for ttl_s seconds (overwrites)."""
 
     @abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """A system record (such as the active model) by key, or None."""
+
+    @abstractmethod
+    def put_meta(self, key: str, value: str) -> None:
+        """Write (replace) a system record."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the backend answers."""
 

@@ -6,6 +6,7 @@ Keys (prefix defaults to "raylens"):
     {prefix}:state:{state}     sorted set of the ids in that state, scored by created_at
     {prefix}:content:{key}     the id of the job registered for a content key
     {prefix}:idem:{key}        JSON {fingerprint, job_ids} of an Idempotency-Key (expires)
+    {prefix}:meta:{key}        one small system record (the active model), text
 
 Durability is the server's: run it with `appendonly yes` (and `noeviction`), see ARCHITECTURE.md.
 """
@@ -288,7 +289,16 @@ class RedisJobStore(RedisBacked, JobStore):
         with self._errors("put_idempotency"):
             self._r.set(self._idempotency_key(key), value, px=max(1, int(ttl_s * 1000)))
 
+    def put_meta(self, key: str, value: str) -> None:
+        with self._errors("put_meta"):
+            self._r.set(f"{self.prefix}:meta:{key}", value.encode())
+
     # ---- reads ----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._errors("get_meta"):
+            data: Any = self._r.get(f"{self.prefix}:meta:{key}")
+        return None if data is None else bytes(data).decode()
+
     def get_idempotency(self, key: str) -> IdempotencyRecord | None:
         with self._errors("get_idempotency"):
             data: Any = self._r.get(self._idempotency_key(key))

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     job_ids     TEXT NOT NULL,
     expires_at  REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 UPSERT_JOB = """
@@ -213,7 +217,15 @@ class SqliteJobStore(JobStore):
                 (key, fingerprint, json.dumps(list(job_ids)), now + ttl_s),
             )
 
+    def put_meta(self, key: str, value: str) -> None:
+        with self._transaction("put_meta") as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     # ---- reads ----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("get_meta", "SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
     def get_idempotency(self, key: str) -> IdempotencyRecord | None:
         rows = self._query(
             "get_idempotency",
