@@ -222,3 +222,21 @@ def test_vectors_of_two_models_are_never_mixed_in_a_collection_nor_compared(
         again.search(rows(1)[0], model_id="model-b")
     again.search(rows(1, 128)[0], collection=FACES, model_id="dlib")
     again.close()
+
+
+def test_existing_names_the_ids_a_collection_holds_and_delete_content_visits_each_collection(
+    index: VectorIndex,
+) -> None:
+    ids, _ = fill(index, 5)
+    new_ids = [point_id(f"sha-{k}", "model-b") for k in range(3)]
+    index.upsert(new_ids, rows(3, seed=9), [payload(k) for k in range(3)], "images-b")
+
+    assert set(index.existing([*ids[:2], new_ids[0], "not-a-uuid"])) == set(ids[:2])
+    assert index.existing([new_ids[0], ids[0]], "images-b") == [new_ids[0]]
+    assert index.existing([], "no-such-collection") == []
+
+    removed = index.delete_content(["sha-1", "sha-2"], [index.collection, "images-b"])
+
+    assert removed["images"] + removed["frames"] == 4
+    assert index.existing(new_ids, "images-b") == [new_ids[0]]
+    assert set(index.existing(ids)) == {ids[0], ids[3], ids[4]}

@@ -182,3 +182,14 @@ def test_reindex_resumes_lists_lost_bytes_and_switches_under_search_load(
     # Asked again, the model is the active one: nothing to do.
     again = reindex(settings, model_b.name, str(model_b.checkpoint_path), str(model_b.config_path))
     assert again == {"already_active": True, "model_id": new_id, "collection": new_collection}
+
+    # The switch is in the store: a queue actor that Ray restarts keeps it.
+    ray.kill(launch.queue_handle(settings), no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert launch.active_model(settings).model_id == new_id
+            break
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline, "the queue actor did not come back"
+            time.sleep(0.5)

@@ -469,3 +469,14 @@ def test_sqlite_store_raises_store_unavailable_naming_the_file_when_another_writ
     store.create_or_get([new_job(1)])  # and the store works once the lock is gone
     assert store.counts()[JobState.QUEUED] == 1
     store.close()
+
+
+def test_meta_records_are_replaced_whole_and_seen_by_another_client(
+    open_store: StoreFactory,
+) -> None:
+    writer, reader = open_store(), open_store()
+    assert reader.get_meta("active_model") is None
+    writer.put_meta("active_model", '{"model_id": "a"}')
+    writer.put_meta("active_model", '{"model_id": "b", "note": "\u00e9"}')
+    assert reader.get_meta("active_model") == '{"model_id": "b", "note": "\u00e9"}'
+    assert reader.get_meta("other") is None

@@ -149,6 +149,7 @@ def test_remote_index_passes_the_index_actors_own_errors_through_and_an_outage_a
         return SimpleNamespace(call=call)
 
     index = worker_module.RemoteIndex.__new__(worker_module.RemoteIndex)
+    index.settings = SimpleNamespace(qdrant_collection="images")
     index.actor = raising(ModelMismatch("collection of another model"))
     with pytest.raises(ModelMismatch):  # a setting to fix, not an outage to wait out
         index.upsert(["p"], np.zeros((1, 2), np.float32), [{}])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(st, default=str))
         return 0
     q = st["queue"]
+    model = st.get("model") or {}
+    if model:
+        when = (
+            f"switched {time.strftime('%Y-%m-%d %H:%M', time.gmtime(model['switched_at']))} UTC"
+            if model.get("switched_at")
+            else "from the settings"
+        )
+        print(f"model: {model['model_id']} ({when}), collection {model['collection']}")
     print(
         "queue depth: "
         + ", ".join(f"{k} {v}" for k, v in q["depth"].items())

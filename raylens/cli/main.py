@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser(
         "status",
-        help="queue depth, job counts, index points, payload bytes, each worker's model report",
+        help="the active model, queue depth, job counts, index points, payload bytes, each "
+        "worker's model report",
     )
     st.add_argument("--json", action="store_true")
     st.add_argument("--address")
