@@ -238,6 +238,11 @@ class Client:
             params["cursor"] = cursor
         return self._request("GET", "/v1/images", params=params)
 
+    def model(self) -> dict[str, Any]:
+        """The active model: its model id, weights and the collection searches use, and the
+        earlier ones (GET /v1/model)."""
+        return dict(self._request("GET", "/v1/model"))
+
     def delete(self, job_id: str) -> dict[str, Any]:
         """Delete the image of a job and everything derived from it (its jobs, image, frame and
         face points, uploaded payload); returns what was removed. Safe to repeat. ``ApiError``

@@ -365,3 +365,7 @@ def test_images_pages_through_what_is_indexed_and_a_deleted_image_leaves_the_lis
     assert gone_job["id"] not in by_job
     assert any(e["media"] == "video" and e["frames"] == 4 for e in seen)
     assert api("GET", "/v1/images", params={"limit": 0}).status_code == 422
+    model = api("GET", "/v1/model")
+    assert model.status_code == 200, model.text
+    assert model.json()["model_id"] == entry["model_id"] and model.json()["switched_at"] is None
+    assert "clip_model_config" not in model.json() and model.json()["previous"] == []

@@ -240,3 +240,18 @@ def test_existing_names_the_ids_a_collection_holds_and_delete_content_visits_eac
     assert removed["images"] + removed["frames"] == 4
     assert index.existing(new_ids, "images-b") == [new_ids[0]]
     assert set(index.existing(ids)) == {ids[0], ids[3], ids[4]}
+
+
+def test_an_alias_is_moved_in_one_step_on_a_server_and_absent_on_the_embedded_engine(
+    kind: str, index: VectorIndex
+) -> None:
+    fill(index, 3)
+    index.upsert([point_id("x", "b")], rows(1), [payload(1)], "images-b")
+
+    first = index.point_alias("images-active", index.collection)
+    if kind == "edge":
+        assert first is False and index.alias_target("images-active") is None
+        return
+    assert first is True and index.alias_target("images-active") == index.collection
+    assert index.point_alias("images-active", "images-b") is True
+    assert index.alias_target("images-active") == "images-b"

@@ -32,7 +32,7 @@ import ray
 
 from raylens.actors import launch
 from raylens.cluster import model_setup
-from raylens.cluster.active_model import ActiveModel, collection_for
+from raylens.cluster.active_model import ActiveModel, alias_for, collection_for
 from raylens.cluster.active_model import apply as apply_model
 from raylens.cluster.index import VectorIndex, point_id
 from raylens.cluster.jobs import Job, JobState
@@ -107,6 +107,7 @@ class ReindexRun:
     complete: bool = False  # every done image is in the new collection (or listed)
     switched: bool = False
     switch: dict[str, Any] | None = None
+    alias: str | None = None  # on a Qdrant server: the alias now naming the new collection
     points: int | None = None  # points in the new collection at the end
     took_s: float = 0.0
     embed_s: float = 0.0
@@ -357,6 +358,10 @@ class Reindexer:
         record = self.current.switched_to(self.target)
         ray.get(self.queue.switch_model.remote(record.to_json()))
         self.run.switched = True
+        if self._server_index is not None:  # for readers outside raylens: one stable name
+            alias = alias_for(self.settings)
+            self._server_index.point_alias(alias, self.target.collection)
+            self.run.alias = alias
         self.progress("switched", 1, None)
         out: dict[str, Any] = {"stored_s": round(time.perf_counter() - t0, 3)}
         try:

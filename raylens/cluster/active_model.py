@@ -99,6 +99,11 @@ def collection_for(settings: Settings, model_id: str) -> str:
     return name
 
 
+def alias_for(settings: Settings) -> str:
+    """The Qdrant alias a switch points at the active image collection (on a server)."""
+    return f"{settings.qdrant_collection}-active"
+
+
 def apply(settings: Settings, active: ActiveModel) -> Settings:
     """The settings with the active model's weights and collection in place of their own."""
     from pathlib import Path

@@ -209,6 +209,15 @@ class VectorIndex:
             self._call("delete in", self.backend.delete_where, collection, where)
         return out
 
+    def point_alias(self, alias: str, collection: str) -> bool:
+        """On a Qdrant server, point the alias at the collection in one step (readers outside
+        raylens follow it); False on the embedded engine, which has none."""
+        return bool(self._call("aliasing in", self.backend.point_alias, alias, collection))
+
+    def alias_target(self, alias: str) -> str | None:
+        target: str | None = self._call("reading", self.backend.alias_target, alias)
+        return target
+
     def existing(self, ids: Sequence[str], collection: str | None = None) -> list[str]:
         """Which of these point ids the collection holds (a resumed re-embed skips them)."""
         ids = [i for i in ids if _is_uuid(i)]

@@ -107,6 +107,30 @@ class ClientBackend:
         found = self.client.retrieve(name, ids=list(ids), with_vectors=False, with_payload=False)
         return [str(p.id) for p in found]
 
+    def point_alias(self, alias: str, name: str) -> bool:
+        """Point `alias` at collection `name`, in one request (Qdrant applies the delete and
+        the create of one request atomically, so a reader of the alias never finds none)."""
+        from qdrant_client import models
+
+        ops: list[Any] = []
+        if any(a.alias_name == alias for a in self.client.get_aliases().aliases):
+            ops.append(
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            )
+        ops.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=name, alias_name=alias)
+            )
+        )
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+        return True
+
+    def alias_target(self, alias: str) -> str | None:
+        for a in self.client.get_aliases().aliases:
+            if a.alias_name == alias:
+                return str(a.collection_name)
+        return None
+
     def sample_payload(self, name: str) -> dict[str, Any] | None:
         """The payload of one point of the collection (None when it holds none)."""
         if not self.client.collection_exists(name):

@@ -519,6 +519,14 @@ class EdgeBackend:
         found = c.shard.retrieve(list(ids), with_payload=False, with_vector=False)
         return [str(p.id) for p in found]
 
+    def point_alias(self, alias: str, name: str) -> bool:
+        """The embedded engine has no aliases: the active-model record in the job store is the
+        one pointer (raylens is its only reader)."""
+        return False
+
+    def alias_target(self, alias: str) -> str | None:
+        return None
+
     def sample_payload(self, name: str) -> dict[str, Any] | None:
         """The payload of one point of the collection (None when it holds none)."""
         from qdrant_edge import ScrollRequest

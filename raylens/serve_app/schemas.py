@@ -251,3 +251,27 @@ class FaceSearchOut(BaseModel):
     max_distance: float = Field(description="Hits are within this distance.")
     hits: list[FaceHit] = Field(description="Closest first.")
     took_ms: float = Field(description="Time to find the query face and search, milliseconds.")
+
+
+class EarlierModel(BaseModel):
+    model_id: str = Field(description="Model id of an earlier active model.")
+    collection: str = Field(description="Image collection holding its vectors (kept).")
+    until: float = Field(description="Unix time it stopped being the active model.")
+
+
+class ModelOut(BaseModel):
+    model_id: str = Field(
+        description="Model id of the active model: every new image and query is embedded "
+        "with it, and every hit's payload names it."
+    )
+    clip_model: str = Field(description="Its OpenCLIP architecture.")
+    clip_pretrained: str = Field(description="Its pretrained tag or checkpoint.")
+    collection: str = Field(description="The image collection searches use.")
+    switched_at: float | None = Field(
+        description="Unix time `raylens reindex` switched to it; null: the settings' model, "
+        "never switched."
+    )
+    previous: list[EarlierModel] = Field(
+        description="Earlier active models, newest first (their collections stay; while "
+        "workers roll over, a query embedded by one is searched in its collection)."
+    )

@@ -1,4 +1,5 @@
-"""Search routes: by text, vector or image (/v1/search) and by face (/v1/faces/search)."""
+"""Search routes: by text, vector or image (/v1/search), by face (/v1/faces/search), and the
+active model they use (/v1/model)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ from fastapi import APIRouter, Request
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.settings import Settings
 from raylens.serve_app.openapi import (
+    ERRORS,
     MODEL_MISMATCH,
     NOT_FOUND,
     UPLOAD_ERRORS,
     face_search_body,
     search_body,
 )
-from raylens.serve_app.schemas import FaceSearchOut, FaceSearchRequest, SearchOut, SearchRequest
+from raylens.serve_app.schemas import (
+    FaceSearchOut,
+    FaceSearchRequest,
+    ModelOut,
+    SearchOut,
+    SearchRequest,
+)
 from raylens.serve_app.uploads import is_multipart, read_image_query, read_json
 
 
@@ -66,5 +74,17 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
                 face_id=body.face_id, top_k=body.top_k, max_distance=body.max_distance
             )
         return FaceSearchOut.model_validate(out)
+
+    @routes.get(
+        "/v1/model",
+        response_model=ModelOut,
+        responses=ERRORS,
+        summary="The active model: what embeds new images and queries, and its collection",
+    )
+    async def active_model() -> ModelOut:
+        """Changed only by `raylens reindex` (re-embed everything, then switch in one step)."""
+        record = (await api.active_model(refresh=True)).to_dict()
+        record.pop("clip_model_config", None)  # a path on the cluster, not the client's business
+        return ModelOut.model_validate(record)
 
     return routes
