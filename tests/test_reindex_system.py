@@ -5,7 +5,9 @@ no failed search, and afterwards new images, searches and deletes all follow the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -20,6 +22,7 @@ import ray
 from raylens.actors import ingest, launch
 from raylens.actors.api import ClusterAPI
 from raylens.actors.reindex import reindex
+from raylens.cli.commands import cmd_reindex
 from raylens.cluster.active_model import collection_for
 from raylens.cluster.index import point_id
 from raylens.cluster.jobs import JobState, Lane, Pipeline
@@ -96,7 +99,7 @@ class SearchLoad:
 
 
 def test_reindex_resumes_lists_lost_bytes_and_switches_under_search_load(
-    system: tuple[Settings, Path, Any],
+    system: tuple[Settings, Path, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings, folder, model_b = system
     summary = ingest.ingest(
@@ -179,8 +182,14 @@ def test_reindex_resumes_lists_lost_bytes_and_switches_under_search_load(
     for collection, mid in ((settings.qdrant_collection, old_id), (new_collection, new_id)):
         assert not index_call(settings, "existing", [point_id(sha, mid)], collection)
 
-    # Asked again, the model is the active one: nothing to do.
-    again = reindex(settings, model_b.name, str(model_b.checkpoint_path), str(model_b.config_path))
+    # Asked again (the CLI verb), the model is the active one: nothing to do.
+    args = argparse.Namespace(
+        model=model_b.name, pretrained=str(model_b.checkpoint_path),
+        model_config=str(model_b.config_path), limit=None, no_switch=False, json=True,
+        no_progress=True, address=None,
+    )  # fmt: skip
+    assert cmd_reindex(settings, args) == 0
+    again = json.loads(capsys.readouterr().out)
     assert again == {"already_active": True, "model_id": new_id, "collection": new_collection}
 
     # The switch is in the store: a queue actor that Ray restarts keeps it.

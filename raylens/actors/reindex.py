@@ -372,7 +372,13 @@ class Reindexer:
             out["rolled"] = None
             out["note"] = "no supervisor: restart the workers (`raylens up`) to load the new model"
         else:
-            out.update(ray.get(sup.switch_model.remote(record.to_json())))
+            try:
+                out.update(ray.get(sup.switch_model.remote(record.to_json())))
+            except Exception as exc:  # stored already: say so, and how to finish the roll
+                out["error"] = (
+                    f"switched, but rolling the workers over failed: {exc}"[:1000]
+                    + "; run the same `raylens reindex` again to finish it"
+                )
         out["took_s"] = round(time.perf_counter() - t0, 3)
         self.run.switch = out
 
@@ -404,11 +410,30 @@ def reindex(
     current = launch.active_model(settings)
     target = target_for(settings, model, pretrained, model_config, current)
     if target.model_id == current.model_id:
-        return {
+        out: dict[str, Any] = {
             "already_active": True,
             "model_id": current.model_id,
             "collection": current.collection,
         }
+        behind = [
+            r.get("worker")
+            for r in _worker_reports(settings)
+            if r.get("model_id") not in (None, current.model_id)
+        ]
+        sup = launch.supervisor_handle(settings)
+        if behind and sup is not None:  # an earlier switch whose roll did not finish
+            out["switch"] = ray.get(sup.switch_model.remote(current.to_json()))
+        return out
     r = Reindexer(settings, target, batch=batch, progress=progress)
     r.start_actors(actors or settings.reindex_actors)
     return r.execute(limit=limit, switch=switch).to_dict()
+
+
+def _worker_reports(settings: Settings) -> list[dict[str, Any]]:
+    out = []
+    for w in launch.worker_handles(settings):
+        try:
+            out.append(ray.get(w.report.remote(), timeout=30))
+        except Exception:  # dead or loading: the supervisor deals with it
+            continue
+    return out

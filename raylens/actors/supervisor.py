@@ -26,6 +26,7 @@ from raylens.cluster.active_model import ActiveModel
 from raylens.cluster.active_model import apply as apply_model
 from raylens.cluster.settings import Settings
 from raylens.errors import ModelLoadError
+from raylens.models.model_id import model_id_for
 
 log = logging.getLogger("raylens.supervisor")
 
@@ -89,7 +90,12 @@ class Supervisor:
         except Exception as exc:  # no queue yet: the settings' model it is, until a switch
             log.warning("could not read the active model from the queue: %s", exc)
             return
-        self.settings = apply_model(self.settings, ActiveModel.from_json(record))
+        active = ActiveModel.from_json(record)
+        mine = model_id_for(self.settings.clip_model, self.settings.clip_pretrained)
+        self.settings = apply_model(self.settings, active)
+        if mine != active.model_id:  # restarted during (or after) a switch: finish its roll
+            log.warning("workers of %s found after a switch to %s: rolling", mine, active.model_id)
+            asyncio.get_running_loop().create_task(self.switch_model(record))
 
     async def switch_model(self, record: str) -> dict[str, Any]:
         """Roll every worker over to the active model `record` (already stored by the queue),

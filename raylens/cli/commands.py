@@ -373,9 +373,11 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(out))
     elif out.get("already_active"):
         print(f"{out['model_id']} is the active model already (collection {out['collection']})")
+        if out.get("switch"):
+            print(f"rolled {len(out['switch']['rolled'])} worker(s) still on an earlier model")
     else:
         _print_reindex(out)
-    return 0
+    return 1 if (out.get("switch") or {}).get("error") else 0
 
 
 def _print_reindex(out: dict[str, Any]) -> None:
@@ -389,7 +391,9 @@ def _print_reindex(out: dict[str, Any]) -> None:
         print(f"not re-embedded: {u['source']} (job {u['job_id']}): [{u['code']}] {u['message']}")
     if len(out["unavailable"]) > 20:
         print(f"... and {len(out['unavailable']) - 20} more (--json lists all)")
-    if out["switched"]:
+    if out["switched"] and (out["switch"] or {}).get("error"):
+        print(out["switch"]["error"])
+    elif out["switched"]:
         rolled = (out["switch"] or {}).get("rolled")
         print(
             f"switched: searches and new images now use {out['model_id']}; "
