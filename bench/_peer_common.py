@@ -176,11 +176,10 @@ class EmbedStore:
 
 
 @contextmanager
-def serve_cluster(name: str, threads: int, http: bool = True) -> Iterator[int | None]:
-    """A local Ray cluster in this process with Serve started; yields Serve's HTTP port (None
-    without HTTP). Never touches other clusters on the machine (no `ray stop`)."""
+def local_ray(name: str, num_cpus: int) -> Iterator[None]:
+    """A local Ray cluster started inside this process (own namespace, no dashboard), shut
+    down on the way out. Never touches other clusters on the machine (no `ray stop`)."""
     import ray
-    from ray import serve
 
     if ray.is_initialized():
         raise RuntimeError(
@@ -192,24 +191,34 @@ def serve_cluster(name: str, threads: int, http: bool = True) -> Iterator[int | 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(
         address="local",
-        num_cpus=max(threads, os.cpu_count() or 1),
+        num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=False,
         namespace=f"{name}-{uuid.uuid4().hex[:8]}",
         object_store_memory=1 << 29,
     )
     try:
-        port = free_port() if http else None
-        if http:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-        else:
-            serve.start(proxy_location="Disabled")
-        yield port
+        yield
     finally:
+        ray.shutdown()
+
+
+@contextmanager
+def serve_cluster(name: str, threads: int, http: bool = True) -> Iterator[int | None]:
+    """A local Ray cluster in this process (local_ray) with Serve started; yields Serve's HTTP
+    port (None without HTTP)."""
+    from ray import serve
+
+    with local_ray(name, max(threads, os.cpu_count() or 1)):
         try:
-            serve.shutdown()
+            port = free_port() if http else None
+            if http:
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+            else:
+                serve.start(proxy_location="Disabled")
+            yield port
         finally:
-            ray.shutdown()
+            serve.shutdown()
 
 
 def deploy(app: Any, name: str, route_prefix: str | None, timeout_s: float) -> Any:

@@ -53,14 +53,20 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
     rows = {}
     # Each image's latency is its batch's: all of a batch is "submitted" when the batch starts.
     latencies: dict[int, list[float]] = {}
+    stages: dict[int, dict[str, float]] = {}
     for bs in batch_sizes:
         t0 = time.perf_counter()
         latencies[bs] = []
+        stages[bs] = {"decode": 0.0, "infer": 0.0}
         for i in range(0, len(data), bs):
             tb = time.perf_counter()
             pix = np.stack([decode_like_raw(emb, d) for d in data[i : i + bs]])
+            td = time.perf_counter()
             emb.embed_images(pix)
-            latencies[bs] += [time.perf_counter() - tb] * len(pix)
+            te = time.perf_counter()
+            stages[bs]["decode"] += td - tb
+            stages[bs]["infer"] += te - td
+            latencies[bs] += [te - tb] * len(pix)
         rows[bs] = len(data) / (time.perf_counter() - t0)
     best = max(rows, key=lambda b: rows[b])
     return {
@@ -69,6 +75,9 @@ def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int
         "p99_ms": float(np.percentile(latencies[best], 99)) * 1000,
         "batch_size": best,
         "by_batch_size": rows,
+        # Seconds in each stage at the best batch size (embed_images returns its vectors on
+        # the CPU, so "infer" includes the copy to the device and back).
+        "stage_seconds": {k: round(v, 3) for k, v in stages[best].items()},
         "device": emb.device,
         "dtype": str(emb.dtype),
     }

@@ -15,6 +15,10 @@ the same torch threads everywhere. Rows (names as in --json):
                        one task per image (bench/peer_serve_tc.py)
   serve_naive          peer: a Serve deployment embedding one image per request, no batching
                        (bench/peer_serve_naive.py)
+  ray_data             peer: a Ray Data pipeline, read_binary_files -> map_batches actor pool
+                       -> one Qdrant Edge writer (bench/peer_ray_data.py)
+  serve_batch          peer: a Serve deployment with @serve.batch (32 per forward pass,
+                       max_ongoing_requests 128), Qdrant Edge (bench/peer_serve_batch.py)
 
 Every row: images/s (first submission to last vector stored), p50/p99 latency from an image's
 submission to its vector stored, peak RSS (and PSS) summed over the processes the row started
@@ -307,6 +311,15 @@ def search_latency(url: str, queries: int, top_k: int = 10, warmup: int = 10) ->
 # ---- the run --------------------------------------------------------------------------------
 
 
+def worker_stage_seconds(settings: Any) -> list[dict[str, Any]]:
+    """Each worker's seconds per stage so far (decode, infer, faces, write)."""
+    import ray
+
+    from raylens.actors import launch
+
+    return [ray.get(w.report.remote())["seconds"] for w in launch.worker_handles(settings)]
+
+
 def run_http(
     paths: list[Path],
     data_dir: Path,
@@ -335,6 +348,7 @@ def run_http(
             sampler.join()
             mem.__exit__(None, None, None)
         up.update(peak_rss_mb=mem.peak_rss_mb, peak_pss_mb=mem.peak_pss_mb)
+        up["stage_seconds"] = worker_stage_seconds(settings)
         healthz = {
             "period_ms": sampler.period_s * 1000,
             "errors": sampler.errors,
@@ -365,6 +379,8 @@ PEERS = {  # row name -> module in bench/ with run(paths, model, threads, work_d
     "rq": "peer_rq",
     "serve_task_consumer": "peer_serve_tc",
     "serve_naive": "peer_serve_naive",
+    "ray_data": "peer_ray_data",
+    "serve_batch": "peer_serve_batch",
 }
 
 

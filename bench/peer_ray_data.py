@@ -1,0 +1,291 @@
+"""Peer "ray_data": the Ray Data pipeline a good Ray user would write for bulk embedding.
+
+    read_binary_files(paths)                                one read task per file group
+      -> map_batches(Embedder, concurrency=N, batch_size=B)  actor pool: the model loaded once
+      -> map_batches(Writer, concurrency=1)                  one actor owns the Qdrant Edge folder
+      -> iter_batches()                                      the driver counts what was stored
+
+- Reader: `read_binary_files` + the same decode raylens uses (reduced-scale JPEG decode, then
+  the model's resize and crop), in the Embedder. `ray.data.read_images` decodes every file at
+  full resolution in the read task and ships the whole raster through the object store; on the
+  bench's 2-12 MP camera JPEGs that costs more than the model (`--reader images` measures it).
+- Embedder: one actor per `threads` CPUs (`concurrency = CPUs // threads`, at least 1), torch
+  threads = threads, `batch_size` = raylens's RAYLENS_MAX_BATCH_SIZE default (32). An image that
+  does not decode gets an error row, not a failed pipeline (a Ray Data batch that raises fails
+  the whole dataset), so the row can report it.
+- Writer: Qdrant Edge, the engine raylens embeds (raylens's own VectorIndex over it, in one
+  actor: one process owns the folder), one upsert per batch, point ids from the image path.
+
+Images/s = images / (execution start -> last batch stored); an image's latency is its batch's
+store time minus the execution start (every image is "submitted" at the start, as in the raw
+row). Model load (the actor pool's warm-up) is outside the clock: the pipeline first runs on
+one image.
+
+    uv run python bench/peer_ray_data.py --images 24 --model ViT-B-32 [--threads 2] [--json]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _peer_common import (  # noqa: E402
+    DEFAULT_TIMEOUT_S,
+    PeerMemory,
+    decode_like_raw,
+    local_ray,
+    main,
+    peer_row,
+    point_id,
+)
+
+NAME = "ray_data"
+BATCH_SIZE = 32
+COLLECTION = "peer"
+
+
+def index_settings(qdrant_dir: Path) -> Any:
+    """raylens settings whose only use here is the embedded engine's folder and collection."""
+    from raylens.cluster.settings import Settings
+
+    return Settings(data_dir=qdrant_dir, qdrant_collection=COLLECTION, index_build_points=0)
+
+
+class Embedder:
+    """The actor-pool stage: the model loaded once per actor; bytes -> vectors, per batch."""
+
+    def __init__(self, model: str, pretrained: str, model_config: str | None, threads: int):
+        from raylens.models.clip import ClipEmbedder
+
+        self.emb = ClipEmbedder(
+            model,
+            pretrained,
+            model_config=Path(model_config) if model_config else None,
+            device="auto",
+            threads=threads,
+        )
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        pixels, ok, errors = [], [], []
+        for data in batch["bytes"]:
+            try:
+                pixels.append(decode_like_raw(self.emb, bytes(data)))
+                ok.append(True)
+                errors.append("")
+            except Exception as exc:  # one bad image must not fail the dataset
+                ok.append(False)
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        t1 = time.perf_counter()
+        vectors = np.zeros((len(ok), self.emb.dim), dtype=np.float32)
+        if pixels:
+            vectors[np.array(ok)] = self.emb.embed_images(np.stack(pixels))
+        t2 = time.perf_counter()
+        n = len(ok)
+        return {
+            "path": batch["path"],
+            "vector": vectors,
+            "ok": np.array(ok),
+            "error": errors,
+            # This batch's stage seconds, spread over its rows (the driver sums them).
+            "decode_s": np.full(n, (t1 - t0) / max(1, n)),
+            "infer_s": np.full(n, (t2 - t1) / max(1, n)),
+        }
+
+
+class Writer:
+    """One actor owns the Qdrant Edge folder (as raylens's index actor does)."""
+
+    def __init__(self, qdrant_dir: str) -> None:
+        from raylens.cluster.index import VectorIndex
+
+        # The collection is made on the first upsert, at the model's vector size.
+        self.index = VectorIndex(index_settings(Path(qdrant_dir)))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        ok = np.asarray(batch["ok"], dtype=bool)
+        paths = [str(p) for p in batch["path"]]
+        good = [p for p, k in zip(paths, ok) if k]
+        if good:
+            self.index.upsert(
+                [point_id(p) for p in good],
+                np.asarray(batch["vector"])[ok],
+                [{"key": p} for p in good],
+            )
+        n = len(paths)
+        return {
+            "path": paths,
+            "ok": ok,
+            "error": list(batch["error"]),
+            "stored_at": np.full(n, time.time()),
+            "decode_s": batch["decode_s"],
+            "infer_s": batch["infer_s"],
+            "write_s": np.full(n, (time.perf_counter() - t0) / max(1, n)),
+        }
+
+
+def pipeline(
+    paths: list[str],
+    model: str,
+    pretrained: str,
+    model_config: Path | None,
+    threads: int,
+    qdrant_dir: Path,
+    *,
+    batch_size: int,
+    concurrency: int,
+    reader: str,
+) -> Any:
+    import ray.data
+
+    if reader == "images":  # Ray Data decodes; re-encoded so the Embedder's decode is shared
+        ds = ray.data.read_images(paths, include_paths=True, mode="RGB").map_batches(
+            _to_jpeg_bytes, batch_format="numpy", batch_size=batch_size
+        )
+    else:
+        ds = ray.data.read_binary_files(paths, include_paths=True)
+    ds = ds.map_batches(
+        Embedder,
+        fn_constructor_args=(model, pretrained, model_config and str(model_config), threads),
+        batch_size=batch_size,
+        concurrency=concurrency,
+        num_cpus=threads,
+        batch_format="numpy",
+    )
+    return ds.map_batches(
+        Writer,
+        fn_constructor_args=(str(qdrant_dir),),
+        batch_size=batch_size,
+        concurrency=1,
+        num_cpus=0,
+        batch_format="numpy",
+    )
+
+
+def _to_jpeg_bytes(batch: dict[str, Any]) -> dict[str, Any]:
+    """read_images' decoded rasters back to bytes (quality 95) for the shared Embedder."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for img in batch["image"]:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, "JPEG", quality=95)
+        out.append(buf.getvalue())
+    return {"bytes": np.array(out, dtype=object), "path": batch["path"]}
+
+
+def run(
+    paths: list[Path],
+    model: str,
+    threads: int,
+    work_dir: Path,
+    pretrained: str = "none",
+    model_config: Path | None = None,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    batch_size: int = BATCH_SIZE,
+    concurrency: int | None = None,
+    reader: str = "binary",
+) -> dict[str, Any]:
+    """Embed `paths` with a Ray Data pipeline into a Qdrant Edge collection; the row."""
+    if not paths:
+        raise ValueError(f"{NAME}: no images")
+    keys = [str(p.resolve()) for p in paths]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{NAME}: the image paths are not distinct")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 1
+    concurrency = concurrency or max(1, cpus // max(1, threads))
+    with PeerMemory() as mem:
+        # A logical CPU beside the actor pool for the read tasks (and the driver's iteration).
+        with local_ray(NAME, concurrency * threads + 1):
+            import ray
+            import ray.data
+
+            # bench/ is not a package the Ray workers can import: its classes travel by value.
+            ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            t_setup = time.perf_counter()
+            # Warm-up: the same pipeline on one image, into a folder of its own (not counted).
+            warm = pipeline(
+                keys[:1], model, pretrained, model_config, threads, work_dir / "warmup",
+                batch_size=batch_size, concurrency=concurrency, reader=reader,
+            )  # fmt: skip
+            warm.take_all()
+            setup_s = time.perf_counter() - t_setup
+            # ---- the clock starts
+            ds = pipeline(
+                keys, model, pretrained, model_config, threads, work_dir / "qdrant",
+                batch_size=batch_size, concurrency=concurrency, reader=reader,
+            )  # fmt: skip
+            started = time.time()
+            stored: list[float] = []
+            errors: list[str] = []
+            seconds = {"decode": 0.0, "infer": 0.0, "write": 0.0}
+            deadline = time.monotonic() + timeout_s
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for p, ok, err, at in zip(
+                    batch["path"], batch["ok"], batch["error"], batch["stored_at"]
+                ):
+                    if ok:
+                        stored.append(float(at))
+                    else:
+                        errors.append(f"{p}: {err}")
+                for stage in seconds:
+                    seconds[stage] += float(np.sum(batch[f"{stage}_s"]))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{NAME}: not finished within {timeout_s:.0f}s")
+            stats = ds.stats()
+    points = _count(work_dir / "qdrant")
+    if points != len(stored):
+        raise RuntimeError(f"{NAME}: {len(stored)} images stored but the collection has {points}")
+    return peer_row(
+        NAME,
+        images=len(paths),
+        done=len(stored),
+        failed=len(errors),
+        first_submit=started,
+        last_stored=max(stored, default=started),
+        latencies_s=[t - started for t in stored],
+        mem=mem,
+        notes=(
+            f"Ray Data: read_{'images' if reader == 'images' else 'binary_files'} -> "
+            f"map_batches(actor pool of {concurrency}, {threads} CPUs and torch threads each, "
+            f"batch_size {batch_size}) -> one writer actor on Qdrant Edge; the same decode "
+            "as raylens"
+        ),
+        points=points,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        reader=reader,
+        torch_threads=threads,
+        setup_s=setup_s,
+        errors=errors[:5],
+        stage_seconds={k: round(v, 3) for k, v in seconds.items()},
+        stats=str(stats)[-2000:],
+    )
+
+
+def _count(qdrant_dir: Path) -> int:
+    from raylens.cluster.index import VectorIndex
+
+    ix = VectorIndex(index_settings(qdrant_dir))
+    try:
+        return ix.count()
+    finally:
+        ix.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(run, __doc__))
