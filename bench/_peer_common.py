@@ -99,6 +99,27 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(report_fd)
 
 
+def image_keys(name: str, paths: list[Path]) -> list[str]:
+    """Each image's key (its resolved path); ValueError for no images or a path given twice."""
+    if not paths:
+        raise ValueError(f"{name}: no images")
+    keys = [str(p.resolve()) for p in paths]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{name}: the image paths are not distinct")
+    return keys
+
+
+def warm_up(name: str, url: str, data: bytes) -> None:
+    """One `?warmup=1` request (the same work, not stored) before the clock starts."""
+    import httpx
+
+    warm = httpx.post(url, params={"warmup": "1"}, content=data, timeout=60)
+    if warm.status_code != 200:
+        raise RuntimeError(
+            f"{name}: the warm-up request failed: HTTP {warm.status_code} {warm.text[:300]}"
+        )
+
+
 def point_id(key: str) -> str:
     """One point per image: the id depends only on the image's key (its path)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, key))

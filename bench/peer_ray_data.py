@@ -40,6 +40,7 @@ from _peer_common import (  # noqa: E402
     DEFAULT_TIMEOUT_S,
     PeerMemory,
     decode_like_raw,
+    image_keys,
     local_ray,
     main,
     peer_row,
@@ -198,11 +199,7 @@ def run(
     reader: str = "binary",
 ) -> dict[str, Any]:
     """Embed `paths` with a Ray Data pipeline into a Qdrant Edge collection; the row."""
-    if not paths:
-        raise ValueError(f"{NAME}: no images")
-    keys = [str(p.resolve()) for p in paths]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{NAME}: the image paths are not distinct")
+    keys = image_keys(NAME, paths)
     work_dir.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
     concurrency = concurrency or max(1, cpus // max(1, threads))

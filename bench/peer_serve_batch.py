@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _peer_common import (  # noqa: E402
@@ -37,10 +35,12 @@ from _peer_common import (  # noqa: E402
     PeerMemory,
     decode_like_raw,
     deploy,
+    image_keys,
     main,
     peer_row,
     point_id,
     serve_cluster,
+    warm_up,
 )
 from peer_serve_naive import post_all  # noqa: E402
 
@@ -174,12 +174,8 @@ def run(
     max_ongoing_requests: int = MAX_ONGOING,
 ) -> dict[str, Any]:
     """Embed `paths` through a @serve.batch HTTP deployment into Qdrant Edge; the row."""
-    if not paths:
-        raise ValueError(f"{NAME}: no images")
+    keys = image_keys(NAME, paths)
     work_dir.mkdir(parents=True, exist_ok=True)
-    keys = [str(p.resolve()) for p in paths]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{NAME}: the image paths are not distinct")
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
     with PeerMemory() as mem:
         with serve_cluster(NAME, threads, http=True) as port:
@@ -190,11 +186,7 @@ def run(
                 max_batch_size, batch_wait_s, max_ongoing_requests,
             )  # fmt: skip
             handle = deploy(deployment.bind(), APP, ROUTE, timeout_s)
-            warm = httpx.post(f"{url}{ROUTE}", params={"warmup": "1"}, content=data[0], timeout=60)
-            if warm.status_code != 200:
-                raise RuntimeError(
-                    f"{NAME}: the warm-up request failed: HTTP {warm.status_code} {warm.text[:300]}"
-                )
+            warm_up(NAME, f"{url}{ROUTE}", data[0])
             setup_s = time.perf_counter() - t_setup
             # ---- the clock starts
             up = asyncio.run(post_all(url, keys, data, clients, timeout_s))

@@ -31,9 +31,11 @@ from _peer_common import (  # noqa: E402
     EmbedStore,
     PeerMemory,
     deploy,
+    image_keys,
     main,
     peer_row,
     serve_cluster,
+    warm_up,
 )
 
 NAME = "serve_naive"
@@ -156,12 +158,8 @@ def run(
 
     timeout_s bounds the deployment (model load) and, separately, the run itself.
     """
-    if not paths:
-        raise ValueError(f"{NAME}: no images")
+    keys = image_keys(NAME, paths)
     work_dir.mkdir(parents=True, exist_ok=True)
-    keys = [str(p.resolve()) for p in paths]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{NAME}: the image paths are not distinct")
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
     with PeerMemory() as mem:  # RowMemory(include_self=True), + own tree
         with serve_cluster(NAME, threads, http=True) as port:
@@ -173,11 +171,7 @@ def run(
             ongoing = deployment.max_ongoing_requests
             handle = deploy(deployment.bind(), APP, ROUTE, timeout_s)
             info = handle.info.remote().result(timeout_s=60)
-            warm = httpx.post(f"{url}{ROUTE}", params={"warmup": "1"}, content=data[0], timeout=60)
-            if warm.status_code != 200:
-                raise RuntimeError(
-                    f"{NAME}: the warm-up request failed: HTTP {warm.status_code} {warm.text[:300]}"
-                )
+            warm_up(NAME, f"{url}{ROUTE}", data[0])
             setup_s = time.perf_counter() - t_setup
             # ---- the clock starts
             up = asyncio.run(post_all(url, keys, data, clients, timeout_s))

@@ -32,6 +32,7 @@ from _peer_common import (  # noqa: E402
     EmbedStore,
     PeerMemory,
     deploy,
+    image_keys,
     main,
     peer_row,
     redis_broker,
@@ -159,12 +160,8 @@ def run(
     from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
     from ray.serve.task_consumer import instantiate_adapter_from_config
 
-    if not paths:
-        raise ValueError(f"{NAME}: no images")
+    keys = image_keys(NAME, paths)
     work_dir.mkdir(parents=True, exist_ok=True)
-    keys = [str(p.resolve()) for p in paths]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{NAME}: the image paths are not distinct")
     with PeerMemory() as mem:  # RowMemory(include_self=True), + own tree
         with redis_broker(work_dir) as broker:
             config = TaskProcessorConfig(
