@@ -52,7 +52,9 @@ class RecordingIndex:
         )
         return len(ids)
 
-    def points(self, collection: str | None = None) -> dict[str, dict]:
+    def points(self, collection: str = "raylens_images") -> dict[str, dict]:
+        """The points upserted into a collection (default: the image collection, which the
+        pipeline names explicitly: its model's own)."""
         return {
             pid: payload
             for call in self.calls
