@@ -17,8 +17,9 @@ the same torch threads everywhere. Rows (names as in --json):
                        (bench/peer_serve_naive.py)
   ray_data             peer: a Ray Data pipeline, read_binary_files -> map_batches actor pool
                        -> one Qdrant Edge writer (bench/peer_ray_data.py)
-  serve_batch          peer: a Serve deployment with @serve.batch (32 per forward pass,
-                       max_ongoing_requests 128), Qdrant Edge (bench/peer_serve_batch.py)
+  serve_batch          peer: a Serve deployment with @serve.batch (up to 32 per forward pass,
+                       100 ms wait, max_ongoing_requests 128), Qdrant Edge
+                       (bench/peer_serve_batch.py)
 
 Every row: images/s (first submission to last vector stored), p50/p99 latency from an image's
 submission to its vector stored, peak RSS (and PSS) summed over the processes the row started

@@ -3,8 +3,9 @@
 One Serve HTTP deployment, one image per POST (like the raylens_http row), with Serve's
 dynamic batching:
 
-- `@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)`: concurrent requests are
-  gathered into one forward pass of up to 32 images (raylens's RAYLENS_MAX_BATCH_SIZE default);
+- `@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.1)`: concurrent requests are
+  gathered into one forward pass of up to 32 images (raylens's RAYLENS_MAX_BATCH_SIZE default;
+  the wait is tuned, see BATCH_WAIT_S);
 - `max_ongoing_requests` = 128 (Serve's default of 5 would cap every batch at 5: only requests
   inside the replica can join a batch); 32 clients, so batches fill from the clients alone;
 - decoding runs off the event loop, in a thread pool of `threads` threads (one image each, as
@@ -49,7 +50,9 @@ APP = "peer-batch"
 ROUTE = "/embed"
 CLIENTS = 32
 MAX_BATCH_SIZE = 32
-BATCH_WAIT_S = 0.01
+# Tuned on this machine (2 cores, ViT-B-32, 96 images, 32 clients): a 10 ms wait formed
+# batches of 1.7 on average (7.2 img/s); 100 ms, batches of 6.9 (11.6 img/s).
+BATCH_WAIT_S = 0.1
 MAX_ONGOING = 128
 COLLECTION = "peer"
 

@@ -50,5 +50,6 @@ def test_bench_rows_have_the_documented_names_fields_and_ratios(monkeypatch) -> 
     ]
     for r in rows:
         assert {"name", "images_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "ratio_to_raw"} <= set(r)
-    assert [round(r["ratio_to_raw"], 3) for r in rows] == [1.0, 0.85, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25]
+    ratios = [round(r["ratio_to_raw"], 3) for r in rows]
+    assert ratios == [1.0, 0.85, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25]
     assert rows[2]["p99_ms"] == 9.0  # raylens_http latency: submission -> stored

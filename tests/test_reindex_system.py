@@ -1,7 +1,8 @@
 """Re-embed with a new model and switch, on the real parts (local Ray, SQLite, the embedded
-engine, two tiny OpenCLIP checkpoints of different weights): an interrupted reindex resumes,
-images whose bytes are gone are listed, the switch happens under a running search load with
-no failed search, and afterwards new images, searches and deletes all follow the new model."""
+engine, two tiny OpenCLIP checkpoints of different weights; photos by path, uploads and a
+video): an interrupted reindex resumes, images whose bytes are gone are listed, the switch
+happens under a running search load with no failed search, and afterwards new images,
+searches and deletes all follow the new model."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
+from test_decode_memory import _video as small_video
 
 from raylens.actors import ingest, launch
 from raylens.actors.api import ClusterAPI
@@ -111,8 +113,11 @@ def test_reindex_resumes_lists_lost_bytes_and_switches_under_search_load(
     uploads = asyncio.run(
         api.submit_uploads([(f"u{i}.jpg", image_bytes(9200 + i, (64, 64))) for i in range(3)])
     )
-    wait_terminal(launch.queue_handle(settings), [u["id"] for u in uploads])
+    [video] = asyncio.run(api.submit_uploads([("clip.mp4", small_video())]))
+    jobs = wait_terminal(launch.queue_handle(settings), [u["id"] for u in [*uploads, video]])
     api.close()
+    frames = jobs[-1].result["frames"]
+    assert jobs[-1].state is JobState.DONE and frames >= 2, jobs[-1]
     gone = folder / "p03.jpg"
     gone.unlink()  # its bytes are no longer anywhere: reindex must list it, not drop it
     old_id = model_id_for(settings.clip_model, settings.clip_pretrained)
@@ -140,13 +145,15 @@ def test_reindex_resumes_lists_lost_bytes_and_switches_under_search_load(
             time.sleep(0.2)
         time.sleep(0.5)
 
-    total = N_FILES + len(uploads)
+    total = N_FILES + len(uploads) + 1  # the video is one job
     assert second["skipped"] == first["embedded"], second
     assert first["embedded"] + second["embedded"] == total - 1, second
     [lost] = first["unavailable"] + second["unavailable"]
     assert lost["source"] == str(gone) and lost["code"] == "source_missing", lost
     assert second["complete"] and second["switched"], second
-    assert second["points"] == total - 1
+    assert second["points"] == total - 2 + frames  # one point per image, one per frame
+    frame_ids = [point_id(video["sha256"], new_id, f"frame:{k}") for k in range(frames)]
+    assert len(index_call(settings, "existing", frame_ids, new_collection)) == frames
     assert [step["old"] for step in second["switch"]["rolled"]] == ["raylens-worker-0"]
     # No search failed while the workers rolled over, and none mixed the two models.
     assert load.failures == [], load.failures[:5]
