@@ -7,8 +7,9 @@
 
 - Reader: `read_binary_files` + the same decode raylens uses (reduced-scale JPEG decode, then
   the model's resize and crop), in the Embedder. `ray.data.read_images` decodes every file at
-  full resolution in the read task and ships the whole raster through the object store; on the
-  bench's 2-12 MP camera JPEGs that costs more than the model (`--reader images` measures it).
+  full resolution in the read task and ships the whole raster through the object store, where
+  raylens's decode reads a 2-12 MP camera JPEG at a reduced scale; read_images is not timed
+  here (chosen by that reasoning, not by a measurement).
 - Embedder: an actor pool of one actor per GPU, or without GPUs one per thread of `threads`
   with 1 torch thread each (the same threads in all; tuned on this machine, see run()),
   `batch_size` = raylens's RAYLENS_MAX_BATCH_SIZE default (32). An image that
@@ -147,17 +148,11 @@ def pipeline(
     *,
     batch_size: int,
     concurrency: int,
-    reader: str,
     gpus: int = 0,
 ) -> Any:
     import ray.data
 
-    if reader == "images":  # Ray Data decodes; re-encoded so the Embedder's decode is shared
-        ds = ray.data.read_images(paths, include_paths=True, mode="RGB").map_batches(
-            _to_jpeg_bytes, batch_format="numpy", batch_size=batch_size
-        )
-    else:
-        ds = ray.data.read_binary_files(paths, include_paths=True)
+    ds = ray.data.read_binary_files(paths, include_paths=True)
     ds = ds.map_batches(
         Embedder,
         fn_constructor_args=(model, pretrained, model_config and str(model_config), threads),
@@ -177,20 +172,6 @@ def pipeline(
     )
 
 
-def _to_jpeg_bytes(batch: dict[str, Any]) -> dict[str, Any]:
-    """read_images' decoded rasters back to bytes (quality 95) for the shared Embedder."""
-    import io
-
-    from PIL import Image
-
-    out = []
-    for img in batch["image"]:
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, "JPEG", quality=95)
-        out.append(buf.getvalue())
-    return {"bytes": np.array(out, dtype=object), "path": batch["path"]}
-
-
 def run(
     paths: list[Path],
     model: str,
@@ -202,7 +183,6 @@ def run(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     batch_size: int = BATCH_SIZE,
     concurrency: int | None = None,
-    reader: str = "binary",
 ) -> dict[str, Any]:
     """Embed `paths` with a Ray Data pipeline into a Qdrant Edge collection; the row."""
     keys = image_keys(NAME, paths)
@@ -229,14 +209,14 @@ def run(
             # Warm-up: the same pipeline on one image, into a folder of its own (not counted).
             warm = pipeline(
                 keys[:1], model, pretrained, model_config, actor_threads, work_dir / "warmup",
-                batch_size=batch_size, concurrency=concurrency, reader=reader, gpus=gpus,
+                batch_size=batch_size, concurrency=concurrency, gpus=gpus,
             )  # fmt: skip
             warm.take_all()
             setup_s = time.perf_counter() - t_setup
             # ---- the clock starts
             ds = pipeline(
                 keys, model, pretrained, model_config, actor_threads, work_dir / "qdrant",
-                batch_size=batch_size, concurrency=concurrency, reader=reader, gpus=gpus,
+                batch_size=batch_size, concurrency=concurrency, gpus=gpus,
             )  # fmt: skip
             started = time.time()
             stored: list[float] = []
@@ -275,7 +255,7 @@ def run(
         latencies_s=[t - started for t in stored],
         mem=mem,
         notes=(
-            f"Ray Data: read_{'images' if reader == 'images' else 'binary_files'} -> "
+            "Ray Data: read_binary_files -> "
             f"map_batches(actor pool of {concurrency}, {actor_threads} CPUs and torch threads "
             f"each{', 1 GPU each' if gpus else ''}, "
             f"batch_size {batch_size}) -> one writer actor on Qdrant Edge; the same decode "
@@ -284,7 +264,6 @@ def run(
         points=points,
         concurrency=concurrency,
         batch_size=batch_size,
-        reader=reader,
         torch_threads=actor_threads,
         gpus=gpus,
         setup_s=setup_s,

@@ -339,16 +339,22 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
     return stopped
 
 
+def worker_reports(settings: Settings, timeout_s: float = 10) -> list[dict[str, Any]]:
+    """Each worker's loaded-model report, or {"error": ...} for one that did not answer."""
+    reports = []
+    for w in worker_handles(settings):
+        try:
+            reports.append(ray.get(w.report.remote(), timeout=timeout_s))
+        except Exception as exc:
+            reports.append({"error": f"{type(exc).__name__}: {exc}"[:500]})
+    return reports
+
+
 def status(settings: Settings) -> dict[str, Any]:
     """Queue depth per lane, job counts per state, each worker's loaded-model report, the
     index's counts, and the payload store's files and bytes (a scan of it)."""
     queue = queue_handle(settings)
-    reports = []
-    for w in worker_handles(settings):
-        try:
-            reports.append(ray.get(w.report.remote(), timeout=10))
-        except Exception as exc:
-            reports.append({"error": f"{type(exc).__name__}: {exc}"[:500]})
+    reports = worker_reports(settings)
     out: dict[str, Any] = {"queue": ray.get(queue.stats.remote()), "workers": reports}
     record = active_model(settings, queue)
     out["model"] = record.to_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,17 +55,18 @@ class JobQueue:
         self.settings = settings
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylens-store")
         self.store: JobStore = open_job_store(settings)
-        # A `raylens reindex` switch, recorded in the store, outranks the settings' model.
+        # A `raylens reindex` switch, recorded in the store, outranks the model it is given.
         stored = self.store.get_meta(active_model.META_KEY)
         self.active = (
             active_model.ActiveModel.from_json(stored)
             if stored
-            else active_model.from_settings(settings)
+            else dataclasses.replace(active_model.from_settings(settings), model_id=model_id)
         )
-        if self.active.model_id != model_id:
-            log.warning("%s", active_model.differs_from_settings(settings, self.active))
-        model_id = self.model_id = self.active.model_id
-        self.rules = QueueRules(settings, model_id, self.store)
+        note = active_model.differs_from_settings(settings, self.active)
+        if note:
+            log.warning("%s", note)
+        self.model_id = self.active.model_id
+        self.rules = QueueRules(settings, self.model_id, self.store)
         self.lanes = self.rules.lanes
         self.rules.rebuild()  # runs before the actor serves calls: blocking is fine
         self._wakeup: asyncio.Event | None = None

@@ -155,23 +155,12 @@ class Reindexer:
         self._faces_only: set[str] = set()  # sha256 of done faces-only jobs
 
     # ---- index access ---------------------------------------------------------------------------
-    def _existing(self, ids: list[str]) -> set[str]:
+    def _index(self, method: str, *args: Any) -> Any:
+        """A VectorIndex method on the new collection's index: the index actor (embedded
+        engine) or this process's own server client."""
         if self._server_index is not None:
-            return set(self._server_index.existing(ids, self.target.collection))
-        index = launch.index_handle(self.settings)
-        return set(ray.get(index.existing.remote(ids, self.target.collection)))
-
-    def _purge(self, shas: list[str]) -> None:
-        if self._server_index is not None:
-            self._server_index.delete_content(shas, [self.target.collection])
-            return
-        index = launch.index_handle(self.settings)
-        ray.get(index.delete_content.remote(shas, [self.target.collection]))
-
-    def _count(self) -> int:
-        if self._server_index is not None:
-            return self._server_index.count(self.target.collection)
-        return int(ray.get(launch.index_handle(self.settings).count.remote(self.target.collection)))
+            return getattr(self._server_index, method)(*args)
+        return ray.get(getattr(launch.index_handle(self.settings), method).remote(*args))
 
     # ---- the actors -----------------------------------------------------------------------------
     def start_actors(self, n: int) -> None:
@@ -231,30 +220,37 @@ class Reindexer:
             if cursor is None:
                 return
 
+    def _lacking(self, page: list[Job]) -> list[Job]:
+        """The jobs of a page whose content the new collection lacks (one existence call),
+        each content once per pass; faces-only jobs and contents already there are noted."""
+        candidates: list[tuple[Job, str]] = []
+        for job in page:
+            if job.sha256 in self._seen or job.sha256 in self._failed:
+                continue
+            if not job.pipeline.embeds:  # faces only: no image vector to redo
+                self._faces_only.add(job.sha256)
+                continue
+            self._seen.add(job.sha256)
+            candidates.append((job, point_id(job.sha256, self.target.model_id, _first_part(job))))
+        if not candidates:
+            return []
+        have = set(self._index("existing", [pid for _, pid in candidates], self.target.collection))
+        todo = []
+        for job, pid in candidates:
+            if pid not in have:
+                todo.append(job)
+            elif job.sha256 not in self._embedded:  # there from an earlier run
+                self._skipped.add(job.sha256)
+        return todo
+
     def one_pass(self, limit: int | None = None) -> int:
         """Embed every done content not in the new collection yet; returns how many it sent
         (0: nothing new). Stops after `limit` embedded in this run."""
         sent = 0
         self.run.passes += 1
+        self._seen.clear()  # each pass looks again at what finished meanwhile
         for page in self._pages():
-            todo: list[Job] = []
-            candidates: list[tuple[Job, str]] = []
-            for job in page:
-                if job.sha256 in self._seen or job.sha256 in self._failed:
-                    continue
-                if not job.pipeline.embeds:  # faces only: no image vector to redo
-                    self._faces_only.add(job.sha256)
-                    continue
-                self._seen.add(job.sha256)
-                candidates.append(
-                    (job, point_id(job.sha256, self.target.model_id, _first_part(job)))
-                )
-            have = self._existing([pid for _, pid in candidates]) if candidates else set()
-            for job, pid in candidates:
-                if pid not in have:
-                    todo.append(job)
-                elif job.sha256 not in self._embedded:  # there from an earlier run
-                    self._skipped.add(job.sha256)
+            todo = self._lacking(page)
             self.progress("skipped", len(self._skipped) - self.run.skipped, None)
             self.run.skipped = len(self._skipped)
             if limit is not None:
@@ -265,6 +261,11 @@ class Reindexer:
             if limit is not None and self.run.embedded + len(self.run.unavailable) >= limit:
                 return sent
         return sent
+
+    def nothing_lacking(self) -> bool:
+        """After a limited run: is every done content in the new collection (or listed)?"""
+        self._seen.clear()
+        return not any(self._lacking(page) for page in self._pages())
 
     def _embed(self, jobs: list[Job]) -> None:
         chunks = [jobs[i : i + self.batch] for i in range(0, len(jobs), self.batch)]
@@ -298,7 +299,7 @@ class Reindexer:
         tombs = ray.get(self.queue.tombstones.remote([j.id for j in chunk]))
         if tombs:
             shas = sorted({t["sha256"] for t in tombs.values()})
-            self._purge(shas)
+            self._index("delete_content", shas, [self.target.collection])
             self.run.purged += len(shas)
 
     # ---- the whole run --------------------------------------------------------------------------
@@ -312,46 +313,21 @@ class Reindexer:
                     break
                 if limit is not None and self.run.embedded + len(self.run.unavailable) >= limit:
                     break
-                self._seen.clear()  # the next pass looks again at what finished meanwhile
             else:
                 log.warning("jobs kept finishing through %d passes; switching anyway", MAX_PASSES)
-            self.run.complete = limit is None or self.one_pass_is_empty()
+            self.run.complete = limit is None or self.nothing_lacking()
             if switch and self.run.complete:
                 self._switch()
-                self._seen.clear()
                 self.one_pass()  # what old-model workers finished while they rolled over
         finally:
             self.run.not_embedded = len(self._faces_only - self._embedded - self._skipped)
             try:
-                self.run.points = self._count()
+                self.run.points = int(self._index("count", self.target.collection))
             except Exception as exc:  # the count is a report, not the work
                 log.warning("counting the new collection failed: %s", exc)
             self.close()
             self.run.took_s = round(time.perf_counter() - t0, 3)
         return self.run
-
-    def one_pass_is_empty(self) -> bool:
-        """After a limited run: does any done content still lack its new point?"""
-        seen, self._seen = self._seen, set()
-        try:
-            for page in self._pages():
-                wanted = [
-                    point_id(j.sha256, self.target.model_id, _first_part(j))
-                    for j in page
-                    if j.pipeline.embeds
-                ]
-                failed = self._failed
-                have = self._existing(wanted)
-                missing = [
-                    j
-                    for j, pid in zip([j for j in page if j.pipeline.embeds], wanted)
-                    if pid not in have and j.sha256 not in failed
-                ]
-                if missing:
-                    return False
-            return True
-        finally:
-            self._seen = seen
 
     def _switch(self) -> None:
         t0 = time.perf_counter()
@@ -417,7 +393,7 @@ def reindex(
         }
         behind = [
             r.get("worker")
-            for r in _worker_reports(settings)
+            for r in launch.worker_reports(settings, timeout_s=30)
             if r.get("model_id") not in (None, current.model_id)
         ]
         sup = launch.supervisor_handle(settings)
@@ -427,13 +403,3 @@ def reindex(
     r = Reindexer(settings, target, batch=batch, progress=progress)
     r.start_actors(actors or settings.reindex_actors)
     return r.execute(limit=limit, switch=switch).to_dict()
-
-
-def _worker_reports(settings: Settings) -> list[dict[str, Any]]:
-    out = []
-    for w in launch.worker_handles(settings):
-        try:
-            out.append(ray.get(w.report.remote(), timeout=30))
-        except Exception:  # dead or loading: the supervisor deals with it
-            continue
-    return out

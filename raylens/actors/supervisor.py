@@ -104,8 +104,9 @@ class Supervisor:
         meanwhile. Where the new worker cannot start beside the old ones (no free CPU or GPU),
         an old one is drained first. Returns what it did, with timings."""
         t0 = time.perf_counter()
-        self.settings = apply_model(self.settings, ActiveModel.from_json(record))
-        model_id = ActiveModel.from_json(record).model_id
+        active = ActiveModel.from_json(record)
+        self.settings = apply_model(self.settings, active)
+        model_id = active.model_id
         loop = asyncio.get_running_loop()
         self._rolling = True
         rolled: list[dict[str, Any]] = []
@@ -120,10 +121,7 @@ class Supervisor:
             ]
             taken = {n for n, _ in named}
             for name, worker in old:
-                i = 0
-                while self.settings.worker_name(i) in taken:
-                    i += 1
-                new_name = self.settings.worker_name(i)
+                new_name = scaler.free_name(self.settings, taken)
                 taken.add(new_name)
                 step: dict[str, Any] = {"old": name, "new": new_name}
                 s0 = time.perf_counter()

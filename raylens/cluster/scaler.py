@@ -71,7 +71,7 @@ def decide(
     lo, hi = settings.worker_min, settings.worker_max
     taken = {w.name for w in workers}
     if n < lo:  # below the floor (e.g. a worker was removed by hand): no cool-down
-        return Decision("up", f"{n} workers, below min_workers {lo}", _free_name(settings, taken))
+        return Decision("up", f"{n} workers, below min_workers {lo}", free_name(settings, taken))
     if now - state.last_action_at < settings.scale_cooldown_s:
         return Decision("hold", "cooling down")
     pending = sum(1 for w in workers if not w.ready)
@@ -82,13 +82,13 @@ def decide(
         per_worker = backlog / max(1, ready)
         if per_worker > settings.scale_up_backlog:
             why = f"{backlog} queued for {ready} workers (> {settings.scale_up_backlog} each)"
-            return Decision("up", why, _free_name(settings, taken))
+            return Decision("up", why, free_name(settings, taken))
         if backlog and oldest_queued_s > settings.scale_up_oldest_s:
             why = (
                 f"oldest queued job waited {oldest_queued_s:.0f}s "
                 f"(> {settings.scale_up_oldest_s:g}s)"
             )
-            return Decision("up", why, _free_name(settings, taken))
+            return Decision("up", why, free_name(settings, taken))
     if n > lo and backlog == 0:
         idle = [w for w in workers if w.ready and w.held_leases == 0]
         idle = [w for w in idle if w.idle_s >= settings.scale_down_idle_s]
@@ -99,7 +99,8 @@ def decide(
     return Decision("hold", "within bounds")
 
 
-def _free_name(settings: Settings, taken: set[str]) -> str:
+def free_name(settings: Settings, taken: set[str]) -> str:
+    """The first worker name (`raylens-worker-N`, lowest N) not in `taken`."""
     i = 0
     while settings.worker_name(i) in taken:
         i += 1
