@@ -11,10 +11,15 @@
     │   ├── CorruptImage              corrupt_image         422
     │   ├── DecompressionBomb         decompression_bomb    413
     │   ├── CorruptVideo              corrupt_video         422  undecodable or no video stream
-    │   └── SourceMissing             source_missing        422
+    │   ├── SourceMissing             source_missing        422  a file or object gone
+    │   ├── StorageAuth               storage_auth          422  object storage refused the
+    │   │                                                          credentials (AWS_* variables)
+    │   └── BucketMissing             bucket_missing        422  no such bucket
     ├── QueueFull                     queue_full            429
     ├── StoreUnavailable              store_unavailable     503
     ├── IndexUnavailable              index_unavailable     503  (on a job: re-queued, no attempt)
+    ├── StorageUnavailable            storage_unavailable   503  object storage unreachable or
+    │                                                              failing after its retries
     ├── JobNotFound                   not_found             404
     ├── InvalidTransition             invalid_transition    409
     ├── InvalidRequest                invalid_request       422  bad parameters of an API call
@@ -61,6 +66,9 @@ class ErrorCode(str, Enum):
     INVALID_REQUEST = "invalid_request"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     UNAUTHORIZED = "unauthorized"
+    STORAGE_AUTH = "storage_auth"
+    BUCKET_MISSING = "bucket_missing"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL = "internal"
 
 
@@ -137,6 +145,17 @@ class SourceMissing(InputError):
     code = ErrorCode.SOURCE_MISSING
 
 
+class StorageAuth(InputError):
+    """Object storage refused the request: wrong, expired or missing credentials, or no
+    permission on the bucket or object."""
+
+    code = ErrorCode.STORAGE_AUTH
+
+
+class BucketMissing(InputError):
+    code = ErrorCode.BUCKET_MISSING
+
+
 class QueueFull(RaylensError):
     code = ErrorCode.QUEUE_FULL
     http_status = 429
@@ -149,6 +168,14 @@ class StoreUnavailable(RaylensError):
 
 class IndexUnavailable(RaylensError):
     code = ErrorCode.INDEX_UNAVAILABLE
+    http_status = 503
+
+
+class StorageUnavailable(RaylensError):
+    """Object storage did not answer, or failed, after the client's own retries: a job that
+    meets it counts an attempt and is retried (its content is not known to be bad)."""
+
+    code = ErrorCode.STORAGE_UNAVAILABLE
     http_status = 503
 
 

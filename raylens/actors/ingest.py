@@ -1,4 +1,5 @@
-"""Ingest: files become durable jobs on the queue, followed to the end (`raylens ingest`)."""
+"""Ingest: files or objects become durable jobs on the queue, followed to the end
+(`raylens ingest`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import chain, islice, repeat
@@ -18,10 +19,11 @@ import numpy as np
 import ray
 
 from raylens.actors.handles import UNAVAILABLE, Backoff, call_with_retry
-from raylens.cluster.intake import discover, spec_for_path
+from raylens.cluster.intake import discover, spec_for_object, spec_for_path
 from raylens.cluster.jobs import JobSpec, JobState, Lane, Outcome, Pipeline, SubmitResult
+from raylens.cluster.objects import ObjectStores, ObjectUri, is_object_uri
 from raylens.cluster.settings import Settings
-from raylens.errors import ErrorCode, QueueFull
+from raylens.errors import ErrorCode, QueueFull, RaylensError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class IngestSummary:
 
 def ingest(
     settings: Settings,
-    root: Path,
+    root: Path | str,
     queue: Any,
     lane: Lane = Lane.BULK,
     progress: bool = True,
@@ -91,17 +93,22 @@ def ingest(
 ) -> IngestSummary:
     """Enqueue every image under root, skipping content already done, and wait for the end.
 
-    Streams: listing, hashing (a thread pool) and submitting overlap with the workers, and at
-    most RAYLENS_INGEST_MAX_PENDING jobs are followed at once, so memory does not grow with the
-    folder (keep_ids=True also keeps every job id in the summary, for callers that want them).
-    A file that vanishes or cannot be read between listing and hashing is counted as failed
-    (`source_missing`), and the rest goes on."""
+    root is a local file or folder, or an s3://bucket/prefix string (objects are listed page
+    by page, hashed here and read by the workers straight from the bucket; see
+    raylens.cluster.objects). Streams: listing, hashing (a thread pool) and submitting overlap
+    with the workers, and at most RAYLENS_INGEST_MAX_PENDING jobs are followed at once, so
+    memory does not grow with the folder or bucket (keep_ids=True also keeps every job id in
+    the summary, for callers that want them). A file or object that vanishes or cannot be read
+    between listing and hashing is counted as failed with its code (`source_missing`,
+    `storage_auth`, ...), and the rest goes on. A listing that fails as a whole raises
+    (SourceMissing, BucketMissing, StorageAuth, StorageUnavailable)."""
     from tqdm import tqdm
 
     t0 = time.monotonic()
     started_at = time.time()
-    summary = IngestSummary(path=str(root))
-    files = discover(root)
+    name, listing_of, spec_for = _source(settings, root)
+    summary = IngestSummary(path=name)
+    files = listing_of()
     first = next(files, None)  # a missing root raises here, before anything is started
     bar = tqdm(
         total=None,
@@ -112,22 +119,22 @@ def ingest(
         dynamic_ncols=True,
     )
     if progress and first is not None:
-        threading.Thread(target=_count_into, args=(root, bar), daemon=True).start()
+        threading.Thread(target=_count_into, args=(listing_of, bar), daemon=True).start()
     run = _Run(settings, queue, summary, bar, started_at, keep_ids, t0)
-    listing = chain([first], files) if first is not None else iter(())
+    listing: Iterator[Any] = chain([first], files) if first is not None else iter(())
     # The first chunk is one batch, so workers start while the rest is still being listed.
     first_size = min(settings.max_batch_size, settings.ingest_chunk)
     sizes = chain([first_size], repeat(settings.ingest_chunk))
     with ThreadPoolExecutor(
         max_workers=settings.ingest_hash_threads, thread_name_prefix="raylens-hash"
     ) as pool:
-        hashing: deque[list[tuple[Path, Future[JobSpec]]]] = deque()
+        hashing: deque[list[tuple[Any, Future[JobSpec]]]] = deque()
         listed_all = False
         for size in sizes:
-            paths = list(islice(listing, size))
+            paths: list[Any] = list(islice(listing, size))
             if paths:
                 summary.files += len(paths)
-                hashing.append([(p, pool.submit(spec_for_path, p, lane, pipeline)) for p in paths])
+                hashing.append([(p, pool.submit(spec_for, p, lane, pipeline)) for p in paths])
             # One chunk hashes while the one before it is submitted.
             if hashing and (len(hashing) > 1 or not paths):
                 run.submit([(p, _spec(fut)) for p, fut in hashing.popleft()])
@@ -147,16 +154,40 @@ def ingest(
     return summary
 
 
-def _spec(fut: Future[JobSpec]) -> JobSpec | OSError:
+SpecFor = Callable[[Any, Lane, Pipeline], JobSpec]
+
+
+def _source(
+    settings: Settings, root: Path | str
+) -> tuple[str, Callable[[], Iterator[Any]], SpecFor]:
+    """What to list and how to make each listed item's job spec: local files by path, or
+    objects by URI (one set of object stores for the listing and the hashing)."""
+    if isinstance(root, str) and is_object_uri(root):
+        where = ObjectUri.parse(root)
+        stores = ObjectStores(settings)
+
+        def object_spec(uri: str, lane: Lane, pipeline: Pipeline) -> JobSpec:
+            return spec_for_object(uri, stores, lane, pipeline)
+
+        return str(where), lambda: stores.list_media(where), object_spec
+    path = Path(root)
+    return str(path), lambda: discover(path), spec_for_path
+
+
+def _spec(fut: Future[JobSpec]) -> JobSpec | OSError | RaylensError:
     try:
         return fut.result()
-    except OSError as exc:  # listed, then gone or unreadable before it was hashed
+    except (OSError, RaylensError) as exc:  # listed, then gone or unreadable before it was hashed
         return exc
 
 
-def _count_into(root: Path, bar: Any) -> None:
-    """Count the files under root (a second, cheap listing) and give the bar its total."""
-    n = sum(1 for _ in discover(root))
+def _count_into(listing_of: Callable[[], Iterator[Any]], bar: Any) -> None:
+    """Count what is to ingest (a second, cheap listing) and give the bar its total."""
+    try:
+        n = sum(1 for _ in listing_of())
+    except Exception as exc:  # only the bar's total is lost; the ingest's own listing reports
+        log.info("could not count the items to ingest: %s", exc)
+        return
     with bar.get_lock():
         bar.total = n
     bar.refresh()
@@ -191,12 +222,15 @@ class _Run:
         self._codes: Counter[str] = Counter()
         self._last_poll = time.monotonic()
 
-    def submit(self, items: list[tuple[Path, JobSpec | OSError]]) -> None:
+    def submit(self, items: list[tuple[Any, JobSpec | OSError | RaylensError]]) -> None:
         specs = [s for _, s in items if isinstance(s, JobSpec)]
-        for path, spec in items:
-            if isinstance(spec, OSError):
+        for item, spec in items:
+            if isinstance(spec, RaylensError):
+                self._failed(spec.code.value)
+                log.warning("%s could not be read: %s", item, spec.message)
+            elif isinstance(spec, OSError):
                 self._failed(ErrorCode.SOURCE_MISSING.value)
-                log.warning("%s could not be read: %s", path, spec)
+                log.warning("%s could not be read: %s", item, spec)
         results = submit(
             self.queue,
             specs,

@@ -21,7 +21,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     queue = launch.queue_handle(settings)
     summary = ingest.ingest(
         settings,
-        Path(args.path),
+        args.path,  # a path or an s3:// URI (Path would fold its "//")
         queue,
         Lane(args.priority),
         progress=not args.no_progress,

@@ -66,9 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
 
     ing = sub.add_parser(
-        "ingest", help="embed every image and video under PATH and wait until all are done"
+        "ingest",
+        help="embed every image and video under PATH (a folder, or s3://bucket/prefix) and wait "
+        "until all are done",
+        description="Embed every image and video under PATH and wait until every job is done "
+        "or failed; content already done is skipped. PATH is a local file or folder (workers "
+        "read it by path: on a cluster it must exist on every node), or s3://bucket/prefix: "
+        "objects under the prefix are listed page by page, hashed here, and read by the workers "
+        "straight from the bucket. Object storage is reached with the standard AWS_* variables "
+        "of each process (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
+        "AWS_REGION, AWS_ENDPOINT_URL; AWS_ALLOW_HTTP=true for an http:// endpoint) or an "
+        "instance role. Exits 0 when complete, 1 when the source cannot be listed "
+        "(source_missing, bucket_missing, storage_auth, storage_unavailable), 3 when "
+        "RAYLENS_INGEST_TIMEOUT_S ended it early.",
     )
-    ing.add_argument("path", help="an image file or a folder (searched recursively)")
+    ing.add_argument(
+        "path",
+        metavar="PATH",
+        help="an image or video file, a folder (searched recursively), or s3://bucket/prefix "
+        "(a folder of keys: every object under it)",
+    )
     ing.add_argument(
         "--priority",
         choices=[lane.value for lane in Lane],

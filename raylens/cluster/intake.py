@@ -1,4 +1,5 @@
-"""Intake rules: which files are media, upload checks, and the job spec for a path or upload."""
+"""Intake rules: which files are media, upload checks, and the job spec for a path, an object or
+an upload."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from raylens.cluster.jobs import JobSpec, Lane, Pipeline, SourceKind
+from raylens.cluster.objects import ObjectStores
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.settings import Settings
 from raylens.errors import EmptyInput, SourceMissing, TooLarge, UnsupportedFormat
@@ -77,6 +79,26 @@ def spec_for_path(path: Path, lane: Lane, pipeline: Pipeline = Pipeline.BOTH) ->
         lane=lane,
         pipeline=pipeline,
         name=path.name,
+    )
+
+
+def spec_for_object(
+    uri: str, stores: ObjectStores, lane: Lane, pipeline: Pipeline = Pipeline.BOTH
+) -> JobSpec:
+    """An object job: the object is referenced by its s3:// URI and workers read it from the
+    bucket themselves. Its bytes are read here once, streamed (never held whole), for the
+    content sha256 that makes the dedup key and the point ids: an ETag is not a content hash
+    (multipart and SSE-KMS ETags are not even an MD5), so it could not dedup against uploads,
+    local files or another bucket."""
+    sha, size = stores.sha256(uri)
+    return JobSpec(
+        source_kind=SourceKind.URI,
+        source=uri,
+        sha256=sha,
+        size_bytes=size,
+        lane=lane,
+        pipeline=pipeline,
+        name=uri.rsplit("/", 1)[-1],
     )
 
 

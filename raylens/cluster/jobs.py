@@ -50,7 +50,7 @@ LANE_ORDER: tuple[Lane, ...] = (Lane.INTERACTIVE, Lane.NORMAL, Lane.BULK)
 class SourceKind(str, Enum):
     UPLOAD = "upload"  # bytes kept in the payload store under the content sha256
     PATH = "path"  # a file on a filesystem every worker can read; never copied
-    URI = "uri"  # reserved for object-store URIs (s3://...), resolved by a later issue
+    URI = "uri"  # an object in object storage (s3://bucket/key), read by workers from there
 
 
 class Pipeline(str, Enum):

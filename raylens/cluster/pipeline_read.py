@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raylens.cluster.jobs import Failure, Job, SourceKind
+from raylens.cluster.objects import ObjectStores
 from raylens.cluster.payloads import PayloadStore
 from raylens.cluster.settings import Settings
 from raylens.errors import (
@@ -88,6 +89,8 @@ class JobReader:
         self.decode_device = decode_device
         # Shared by every decode thread of this worker (RAYLENS_MAX_DECODED_BYTES_PER_WORKER).
         self.budget = DecodeBudget(settings.max_decoded_bytes_per_worker)
+        # Buckets of URI jobs, reached with this worker's own AWS_* environment, on first use.
+        self.objects = ObjectStores(settings)
         # Called as a long input moves (every few dozen video frames): the worker's stall clock.
         self.progress: Callable[[], None] = _nothing
 
@@ -119,7 +122,26 @@ class JobReader:
                 raise SourceMissing(f"{job.source} is a folder, not a file") from None
             except PermissionError as exc:
                 raise SourceMissing(f"{job.source} cannot be read: {exc}") from None
-        raise SourceMissing(f"job {job.id}: source kind {job.source_kind.value} not supported yet")
+        if job.source_kind is SourceKind.URI:
+            return self._read_object(job)
+        raise SourceMissing(f"job {job.id}: source kind {job.source_kind.value} not supported")
+
+    def _read_object(self, job: Job) -> bytes:
+        """An object's bytes, straight from its bucket (never through the driver). Its size
+        is checked before its body is read: against the video cap first, since only the bytes
+        tell a video, then against the image cap once they are read."""
+        s = self.settings
+        cap, name = max(
+            (s.max_input_bytes, "RAYLENS_MAX_INPUT_BYTES"),
+            (s.max_video_bytes, "RAYLENS_MAX_VIDEO_BYTES"),
+        )
+        data = self.objects.read(job.source, cap, name, sha256=job.sha256)
+        if len(data) > s.max_input_bytes and sniff_video(data[:64]) is None:
+            raise TooLarge(
+                f"{job.source} has {len(data)} bytes; limit RAYLENS_MAX_INPUT_BYTES="
+                f"{s.max_input_bytes}"
+            )
+        return data
 
     def _read_path(self, path: str) -> bytes | str:
         with open(path, "rb") as f:

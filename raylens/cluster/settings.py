@@ -417,6 +417,38 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Give up waiting for an ingest after this long."
     )
 
+    # --- object storage (`raylens ingest s3://bucket/prefix`) ----------------------------------
+    # Credentials, region and endpoint are not raylens settings: they come from the standard
+    # AWS_* variables (or an instance role) of each process that touches the bucket.
+    ingest_list_page: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Keys asked for per page of an object-storage listing; `raylens ingest` "
+        "holds one page at a time, so memory does not grow with the bucket.",
+    )
+    s3_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Timeout of one object-storage request (a list page, or a read with its "
+        "whole body: raise it for large videos on a slow link).",
+    )
+    s3_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Timeout of connecting to the object-storage endpoint."
+    )
+    s3_max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Retries of a failed object-storage request (5xx, dropped connection, "
+        "timeout), with exponential backoff, before it counts as storage_unavailable.",
+    )
+    s3_retry_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Most time one object-storage request spends retrying.",
+    )
+
     # --- HTTP ingress (Ray Serve) ----------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Address the Serve HTTP proxy binds.")
     http_port: int = Field(
