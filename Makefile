@@ -68,7 +68,7 @@ bench-overhead: deps
 	$(UV) run --frozen python bench/bench_overhead.py $(BENCH_OVERHEAD_ARGS)
 
 bench-check: deps redis
-	RAYLENS_BENCH_TESTS=1 $(UV) run --frozen pytest -q -ra tests/test_bench_peer_rq.py tests/test_bench_peers_serve.py tests/test_bench_peers_batch.py tests/test_bench_cli.py tests/test_bench_overhead.py
+	RAYLENS_BENCH_TESTS=1 $(UV) run --frozen pytest -q -ra tests/test_bench_peer_rq.py tests/test_bench_peers_serve.py tests/test_bench_peers_batch.py tests/test_bench_failures_drills.py tests/test_bench_failures.py tests/test_bench_cli.py tests/test_bench_overhead.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -11,6 +11,8 @@ Benchmark fixtures, never imported by raylens. What they share:
   `deploy`: `serve.run` under a deadline, so a replica that never starts is an error;
 - `redis_broker`: a redis-server of our own on a free port (tests/_redis_server.RedisServer);
 - `peer_row`: the row every peer returns (images/s, latency percentiles, peak memory);
+- `Journal`: what the failure drills (bench/failure_drills.py) read back: one line per image
+  whose processing began and one per image stored, appended by whichever process did it;
 - `main`: the standalone command line of a peer.
 """
 
@@ -120,6 +122,38 @@ def warm_up(name: str, url: str, data: bytes) -> None:
         )
 
 
+class Journal:
+    """An append-only file of `B key` (processing of an image began) and `S key` (its vector
+    stored) lines, written by the peers' worker processes for the failure drills.
+
+    Each line is one os.write on an O_APPEND descriptor, so the lines of several processes
+    interleave whole and a process killed with SIGKILL loses nothing it wrote. A None path
+    writes nothing (the timed rows run without a journal).
+    """
+
+    def __init__(self, path: Path | str | None) -> None:
+        self.path = None if path is None else str(path)
+        self._fd: int | None = None
+
+    def _write(self, tag: str, keys: Any) -> None:
+        if self.path is None:
+            return
+        if self._fd is None:  # opened lazily: the object travels to Ray workers by pickle
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        lines = "".join(f"{tag} {k}\n" for k in keys)
+        if lines:
+            os.write(self._fd, lines.encode())
+
+    def began(self, *keys: str) -> None:
+        self._write("B", keys)
+
+    def stored(self, *keys: str) -> None:
+        self._write("S", keys)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_fd": None}
+
+
 def point_id(key: str) -> str:
     """One point per image: the id depends only on the image's key (its path)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
@@ -143,6 +177,7 @@ class EmbedStore:
         model_config: Path | None,
         threads: int,
         qdrant_path: Path,
+        journal: Journal | None = None,
     ) -> None:
         from qdrant_client import QdrantClient, models
 
@@ -162,6 +197,7 @@ class EmbedStore:
                 ),
             )
         self._lock = threading.Lock()
+        self.journal = journal or Journal(None)
 
     def embed(self, data: bytes) -> np.ndarray:
         """One image's bytes -> its (dim,) vector: decode, preprocess, forward at batch 1."""
@@ -169,12 +205,14 @@ class EmbedStore:
 
     def embed_store(self, data: bytes, key: str) -> float:
         """Embed, upsert, and return when the vector was stored (time.time() after upsert)."""
+        self.journal.began(key)
         vector = self.embed(data)
         point = self._models.PointStruct(
             id=point_id(key), vector=vector.tolist(), payload={"key": key}
         )
         with self._lock:
             self.client.upsert(COLLECTION, points=[point], wait=True)
+        self.journal.stored(key)
         return time.time()
 
     def count(self) -> int:

@@ -42,13 +42,20 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def raw_limit(paths: list[Path], model: str, threads: int, batch_sizes: list[int]) -> dict:
+def raw_limit(
+    paths: list[Path],
+    model: str,
+    threads: int,
+    batch_sizes: list[int],
+    pretrained: str = "none",
+    model_config: Path | None = None,
+) -> dict:
     """Decode + preprocess + forward in one process, sequentially, at each batch size."""
     from _peer_common import decode_like_raw
 
     from raylens.models.clip import ClipEmbedder
 
-    emb = ClipEmbedder(model, "none", device="auto", threads=threads)
+    emb = ClipEmbedder(model, pretrained, model_config=model_config, device="auto", threads=threads)
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
     rows = {}
     # Each image's latency is its batch's: all of a batch is "submitted" when the batch starts.

@@ -27,6 +27,15 @@ submission to its vector stored, peak RSS (and PSS) summed over the processes th
 Then, on the raylens_http system: healthz latency while the workers are saturated, search
 latency over --index-points stored vectors, and faces/s and video frames/s (bench_media).
 
+Failure columns (--failure-drills, on by default; bench/failure_drills.py): one short drill per
+row (raw, the raylens rows that ran, the --peers rows) on the tests' tiny OpenCLIP model and
+--drill-images generated JPEGs plus one corrupt file; at half-way every process of the row
+that runs the model gets SIGKILL and the row restarts the way that system restarts (raylens:
+the worker processes, replaced by its supervisor; rq: the worker and its work-horse, started
+again by the drill; Serve rows: the replica, replaced by Serve; ray_data: the Embedder actors,
+restarted by Ray). Columns:
+
+{definitions}
     uv run python bench/bench_http.py [--images 192] [--clients 32] [--peers rq,...] [--json]
 """
 
@@ -57,6 +66,9 @@ from bench_core import (  # noqa: E402
     run_core,
 )
 from bench_media import print_media, run_media  # noqa: E402
+from failure_drills import DEFINITIONS, run_drills, table_lines  # noqa: E402
+
+__doc__ = __doc__.replace("{definitions}", DEFINITIONS)
 
 TERMINAL = ("done", "failed")
 QUERIES = [
@@ -376,6 +388,7 @@ def run_http(
 
 
 ROW_KEYS = ("images_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "peak_pss_mb")
+FAILURE_KEYS = ("corrupt", "redone", "lost", "dup")
 PEERS = {  # row name -> module in bench/ with run(paths, model, threads, work_dir) -> dict
     "rq": "peer_rq",
     "serve_task_consumer": "peer_serve_tc",
@@ -416,6 +429,14 @@ def rows_of(
     return rows
 
 
+def add_failures(rows: list[dict[str, Any]], drills: list[dict[str, Any]] | None) -> None:
+    """Each row gets its drill's corrupt / redone / lost / dup (None: no drill ran for it)."""
+    by_name = {d["name"]: d for d in drills or []}
+    for r in rows:
+        d = by_name.get(r["name"], {})
+        r.update({k: d.get(k) for k in FAILURE_KEYS})
+
+
 def run_peers(
     names: list[str], paths: list[Path], model: str, threads: int, work_dir: Path
 ) -> dict[str, dict[str, Any]]:
@@ -433,27 +454,54 @@ def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def cell(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def table_rows(rows: list[dict[str, Any]], failures: bool) -> list[str]:
+    """The bench table's header and one line per row (with the failure columns if drilled)."""
+    head = (
+        f"  {'row':22} {'images/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'peak RSS MB':>12} "
+        f"{'PSS MB':>8} {'vs raw':>7}"
+    )
+    if failures:
+        head += f"  {'corrupt':22} {'redone':>6} {'lost':>5} {'dup':>4}"
+    lines = [head]
+    for r in rows:
+        line = (
+            f"  {r['name']:22} {r['images_per_s']:9.2f} {fmt(r['p50_ms']):>9} "
+            f"{fmt(r['p99_ms']):>9} {fmt(r['peak_rss_mb']):>12} {fmt(r['peak_pss_mb']):>8} "
+            f"{r['ratio_to_raw']:7.3f}"
+        )
+        if failures:
+            line += (
+                f"  {cell(r.get('corrupt')):22} {cell(r.get('redone')):>6} "
+                f"{cell(r.get('lost')):>5} {cell(r.get('dup')):>4}"
+            )
+        lines.append(line)
+    return lines
+
+
 def print_table(out: dict[str, Any]) -> None:
     print(
         f"{out['images']} images (mean {out['mean_megapixels']:.1f} MP), {out['model']} random "
         f"weights on {out['device']} ({out['dtype']}), {out['threads']} threads; latency = "
         "submission -> vector stored; memory = peak of the row's own processes"
     )
-    print(
-        f"  {'row':22} {'images/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'peak RSS MB':>12} "
-        f"{'PSS MB':>8} {'vs raw':>7}"
-    )
-    for r in out["rows"]:
-        print(
-            f"  {r['name']:22} {r['images_per_s']:9.2f} {fmt(r['p50_ms']):>9} "
-            f"{fmt(r['p99_ms']):>9} {fmt(r['peak_rss_mb']):>12} {fmt(r['peak_pss_mb']):>8} "
-            f"{r['ratio_to_raw']:7.3f}"
-        )
+    drills = out.get("failure_drills")
+    print("\n".join(table_rows(out["rows"], drills is not None)))
     best = out["rows"][0].get("batch_size")
     print(f"  raw: best batch {best}; images/s by batch size {out['raw_by_batch_size']}")
     for name, peer in out.get("peers", {}).items():
         if peer.get("notes"):
             print(f"  {name}: {peer['notes']}")
+    if drills is not None:
+        print(
+            f"Failure drills (tiny model, {out['drill_images']} good images + 1 corrupt per row; "
+            "SIGKILL at half-way, then the row's own restart):"
+        )
+        print("\n".join(table_lines(drills)))
+        print(DEFINITIONS.rstrip())
 
 
 def print_http(out: dict[str, Any]) -> None:
@@ -515,6 +563,21 @@ def main(argv: list[str] | None = None) -> int:
         "--face-jobs", type=int, default=24, help="face photos for faces/s (0: skip faces/video)"
     )
     ap.add_argument("--video-seconds", type=int, default=60, help="length of the 720p test video")
+    ap.add_argument(
+        "--failure-drills",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the failure columns: one drill per row, on the tiny model (default: on)",
+    )
+    ap.add_argument(
+        "--drill-images", type=int, default=48, help="good images per failure drill (default 48)"
+    )
+    ap.add_argument(
+        "--drill-settle",
+        type=float,
+        default=15.0,
+        help="a drill ends after this many seconds without progress (default 15)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     peers = [p for p in args.peers.split(",") if p]
@@ -576,8 +639,21 @@ def measure(
             args.video_seconds,
         )
         peer_out = run_peers(peers, paths, args.model, args.threads, Path(tmp) / "peers")
+        drills = None
+        if args.failure_drills:
+            drilled = ["raw", *([] if args.no_ingest else ["raylens_bulk"]), "raylens_http"]
+            drills = run_drills(
+                [*drilled, *peers],
+                Path(tmp) / "drills",
+                images=args.drill_images,
+                threads=args.threads,
+                batch=raw["batch_size"],
+                settle_s=args.drill_settle,
+            )
     http.update(images=args.images, clients=args.clients)
     rows = rows_of(core, raw, http, peer_out)
+    if drills is not None:
+        add_failures(rows, drills)
     out = {
         "device": raw["device"],
         "dtype": raw["dtype"],
@@ -595,6 +671,9 @@ def measure(
         "media": http["media"],
         "worker": http["worker"],
         "core": core if core is not None else {"raw": raw},
+        "failure_drills": drills,
+        "drill_images": args.drill_images if drills is not None else None,
+        "failure_definitions": DEFINITIONS if drills is not None else None,
     }
     return out, core, http
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _peer_common import (  # noqa: E402
     DEFAULT_TIMEOUT_S,
+    Journal,
     PeerMemory,
     decode_like_raw,
     image_keys,
@@ -64,9 +65,17 @@ def index_settings(qdrant_dir: Path) -> Any:
 class Embedder:
     """The actor-pool stage: the model loaded once per actor; bytes -> vectors, per batch."""
 
-    def __init__(self, model: str, pretrained: str, model_config: str | None, threads: int):
+    def __init__(
+        self,
+        model: str,
+        pretrained: str,
+        model_config: str | None,
+        threads: int,
+        journal: str | None = None,
+    ):
         from raylens.models.clip import ClipEmbedder
 
+        self.journal = Journal(journal)
         self.emb = ClipEmbedder(
             model,
             pretrained,
@@ -78,6 +87,7 @@ class Embedder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.journal.began(*(str(p) for p in batch["path"]))
         pixels, ok, errors = [], [], []
         for data in batch["bytes"]:
             try:
@@ -108,9 +118,10 @@ class Embedder:
 class Writer:
     """One actor owns the Qdrant Edge folder (as raylens's index actor does)."""
 
-    def __init__(self, qdrant_dir: str) -> None:
+    def __init__(self, qdrant_dir: str, journal: str | None = None) -> None:
         from raylens.cluster.index import VectorIndex
 
+        self.journal = Journal(journal)
         # The collection is made on the first upsert, at the model's vector size.
         self.index = VectorIndex(index_settings(Path(qdrant_dir)))
 
@@ -125,6 +136,7 @@ class Writer:
                 np.asarray(batch["vector"])[ok],
                 [{"key": p} for p in good],
             )
+            self.journal.stored(*good)
         n = len(paths)
         return {
             "path": paths,
@@ -149,13 +161,15 @@ def pipeline(
     batch_size: int,
     concurrency: int,
     gpus: int = 0,
+    journal: Path | None = None,
 ) -> Any:
     import ray.data
 
+    log = journal and str(journal)
     ds = ray.data.read_binary_files(paths, include_paths=True)
     ds = ds.map_batches(
         Embedder,
-        fn_constructor_args=(model, pretrained, model_config and str(model_config), threads),
+        fn_constructor_args=(model, pretrained, model_config and str(model_config), threads, log),
         batch_size=batch_size,
         concurrency=concurrency,
         num_cpus=threads,
@@ -164,7 +178,7 @@ def pipeline(
     )
     return ds.map_batches(
         Writer,
-        fn_constructor_args=(str(qdrant_dir),),
+        fn_constructor_args=(str(qdrant_dir), log),
         batch_size=batch_size,
         concurrency=1,
         num_cpus=0,
@@ -183,8 +197,14 @@ def run(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     batch_size: int = BATCH_SIZE,
     concurrency: int | None = None,
+    journal: Path | None = None,
+    strict: bool = True,
 ) -> dict[str, Any]:
-    """Embed `paths` with a Ray Data pipeline into a Qdrant Edge collection; the row."""
+    """Embed `paths` with a Ray Data pipeline into a Qdrant Edge collection; the row.
+
+    `journal` and strict=False are for the failure drills: every image's start and store
+    appended to that file, and a collection that disagrees with the rows the driver saw
+    reported, not raised."""
     keys = image_keys(NAME, paths)
     work_dir.mkdir(parents=True, exist_ok=True)
     import torch
@@ -216,11 +236,12 @@ def run(
             # ---- the clock starts
             ds = pipeline(
                 keys, model, pretrained, model_config, actor_threads, work_dir / "qdrant",
-                batch_size=batch_size, concurrency=concurrency, gpus=gpus,
+                batch_size=batch_size, concurrency=concurrency, gpus=gpus, journal=journal,
             )  # fmt: skip
             started = time.time()
             stored: list[float] = []
             errors: list[str] = []
+            failed_keys: list[str] = []
             seconds = {"decode": 0.0, "infer": 0.0, "write": 0.0}
             ready = started
             deadline = time.monotonic() + timeout_s
@@ -232,6 +253,7 @@ def run(
                         stored.append(float(at))
                     else:
                         errors.append(f"{p}: {err}")
+                        failed_keys.append(str(p))
                 ready = max(ready, float(np.max(batch["ready_at"])))
                 for stage in seconds:
                     seconds[stage] += float(np.sum(batch[f"{stage}_s"]))
@@ -243,7 +265,7 @@ def run(
     load_s, started = ready - started, ready
     stored = [max(t, started) for t in stored]
     points = _count(work_dir / "qdrant")
-    if points != len(stored):
+    if strict and points != len(stored):
         raise RuntimeError(f"{NAME}: {len(stored)} images stored but the collection has {points}")
     return peer_row(
         NAME,
@@ -269,6 +291,7 @@ def run(
         setup_s=setup_s,
         model_load_s=round(load_s, 3),
         errors=errors[:5],
+        failed_keys=failed_keys,
         stage_seconds={k: round(v, 3) for k, v in seconds.items()},
         stats=str(stats)[-2000:],
     )

@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ RESULT_TTL_S = 3600
 # Set in the worker parent before worker.work(); forked work-horses inherit them.
 _EMBEDDER: Any = None
 _THREADS = 1
+_JOURNAL: str | None = None  # the failure drills' journal file (_peer_common.Journal)
 
 
 # ---- the job (runs in a forked RQ work-horse) ------------------------------------------------
@@ -84,8 +86,9 @@ _THREADS = 1
 def embed_one(path: str) -> dict[str, Any]:
     """One image: read, decode, embed at batch 1 with the preloaded model; returns the vector."""
     import torch
-    from _peer_common import decode_like_raw
+    from _peer_common import Journal, decode_like_raw
 
+    Journal(_JOURNAL).began(path)
     emb = _EMBEDDER
     if emb is None:
         raise RuntimeError("no preloaded model: embed_one runs only in a peer_rq worker")
@@ -112,10 +115,11 @@ def embed_one(path: str) -> dict[str, Any]:
 
 def worker_main(args: argparse.Namespace) -> int:
     """Preload the model, announce readiness in Redis, then run RQ's forking worker."""
-    global _EMBEDDER, _THREADS
+    global _EMBEDDER, _THREADS, _JOURNAL
     from raylens.models.clip import ClipEmbedder
 
     _THREADS = args.threads
+    _JOURNAL = args.journal
     config = Path(args.model_config) if args.model_config else None
     # 1 thread here, `threads` in each horse: see the module docstring (libgomp and fork).
     _EMBEDDER = ClipEmbedder(
@@ -206,12 +210,15 @@ def _start_worker(
     model_config: Path | None,
     threads: int,
     log: Path,
+    journal: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--redis-url", url]
     argv += ["--queue", queue, "--ready-key", ready_key, "--model", model]
     argv += ["--pretrained", pretrained, "--threads", str(threads)]
     if model_config is not None:
         argv += ["--model-config", str(model_config)]
+    if journal is not None:
+        argv += ["--journal", str(journal)]
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
@@ -238,11 +245,22 @@ def _wait_ready(
 class Collector:
     """Polls RQ's finished/failed registries; upserts each poll's new vectors as one batch."""
 
-    def __init__(self, conn: redis.Redis, queue: Queue, qdrant: Any, collection: str) -> None:
+    def __init__(
+        self,
+        conn: redis.Redis,
+        queue: Queue,
+        qdrant: Any,
+        collection: str,
+        journal: Path | None = None,
+    ) -> None:
+        from _peer_common import Journal
+
         self.conn, self.queue, self.qdrant, self.collection = conn, queue, qdrant, collection
+        self.journal = Journal(journal)
         self.pending: dict[str, tuple[int, str, float]] = {}  # job id -> (index, path, t_enqueue)
         self.latencies: list[float] = []
         self.failed: list[str] = []
+        self.failed_keys: list[str] = []
         self.errors: list[str] = []
         self.jobs: list[dict[str, Any]] = []  # what each horse reported (vector dropped)
         self.last_store = 0.0
@@ -257,13 +275,13 @@ class Collector:
         failed = self.queue.failed_job_registry.get_job_ids(cleanup=False)
         for job_id in failed:
             if job_id in self.pending:
-                self.pending.pop(job_id)
+                self.failed_keys.append(self.pending.pop(job_id)[1])
                 self.failed.append(job_id)
                 self._note_error(job_id)
         new = [j for j in finished if j in self.pending]
         if not new:
             return
-        points = []
+        points, keys = [], []
         for job in Job.fetch_many(new, connection=self.conn):
             assert job is not None
             result = job.latest_result()
@@ -271,6 +289,7 @@ class Collector:
                 raise RuntimeError(f"job {job.id} finished without a stored result")
             out = dict(result.return_value)
             index, path, _ = self.pending[job.id]
+            keys.append(path)
             points.append(
                 models.PointStruct(
                     id=index, vector=out.pop("vector").tolist(), payload={"path": path}
@@ -278,6 +297,7 @@ class Collector:
             )
             self.jobs.append(out)
         self.qdrant.upsert(self.collection, points=points, wait=True)
+        self.journal.stored(*keys)
         self.upserts += 1
         self.last_store = time.perf_counter()
         for job_id in new:
@@ -296,6 +316,45 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+class KillPlan:
+    """The failure drill's kill (bench/failure_drills.py): once `at` vectors are stored, the
+    worker and its work-horse get SIGKILL and `restart()` starts the same worker command again
+    (what a process supervisor would do); an image still neither stored nor failed after
+    `settle_s` without progress is left unfinished instead of timing the run out."""
+
+    def __init__(self, at: int, restart: Callable[[], subprocess.Popen[bytes]], settle_s: float):
+        self.at, self.restart, self.settle_s = at, restart, settle_s
+        self.killed_pids: list[int] = []
+        self.stored_at_kill: int | None = None
+        self.began_at_kill: int | None = None
+
+    def kill(self, proc: subprocess.Popen[bytes], stored: int) -> None:
+        """SIGKILL the worker and its horse, in the middle of a job: the collector sees a job
+        finish just after its horse exits, so wait (up to 2 s) for the next horse, and then
+        0.1 s more (a tiny-model job takes 0.15-0.4 s), first."""
+
+        def horses() -> list[psutil.Process]:
+            return [c for c in parent.children() if c.status() != psutil.STATUS_ZOMBIE]
+
+        try:
+            parent = psutil.Process(proc.pid)
+            deadline = time.monotonic() + 2.0
+            while not horses() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.1)
+            victims = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            victims = []
+        for p in victims:
+            try:
+                p.kill()
+                self.killed_pids.append(p.pid)
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        self.stored_at_kill = stored
+
+
 def _collect(
     conn: redis.Redis,
     queue: Queue,
@@ -305,9 +364,13 @@ def _collect(
     proc: subprocess.Popen[bytes],
     timeout_s: float,
     log: Path,
-) -> tuple[Collector, float]:
-    """Enqueue every path (polling between enqueues too), then poll until all are accounted for."""
-    col = Collector(conn, queue, qdrant, collection)
+    journal: Path | None = None,
+    kill: KillPlan | None = None,
+) -> tuple[Collector, float, subprocess.Popen[bytes]]:
+    """Enqueue every path (polling between enqueues too), then poll until all are accounted
+    for. Returns the collector, the clock start and the worker process (a new one after a
+    KillPlan's restart)."""
+    col = Collector(conn, queue, qdrant, collection, journal)
     job_timeout = max(180, int(timeout_s))
     t0 = time.perf_counter()
     for i, p in enumerate(paths):
@@ -323,11 +386,21 @@ def _collect(
         if time.perf_counter() - col.last_poll >= POLL_S:
             col.poll()
     deadline = t0 + timeout_s
+    progress = (len(col.latencies) + len(col.failed), time.perf_counter())
     while col.pending:
         time.sleep(max(0.0, col.last_poll + POLL_S - time.perf_counter()))
         col.poll()
         if not col.pending:
             break
+        if kill is not None and kill.stored_at_kill is None and len(col.latencies) >= kill.at:
+            kill.kill(proc, len(col.latencies))
+            proc = kill.restart()  # returns once the new worker has its model
+            progress = (-1, time.perf_counter())
+        accounted = len(col.latencies) + len(col.failed)
+        if accounted != progress[0]:
+            progress = (accounted, time.perf_counter())
+        elif kill is not None and time.perf_counter() - progress[1] > kill.settle_s:
+            break  # the rest never finishes: the drill counts them as unfinished
         if proc.poll() is not None:
             raise RuntimeError(
                 f"rq peer: the worker exited with {proc.returncode} with {len(col.pending)} of "
@@ -338,7 +411,7 @@ def _collect(
                 f"rq peer: {len(col.pending)} of {len(paths)} images neither stored nor failed "
                 f"after {timeout_s:.0f}s (worker log: {log})"
             )
-    return col, t0
+    return col, t0, proc
 
 
 def run(
@@ -349,8 +422,16 @@ def run(
     pretrained: str = "none",
     model_config: Path | None = None,
     timeout_s: float = 1800.0,
+    journal: Path | None = None,
+    kill_at: int | None = None,
+    settle_s: float = 15.0,
 ) -> dict:
-    """The RQ peer on `paths`; see the module docstring for what is measured and how."""
+    """The RQ peer on `paths`; see the module docstring for what is measured and how.
+
+    For the failure drills: `journal` (every image's start and store appended to that file)
+    and `kill_at` (SIGKILL the worker and its horse once that many vectors are stored, start
+    the same worker command again, and leave what never finishes within `settle_s` of no
+    progress unfinished; see KillPlan)."""
     from qdrant_client import QdrantClient, models
 
     work_dir = Path(work_dir)
@@ -365,10 +446,23 @@ def run(
             url = f"redis://127.0.0.1:{port}/0"
             conn = redis.Redis.from_url(url)
             queue = Queue(queue_name, connection=conn)
-            worker = _start_worker(
-                url, queue_name, ready_key, model, pretrained, model_config, threads, log
-            )
+
+            def start() -> subprocess.Popen[bytes]:
+                return _start_worker(
+                    url, queue_name, ready_key, model, pretrained, model_config, threads, log,
+                    journal,
+                )  # fmt: skip
+
+            def restart() -> subprocess.Popen[bytes]:
+                assert conn is not None
+                conn.delete(ready_key)
+                proc = start()
+                _wait_ready(conn, proc, queue, ready_key, log)
+                return proc
+
+            worker = start()
             info = _wait_ready(conn, worker, queue, ready_key, log)
+            plan = None if kill_at is None else KillPlan(kill_at, restart, settle_s)
             qdrant = QdrantClient(path=str(work_dir / "rq-qdrant"))
             collection = "images"
             qdrant.create_collection(
@@ -377,8 +471,13 @@ def run(
                     size=info["dim"], distance=models.Distance.COSINE
                 ),
             )
-            col, t0 = _collect(conn, queue, paths, qdrant, collection, worker, timeout_s, log)
+            col, t0, worker = _collect(
+                conn, queue, paths, qdrant, collection, worker, timeout_s, log, journal, plan
+            )
             points = qdrant.count(collection, exact=True).count
+            # Jobs RQ still holds as started (a killed horse's job stays there until its
+            # job_timeout, then fails as abandoned; RQ retries it only with a Retry policy).
+            started = len(queue.started_job_registry.get_job_ids(cleanup=False))
         finally:
             if qdrant is not None:
                 qdrant.close()
@@ -386,7 +485,15 @@ def run(
                 conn.close()
             _stop(worker)
             _stop(redis_proc)
-    return _summary(col, t0, points, info, paths, threads, mem)
+    out = _summary(col, t0, points, info, paths, threads, mem, strict=plan is None)
+    if plan is not None:
+        out.update(
+            killed_pids=plan.killed_pids,
+            stored_at_kill=plan.stored_at_kill,
+            unfinished_keys=[path for _, path, _ in col.pending.values()],
+            started_registry=started,
+        )
+    return out
 
 
 def _summary(
@@ -397,9 +504,10 @@ def _summary(
     paths: list[Path],
     threads: int,
     mem: RowMemory,
+    strict: bool = True,
 ) -> dict:
     done = len(col.latencies)
-    if points != done:
+    if strict and points != done:
         raise RuntimeError(f"rq peer: the Qdrant collection holds {points} points; {done} stored")
     seconds = (col.last_store - t0) if done else float("nan")
     pids = {j["pid"] for j in col.jobs}
@@ -425,6 +533,7 @@ def _summary(
         "images": len(paths),
         "points": points,
         "errors": col.errors,
+        "failed_keys": col.failed_keys,
         "worker_class": info["worker_class"],
         "horse_pids": len(pids),
         "worker_pid_ran_a_job": info["pid"] in pids,
@@ -458,6 +567,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--queue", help=argparse.SUPPRESS)
     ap.add_argument("--ready-key", help=argparse.SUPPRESS)
     ap.add_argument("--log-level", default="INFO", help=argparse.SUPPRESS)
+    ap.add_argument("--journal", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _peer_common import (  # noqa: E402
     DEFAULT_TIMEOUT_S,
+    Journal,
     PeerMemory,
     decode_like_raw,
     deploy,
@@ -66,6 +67,7 @@ def batch_app(
     max_batch_size: int,
     batch_wait_s: float,
     max_ongoing_requests: int,
+    journal: Journal | None = None,
 ) -> Any:
     """The HTTP deployment (one replica, @serve.batch over the forward pass and the upsert)."""
     from ray import serve
@@ -94,6 +96,7 @@ def batch_app(
             self.index = VectorIndex(settings, self.emb.dim)
             self.decode_pool = ThreadPoolExecutor(threads, "decode")
             self.model_pool = ThreadPoolExecutor(1, "model")
+            self.journal = journal or Journal(None)
             self.batches: list[int] = []
             self.seconds = {"decode": 0.0, "infer": 0.0, "write": 0.0}
 
@@ -111,6 +114,7 @@ def batch_app(
             vectors = self.emb.embed_images(np.stack(pixels))
             t1 = time.perf_counter()
             self.index.upsert([point_id(k) for k in keys], vectors, [{"key": k} for k in keys])
+            self.journal.stored(*keys)
             self.seconds["infer"] += t1 - t0
             self.seconds["write"] += time.perf_counter() - t1
             return time.time()
@@ -131,6 +135,8 @@ def batch_app(
             if not key and not warmup:
                 return JSONResponse({"error": "missing ?key="}, status_code=400)
             loop = asyncio.get_running_loop()
+            if not warmup:
+                self.journal.began(key)
             try:
                 pixels = await loop.run_in_executor(self.decode_pool, self._decode, data)
             except Exception as exc:  # an undecodable image fails its own request only
@@ -175,8 +181,12 @@ def run(
     max_batch_size: int = MAX_BATCH_SIZE,
     batch_wait_s: float = BATCH_WAIT_S,
     max_ongoing_requests: int = MAX_ONGOING,
+    journal: Path | None = None,
+    strict: bool = True,
 ) -> dict[str, Any]:
-    """Embed `paths` through a @serve.batch HTTP deployment into Qdrant Edge; the row."""
+    """Embed `paths` through a @serve.batch HTTP deployment into Qdrant Edge; the row.
+
+    `journal` and strict=False are for the failure drills (see peer_serve_naive.run)."""
     keys = image_keys(NAME, paths)
     work_dir.mkdir(parents=True, exist_ok=True)
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
@@ -186,7 +196,7 @@ def run(
             t_setup = time.perf_counter()
             deployment = batch_app(
                 model, pretrained, model_config, threads, work_dir / "qdrant",
-                max_batch_size, batch_wait_s, max_ongoing_requests,
+                max_batch_size, batch_wait_s, max_ongoing_requests, Journal(journal),
             )  # fmt: skip
             handle = deploy(deployment.bind(), APP, ROUTE, timeout_s)
             warm_up(NAME, f"{url}{ROUTE}", data[0])
@@ -196,7 +206,7 @@ def run(
             points = int(handle.count.remote().result(timeout_s=60))
             info = handle.info.remote().result(timeout_s=60)
     done = len(up["latencies"])
-    if points != done:
+    if strict and points != done:
         raise RuntimeError(f"{NAME}: {done} requests succeeded but the collection has {points}")
     return peer_row(
         NAME,
@@ -227,6 +237,7 @@ def run(
         device=info["device"],
         setup_s=setup_s,
         errors=up["errors"][:5],
+        failed_keys=up["failed_keys"],
     )
 
 

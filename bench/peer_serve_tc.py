@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peer_common import (  # noqa: E402
     DEFAULT_TIMEOUT_S,
     EmbedStore,
+    Journal,
     PeerMemory,
     deploy,
     image_keys,
@@ -53,6 +54,7 @@ def consumer_app(
     threads: int,
     qdrant_path: Path,
     consumer_concurrency: int | None,
+    journal: Journal | None = None,
 ) -> Any:
     """The task-consumer deployment, bound. Built at run time: the decorator needs the
     processor config, whose broker URL is only known once our redis-server is up."""
@@ -67,7 +69,7 @@ def consumer_app(
     @task_consumer(task_processor_config=config)
     class EmbedConsumer:
         def __init__(self) -> None:
-            self.work = EmbedStore(model, pretrained, model_config, threads, qdrant_path)
+            self.work = EmbedStore(model, pretrained, model_config, threads, qdrant_path, journal)
 
         @task_handler(name=TASK)
         def embed_image(self, path: str, warmup: bool = False) -> dict[str, Any]:
@@ -109,12 +111,20 @@ def _wait(adapter: Any, task_id: str, deadline: float) -> Any:
 
 
 def _produce(
-    client: Any, keys: list[str], timeout_s: float, t_setup: float, queue: str, broker_url: str
+    client: Any,
+    keys: list[str],
+    timeout_s: float,
+    t_setup: float,
+    queue: str,
+    broker_url: str,
+    results_timeout_s: float | None = None,
 ) -> tuple[list[float], list[Any], float, float]:
     """Warm-up task, then the timed run: every image enqueued (time.time() stamped before
     each enqueue), then every task's result read back, oldest first (they finish in about
     submission order; the stored-at times come from the results, so polling adds nothing).
-    Returns (submitted times, TaskResults, setup seconds, enqueue seconds)."""
+    Returns (submitted times, TaskResults, setup seconds, enqueue seconds). With
+    `results_timeout_s` (the failure drills), a task without a result by then is None in the
+    results instead of an error."""
     warm = client.enqueue_task_sync(TASK, args=[keys[0]], kwargs={"warmup": True})
     res = _wait(client, warm.id, time.monotonic() + timeout_s)
     if res is None or res.status != "SUCCESS":
@@ -131,10 +141,10 @@ def _produce(
         submitted.append(time.time())
         ids.append(client.enqueue_task_sync(TASK, args=[key]).id)
     submit_s = time.time() - submitted[0]
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + (results_timeout_s or timeout_s)
     results = [_wait(client, task_id, deadline) for task_id in ids]
     missing = sum(r is None for r in results)
-    if missing:
+    if missing and results_timeout_s is None:
         raise TimeoutError(
             f"{NAME}: {missing} of {len(ids)} tasks never finished within {timeout_s:.0f}s "
             f"(queue {queue}, broker {broker_url})"
@@ -152,10 +162,15 @@ def run(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     consumer_concurrency: int | None = None,
+    journal: Path | None = None,
+    results_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Embed `paths` through a Serve task consumer; the row (see _peer_common.peer_row).
 
-    timeout_s bounds the deployment (model load) and, separately, the run itself.
+    timeout_s bounds the deployment (model load) and, separately, the run itself. For the
+    failure drills: `journal` (every image's start and store appended to that file) and
+    `results_timeout_s` (a task without a result by then is counted as never finished, in
+    `unfinished_keys`, and the collection is not required to match).
     """
     from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
     from ray.serve.task_consumer import instantiate_adapter_from_config
@@ -182,6 +197,7 @@ def run(
                         threads,
                         work_dir / "qdrant",
                         consumer_concurrency,
+                        Journal(journal),
                     ),
                     APP,
                     None,
@@ -191,14 +207,27 @@ def run(
                 client = instantiate_adapter_from_config(config)  # the producer side
                 try:
                     submitted, results, setup_s, submit_s = _produce(
-                        client, keys, timeout_s, t_setup, config.queue_name, broker.url
+                        client,
+                        keys,
+                        timeout_s,
+                        t_setup,
+                        config.queue_name,
+                        broker.url,
+                        results_timeout_s,
                     )
                 finally:
                     client._app.close()  # its Redis connections, before the server stops
                 points = int(handle.count.remote().result(timeout_s=60))
-    ok = [(s, r.result["stored_at"]) for s, r in zip(submitted, results) if r.status == "SUCCESS"]
-    errors = [repr(r.result)[:200] for r in results if r.status != "SUCCESS"]
-    if points != len(ok):
+            broker_state = _broker_state(broker, config.queue_name)
+    ok = [
+        (s, r.result["stored_at"])
+        for s, r in zip(submitted, results)
+        if r is not None and r.status == "SUCCESS"
+    ]
+    bad = [(k, r) for k, r in zip(keys, results) if r is not None and r.status != "SUCCESS"]
+    errors = [f"{k}: {r.result!r}"[:300] for k, r in bad]
+    unfinished = [k for k, r in zip(keys, results) if r is None]
+    if results_timeout_s is None and points != len(ok):
         raise RuntimeError(f"{NAME}: {len(ok)} tasks succeeded but the collection has {points}")
     concurrency = info["consumer_concurrency"]
     return peer_row(
@@ -225,7 +254,21 @@ def run(
         setup_s=setup_s,
         submit_s=submit_s,
         errors=errors[:5],
+        failed_keys=[k for k, _ in bad],
+        unfinished_keys=unfinished,
+        broker=broker_state,
     )
+
+
+def _broker_state(broker: Any, queue: str) -> dict[str, int]:
+    """Messages still in the Redis broker at the end: queued, and delivered but unacknowledged
+    (kombu's Redis transport keeps those in its "unacked" hash and hands them out again only
+    after its visibility_timeout, an hour by default)."""
+    conn = broker.client()
+    try:
+        return {"queued": int(conn.llen(queue)), "unacked": int(conn.hlen("unacked"))}
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

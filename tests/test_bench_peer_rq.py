@@ -73,3 +73,16 @@ def test_rq_peer_counts_a_failed_job(tiny_model, tmp_path) -> None:
     out = run_tiny([*paths, bad], tiny_model, tmp_path / "work")
     assert (out["done"], out["failed"], out["points"]) == (3, 1, 3)
     assert len(out["errors"]) == 1 and "raylens.errors." in out["errors"][0]
+
+
+def test_rq_failure_drill_kills_the_worker_and_its_horse_at_half_way_and_counts(
+    tiny_model, tmp_path
+) -> None:
+    import failure_drills
+
+    d = failure_drills.drill_peer("rq", tmp_path / "drill", tiny_model, 8, 2, settle_s=5)
+    assert d.corrupt == "finished+reported", d
+    assert d.images == 8 and d.stored_at_kill is not None and d.stored_at_kill >= 4, d
+    assert "worker + work-horse" in d.killed
+    # A killed horse's job stays "started" in RQ: lost, not redone (no Retry policy).
+    assert d.redone == 0 and d.dup == 0 and d.lost is not None and 0 <= d.lost <= 1, d

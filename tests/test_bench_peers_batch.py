@@ -87,3 +87,20 @@ def test_batching_peer_stores_every_good_image_and_reports_the_bad_one(
     assert keys == sorted(str(p.resolve()) for p in paths)
     assert vectors.shape == (N_GOOD, tiny_model.dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", list(PEERS.values()))
+def test_batching_peer_failure_drill_kills_the_model_process_at_half_way_and_counts(
+    name: str, tiny_model: Any, tmp_path: Path
+) -> None:
+    import failure_drills
+
+    # Batches of 2, so that half-way falls between batches of 8 images.
+    small = {"batch_size": 2} if name == "ray_data" else {"max_batch_size": 2}
+    d = failure_drills.drill_peer(name, tmp_path / "drill", tiny_model, 8, 1, 5, **small)
+    assert d.corrupt == "finished+reported", d
+    assert d.images == 8 and d.stored_at_kill is not None and d.stored_at_kill >= 4, d
+    assert "process(es)" in d.killed, d
+    assert d.dup == 0 and d.lost is not None and d.redone is not None
+    assert d.lost <= 8 - 4

@@ -113,3 +113,18 @@ def test_peers_reject_an_empty_image_list(tmp_path: Path) -> None:
         peer = importlib.import_module(module)
         with pytest.raises(ValueError, match="no images"):
             peer.run([], "ViT-B-32", 1, tmp_path)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", list(PEERS.values()))
+def test_serve_peer_failure_drill_kills_the_replica_at_half_way_and_counts(
+    name: str, tiny_model: Any, tmp_path: Path
+) -> None:
+    import failure_drills
+
+    d = failure_drills.drill_peer(name, tmp_path / "drill", tiny_model, 8, 1, settle_s=5)
+    assert d.corrupt == "finished+reported", d
+    assert d.images == 8 and "1 replica process(es)" in d.killed, d
+    assert d.stored_at_kill is not None and d.stored_at_kill >= 4
+    assert d.dup == 0 and d.lost is not None and d.redone is not None
+    assert d.lost <= 8 - 4  # what was stored before the kill stays stored
