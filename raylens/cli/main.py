@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "straight from the bucket. Object storage is reached with the standard AWS_* variables "
         "of each process (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
         "AWS_REGION, AWS_ENDPOINT_URL; AWS_ALLOW_HTTP=true for an http:// endpoint) or an "
-        "instance role. Exits 0 when complete, 1 when the source cannot be listed "
-        "(source_missing, bucket_missing, storage_auth, storage_unavailable), 3 when "
-        "RAYLENS_INGEST_TIMEOUT_S ended it early.",
+        "instance role. Exits 0 when every job ended (failures are counted by code), 1 with "
+        "one line when no cluster answers or the source cannot be listed (source_missing, "
+        "bucket_missing, storage_auth, storage_unavailable), 3 when RAYLENS_INGEST_TIMEOUT_S "
+        "ended it early.",
     )
     ing.add_argument(
         "path",
