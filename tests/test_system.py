@@ -48,7 +48,13 @@ def test_ingest_embeds_every_image_once_when_200_images_are_ingested_twice(
     reports = [ray.get(w.report.remote()) for w in launch.worker_handles(settings)]
     assert len(reports) == 2
     assert all(r["load_count"] == 1 for r in reports)
-    assert sum(r["batches"] for r in reports) >= 200 // settings.max_batch_size
+    # Leases start at one model batch and grow with the worker's measured speed, never past
+    # lease_max_jobs.
+    assert sum(r["batches"] for r in reports) >= 200 // settings.lease_max_jobs
+    assert all(
+        settings.max_batch_size <= r["next_lease_jobs"] <= settings.lease_max_jobs
+        for r in reports
+    )
     assert sum(r["images"] for r in reports) == 200
 
 

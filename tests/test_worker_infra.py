@@ -17,6 +17,7 @@ import pytest
 from raylens.actors import worker as worker_module
 from raylens.actors.handles import Backoff, Pause
 from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, SourceKind
+from raylens.cluster.lease_size import LeaseSize
 from raylens.cluster.pipeline import Batch, BatchOutcome
 from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, IndexUnavailable
@@ -58,6 +59,8 @@ def stub_worker(pipeline: RecordingPipeline, probe: Any) -> Any:
         _held_changed=threading.Condition(),
         _ack=lambda done, failures, tokens: acks.append((done, failures, tokens)) or {},
         _record=lambda batch, out: None,
+        overlap=True,
+        lease_size=LeaseSize(Settings()),
         acks=acks,
     )
     for name in ("_process", "_release_held", "_probe_for"):
@@ -156,3 +159,15 @@ def test_remote_index_passes_the_index_actors_own_errors_through_and_an_outage_a
     index.actor = raising(ConnectionError("actor gone"))
     with pytest.raises(IndexUnavailable, match="actor gone"):
         index.delete_content(["a" * 64])
+
+
+def test_a_worker_measures_each_batch_so_its_leases_follow_its_speed() -> None:
+    """_process feeds the lease sizer: a batch of 4 jobs in (near) no time is a fast worker,
+    whose next lease asks for lease_max_jobs, not one model batch."""
+    jobs = [leased(i) for i in range(4)]
+    pipeline = RecordingPipeline(outcome([(j.id, {}) for j in jobs], []))
+    w = stub_worker(pipeline, probe=lambda: None)
+    w.lease_size = LeaseSize(Settings(max_batch_size=4, lease_max_jobs=64, lease_target_s=1.0))
+    assert w.lease_size.next() == 4  # nothing measured yet: one model batch
+    w._process(Batch(jobs, [None] * 4, decode_s=0.001))
+    assert w.lease_size.next() == 64

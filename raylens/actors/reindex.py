@@ -37,7 +37,7 @@ from raylens.cluster.active_model import apply as apply_model
 from raylens.cluster.index import VectorIndex, point_id
 from raylens.cluster.jobs import Job, JobState
 from raylens.cluster.payloads import open_payload_store
-from raylens.cluster.pipeline import BatchPipeline
+from raylens.cluster.pipeline import BatchPipeline, pooled_map
 from raylens.cluster.settings import Settings
 from raylens.cluster.store import open_job_store
 from raylens.errors import ModelLoadError
@@ -80,7 +80,8 @@ class Reembedder:
     def embed(self, jobs: list[Job]) -> dict[str, Any]:
         """Re-read, decode, embed and upsert these jobs' content: {"done": [job id],
         "failed": [{"job_id", "code", "message"}]}."""
-        out = self.pipeline.process(self.pipeline.decode_batch(jobs, self._pool.map))
+        decode = pooled_map(self._pool, self.settings.decode_threads)
+        out = self.pipeline.process(self.pipeline.decode_batch(jobs, decode))
         return {
             "done": [job_id for job_id, _ in out.done],
             "failed": [

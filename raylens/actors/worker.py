@@ -28,8 +28,9 @@ from raylens.actors.handles import Backoff, NamedActor, Pause, call_with_retry
 from raylens.cluster import model_setup
 from raylens.cluster.index import VectorIndex
 from raylens.cluster.jobs import Failure, Job
+from raylens.cluster.lease_size import LeaseSize
 from raylens.cluster.payloads import open_payload_store
-from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline
+from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline, pooled_map
 from raylens.cluster.settings import Settings
 from raylens.errors import (
     ErrorCode,
@@ -191,6 +192,7 @@ class Worker:
         self.overlap = self.pipeline.overlap
         self.decode_device = self.pipeline.decode_device
         self.stats = WorkerStats()
+        self.lease_size = LeaseSize(settings)  # grows with this worker's measured speed
         self._stop = threading.Event()
         self._draining = threading.Event()  # set: lease nothing more (a scale-down)
         self._held: set[str] = set()
@@ -201,6 +203,7 @@ class Worker:
         self.pause = Pause(Backoff(first_s=min(settings.infra_backoff_first_s, cap), cap_s=cap))
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=max(1, settings.prefetch_batches))
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "raylens-decode")
+        self._decode_map = pooled_map(self._decode_pool, settings.decode_threads)
         self._threads = [
             threading.Thread(target=self._guard(self._fetch_loop), name="fetch", daemon=True),
             threading.Thread(target=self._guard(self._infer_loop), name="infer", daemon=True),
@@ -242,6 +245,7 @@ class Worker:
             "frames": s.frames,
             "face_model": self.faces.report() if self.faces else None,
             "last_batch_size": s.last_batch_size,
+            "next_lease_jobs": self.lease_size.next(),
             "last_progress_at": s.last_progress_at,
             "stalled_s": round(self.stalled_s(), 3),
             "seconds": {
@@ -347,7 +351,7 @@ class Worker:
             if alone:
                 self._wait_held(lambda: self._held <= ids)  # noqa: B023 (called at once)
             self.stats.last_progress_at = time.time()  # a new batch: the stall clock restarts
-            batch = self.pipeline.decode_batch(jobs, self._decode_pool.map)
+            batch = self.pipeline.decode_batch(jobs, self._decode_map)
             self.stats.last_progress_at = time.time()
             while not self._stop.is_set():
                 try:
@@ -361,7 +365,7 @@ class Worker:
     def _lease(self) -> list[Job]:
         """One lease call. While the job store is down (the queue answers StoreUnavailable)
         it is retried with backoff: nothing is leased, so no job pays for the outage."""
-        lease_args = (self.worker_id, self.settings.max_batch_size, self.settings.lease_poll_s)
+        lease_args = (self.worker_id, self.lease_size.next(), self.settings.lease_poll_s)
         cap = self.settings.infra_backoff_max_s
         jobs: list[Job] = call_with_retry(
             lambda: self._queue_call(lambda q: q.lease.remote(*lease_args), forever=True),
@@ -445,7 +449,12 @@ class Worker:
             self.stats.infra_released += len(back)
             self.stats.last_progress_at = time.time()
             return
+        t0 = time.perf_counter()
         out = self.pipeline.process(batch)
+        process_s = time.perf_counter() - t0
+        # The slower stage bounds this worker (decode overlaps inference unless it is off).
+        busy_s = max(batch.decode_s, process_s) if self.overlap else batch.decode_s + process_s
+        self.lease_size.observe(len(batch.jobs), busy_s)
         purge = self._ack(out.done, out.failures, tokens).get("purge")
         if purge:
             self._purge(purge)

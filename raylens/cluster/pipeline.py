@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,9 +31,45 @@ if TYPE_CHECKING:  # torch, open_clip and dlib load in the process that runs the
     from raylens.models.clip import ClipEmbedder
     from raylens.models.faces import Face, FaceBackend
 
-__all__ = ["Batch", "BatchOutcome", "BatchPipeline", "Decoded", "Item", "decode_device_for"]
+__all__ = [
+    "Batch",
+    "BatchOutcome",
+    "BatchPipeline",
+    "Decoded",
+    "Item",
+    "decode_device_for",
+    "pooled_map",
+]
 
 log = logging.getLogger("raylens.worker")
+
+
+def pooled_map(pool: Executor, threads: int) -> Callable[[Callable[[Any], Any], list[Any]], list]:
+    """A map for BatchPipeline.decode_batch that runs on `threads` of `pool`: each thread takes
+    the next input until none is left, so a batch costs `threads` futures, not one per input
+    (a future and its lock cost about as much as decoding a small JPEG), and a slow input (a
+    video, a large photo) holds up one thread while the others go on. Results in input order."""
+
+    def run(fn: Callable[[Any], Any], items: list[Any]) -> list:
+        out: list[Any] = [None] * len(items)
+        if threads <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        pending = iter(enumerate(items))
+        lock = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    nxt = next(pending, None)
+                if nxt is None:
+                    return
+                out[nxt[0]] = fn(nxt[1])
+
+        for future in [pool.submit(drain) for _ in range(min(threads, len(items)))]:
+            future.result()  # fn never raises (it returns a Failure); a bug would surface here
+        return out
+
+    return run
 
 
 class Upserter(Protocol):

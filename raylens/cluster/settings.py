@@ -219,15 +219,32 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         le=4096,
-        description="Most jobs one lease hands a worker, and most images (or video frames) "
-        "per model call.",
+        description="Most images (or video frames) per model call, and the fewest jobs a "
+        "worker's lease asks for (see lease_max_jobs).",
+    )
+    lease_max_jobs: int = Field(
+        default=128,
+        ge=1,
+        le=65_536,
+        description="Most jobs one lease hands a worker. A worker asks for about lease_target_s "
+        "of its own work (measured), never fewer than max_batch_size: a fast model takes "
+        "bigger leases, so the per-lease cost (Ray calls, store transactions) is paid less "
+        "often; a slow one keeps leases of one model batch.",
+    )
+    lease_target_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=3600,
+        description="Seconds of work a worker's lease aims to cover (its measured jobs/s times "
+        "this, between max_batch_size and lease_max_jobs). It bounds how long a job of a "
+        "higher lane waits behind a worker's leased batch.",
     )
     batch_wait_ms: int = Field(
         default=20,
         ge=0,
         le=60_000,
         description="Once a first job is queued, how long a lease waits for the batch to fill "
-        "up to max_batch_size.",
+        "up to the jobs it asks for.",
     )
     decode_threads: int = Field(
         default=2, ge=1, le=256, description="Threads per worker that decode a batch's inputs."
@@ -528,6 +545,26 @@ class Settings(BaseSettings):
         "goes is the record: GET /v1/jobs/{id} answers 404, GET /v1/images no longer lists it, "
         "the same content is embedded again when submitted again, and its uploaded bytes become "
         "an orphan for `raylens gc`. No tombstone is left.",
+    )
+    events_retention_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long job events (one per state transition: GET /v1/events) are kept "
+        "in the job store; a resume from an older Last-Event-ID is answered 410 "
+        "events_expired, never with a silent gap. 0 turns events off (no event is written).",
+    )
+    events_page: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Most events one read of the job store returns to an event stream.",
+    )
+    events_keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="An event stream with nothing to send sends an SSE comment this often, so "
+        "proxies keep the connection open and clients notice a dead one.",
     )
     gc_min_age_s: float = Field(
         default=3600.0,

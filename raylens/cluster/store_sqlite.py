@@ -6,10 +6,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from raylens.cluster import events as ev
 from raylens.cluster.jobs import Job, JobState
 from raylens.cluster.store import (
     IdempotencyRecord,
@@ -19,7 +20,7 @@ from raylens.cluster.store import (
     encode_cursor,
     tombstone,
 )
-from raylens.errors import StoreUnavailable
+from raylens.errors import EventsExpired, StoreUnavailable
 
 SCHEMA_VERSION = 1
 
@@ -58,7 +59,16 @@ CREATE TABLE IF NOT EXISTS meta (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          REAL NOT NULL,
+    data        TEXT NOT NULL
+);
 """
+# AUTOINCREMENT: an event id is never reused after a trim. The highest id trimmed is kept in
+# meta, so a resume from before it is told apart from a resume with nothing new.
+TRIMMED_KEY = "events_trimmed_through"
+INSERT_EVENT = "INSERT INTO events (at, data) VALUES (?, ?)"
 
 UPSERT_JOB = """
 INSERT INTO jobs (id, state, lane, content_key, created_at, updated_at, data)
@@ -83,6 +93,31 @@ def _row(job: Job) -> tuple[str, str, str, str, float, float, str]:
     )
 
 
+def _rows_in(
+    run: Callable[[str, Sequence[str]], list[tuple]], select: str, keys: Sequence[str]
+) -> list[tuple]:
+    """Rows of `select` ("SELECT ... WHERE column") IN these keys, run by `run(sql, params)`,
+    chunked to stay under SQLite's bound-parameter limit (999 on old builds)."""
+    unique = list(dict.fromkeys(keys))
+    rows: list[tuple] = []
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        rows += run(f"{select} IN ({','.join('?' * len(chunk))})", chunk)
+    return rows
+
+
+def _event_seq(event_id: str | None) -> int:
+    if event_id is None:
+        return 0
+    try:
+        seq = int(event_id)
+    except ValueError:
+        raise ValueError(f"invalid event id {event_id!r}: this store's ids are integers") from None
+    if seq < 0:
+        raise ValueError(f"invalid event id {event_id!r}")
+    return seq
+
+
 class SqliteJobStore(JobStore):
     """Job records in one SQLite file (WAL, synchronous=FULL), shareable by several processes.
 
@@ -91,8 +126,9 @@ class SqliteJobStore(JobStore):
     process (the queue actor, the CLI) to release it before raising StoreUnavailable.
     """
 
-    def __init__(self, path: Path, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 10.0, *, events: bool = True) -> None:
         self.path = Path(path)
+        self.events_on = events
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,28 +191,44 @@ class SqliteJobStore(JobStore):
 
     # ---- writes ---------------------------------------------------------------------------------
     def create_or_get(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """One transaction, one lookup per 500 content keys and two batched writes (not three
+        statements per job)."""
         out: list[tuple[Job, bool]] = []
         if not jobs:
             return out
         with self._transaction("create_or_get") as db:
+            rows = _rows_in(
+                lambda sql, params: db.execute(sql, params).fetchall(),
+                "SELECT c.content_key, j.id, j.state, j.data FROM content c "
+                "JOIN jobs j ON j.id = c.job_id WHERE c.content_key",
+                [job.content_key for job in jobs],
+            )
+            existing = {key: (job_id, state, data) for key, job_id, state, data in rows}
+            made: dict[str, Job] = {}  # content key -> the job this call creates for it
             for job in jobs:
-                existing = db.execute(
-                    "SELECT j.id, j.state, j.data FROM content c JOIN jobs j ON j.id = c.job_id "
-                    "WHERE c.content_key = ?",
-                    (job.content_key,),
-                ).fetchone()
+                twin = made.get(job.content_key)
+                if twin is not None:  # the same content twice in one call: the first one
+                    out.append((twin, twin.id == job.id))
+                    continue
+                found = existing.get(job.content_key)
                 # Same id: this very job was stored by an earlier, retried call; still "created".
-                if existing is not None and existing[0] != job.id:
-                    if existing[1] != JobState.FAILED.value:
-                        out.append((Job.from_json(existing[2]), False))
-                        continue
-                db.execute(UPSERT_JOB, _row(job))
-                db.execute(
-                    "INSERT OR REPLACE INTO content (content_key, job_id) VALUES (?, ?)",
-                    (job.content_key, job.id),
-                )
+                if found is not None and found[0] != job.id and found[1] != JobState.FAILED.value:
+                    out.append((Job.from_json(found[2]), False))
+                    continue
+                made[job.content_key] = job
                 out.append((job, True))
+            db.executemany(UPSERT_JOB, [_row(job) for job in made.values()])
+            db.executemany(
+                "INSERT OR REPLACE INTO content (content_key, job_id) VALUES (?, ?)",
+                [(job.content_key, job.id) for job in made.values()],
+            )
+            self._append_events(db, [ev.event_of(job) for job in made.values()])
         return out
+
+    def _append_events(self, db: sqlite3.Connection, events: Sequence[ev.Event]) -> None:
+        """In the caller's transaction: the events of the records it writes."""
+        if self.events_on and events:
+            db.executemany(INSERT_EVENT, [(e["at"], ev.encode(e)) for e in events])
 
     def put(self, jobs: Sequence[Job]) -> None:
         if not jobs:
@@ -189,6 +241,7 @@ class SqliteJobStore(JobStore):
                 "INSERT OR IGNORE INTO content (content_key, job_id) VALUES (?, ?)",
                 [(job.content_key, job.id) for job in jobs],
             )
+            self._append_events(db, [ev.event_of(job) for job in jobs])
 
     def delete(self, jobs: Sequence[Job], by: str, at: float, *, tombstones: bool = True) -> None:
         if not jobs:
@@ -204,6 +257,7 @@ class SqliteJobStore(JobStore):
                     "INSERT OR REPLACE INTO tombstones (job_id, sha256, data) VALUES (?, ?, ?)",
                     [(job.id, job.sha256, json.dumps(tombstone(job, by, at))) for job in jobs],
                 )
+                self._append_events(db, [ev.event_of(job, ev.DELETED, at) for job in jobs])
 
     def put_idempotency(
         self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
@@ -226,6 +280,40 @@ class SqliteJobStore(JobStore):
         rows = self._query("get_meta", "SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
+    # ---- events ---------------------------------------------------------------------------------
+    def events_after(self, after: str | None, limit: int) -> list[ev.Event]:
+        """Events with an id after `after` (None: from the oldest kept), oldest first."""
+        start = _event_seq(after)
+        with self._lock, self._errors("events_after"):
+            trimmed = self._db.execute(
+                "SELECT value FROM meta WHERE key = ?", (TRIMMED_KEY,)
+            ).fetchone()
+            rows = self._db.execute(
+                "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (start, max(1, limit)),
+            ).fetchall()
+        if after is not None and trimmed is not None and start < int(trimmed[0]):
+            raise EventsExpired(
+                f"events after {after} are no longer kept (kept: after {trimmed[0]}; "
+                "RAYLENS_EVENTS_RETENTION_S); read the jobs' state and resume from the newest event"
+            )
+        return [ev.decode(str(seq), data) for seq, data in rows]
+
+    def last_event_id(self) -> str:
+        rows = self._query("last_event_id", "SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return str(rows[0][0]) if rows else "0"
+
+    def trim_events(self, before: float) -> int:
+        with self._transaction("trim_events") as db:
+            row = db.execute("SELECT MAX(seq) FROM events WHERE at < ?", (before,)).fetchone()
+            if row is None or row[0] is None:
+                return 0
+            n = db.execute("DELETE FROM events WHERE seq <= ?", (row[0],)).rowcount
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (TRIMMED_KEY, str(row[0]))
+            )
+            return int(n)
+
     def get_idempotency(self, key: str) -> IdempotencyRecord | None:
         rows = self._query(
             "get_idempotency",
@@ -239,14 +327,8 @@ class SqliteJobStore(JobStore):
         return Job.from_json(rows[0][0]) if rows else None
 
     def _by_ids(self, action: str, select: str, ids: Sequence[str]) -> list[tuple]:
-        """Rows of `select` ("SELECT id, data FROM t WHERE id") IN these ids, chunked to stay
-        under SQLite's bound-parameter limit (999 on old builds)."""
-        unique = list(dict.fromkeys(ids))
-        rows: list[tuple] = []
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows += self._query(action, f"{select} IN ({','.join('?' * len(chunk))})", chunk)
-        return rows
+        """Rows of `select` ("SELECT id, data FROM t WHERE id") IN these ids."""
+        return _rows_in(lambda sql, params: self._query(action, sql, params), select, ids)
 
     def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
         rows = self._by_ids("get_many", "SELECT id, data FROM jobs WHERE id", job_ids)
