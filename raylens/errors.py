@@ -69,6 +69,7 @@ class ErrorCode(str, Enum):
     STORAGE_AUTH = "storage_auth"
     BUCKET_MISSING = "bucket_missing"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    EVENTS_EXPIRED = "events_expired"
     INTERNAL = "internal"
 
 
@@ -187,6 +188,13 @@ INFRA_ERRORS: tuple[type[RaylensError], ...] = (StoreUnavailable, IndexUnavailab
 class JobNotFound(RaylensError):
     code = ErrorCode.NOT_FOUND
     http_status = 404
+
+
+class EventsExpired(RaylensError):
+    """A resume (Last-Event-ID) from before the events still kept: some were trimmed."""
+
+    code = ErrorCode.EVENTS_EXPIRED
+    http_status = 410
 
 
 class InvalidTransition(RaylensError):

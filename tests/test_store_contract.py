@@ -480,3 +480,94 @@ def test_meta_records_are_replaced_whole_and_seen_by_another_client(
     writer.put_meta("active_model", '{"model_id": "b", "note": "\u00e9"}')
     assert reader.get_meta("active_model") == '{"model_id": "b", "note": "\u00e9"}'
     assert reader.get_meta("other") is None
+
+
+# ---- events (cluster/events.py) -------------------------------------------------------------
+
+
+def _flow(store: JobStore, n: int = 3) -> list[Job]:
+    """n jobs created, run and done (one of them failed instead); the records as stored."""
+    jobs = [new_job(100 + i) for i in range(n)]
+    store.create_or_get(jobs)
+    running = [j.moved(JobState.RUNNING, attempts=1, leases=1) for j in jobs]
+    store.put(running)
+    finished = [
+        j.moved(JobState.DONE, result={"point_id": f"p{i}", "faces": [{"point_id": f"f{i}"}]})
+        if i
+        else j.moved(JobState.FAILED, error=(ErrorCode.CORRUPT_IMAGE, "bad"))
+        for i, j in enumerate(running)
+    ]
+    store.put(finished)
+    return finished
+
+
+def test_every_stored_transition_is_one_event_in_write_order(store: JobStore) -> None:
+    start = store.last_event_id()
+    assert store.events_after(None, 100) == []
+    jobs = _flow(store)
+    events = store.events_after(None, 100)
+    assert [(e["job_id"], e["state"]) for e in events] == [
+        *((j.id, "queued") for j in jobs),
+        *((j.id, "running") for j in jobs),
+        *((j.id, "failed" if i == 0 else "done") for i, j in enumerate(jobs)),
+    ]
+    assert events[-1]["point_ids"] == ["p2", "f2"] and events[-3]["point_ids"] == []
+    assert events[-3]["error_code"] == "corrupt_image"
+    assert events[3]["attempts"] == 1 and events[0]["lane"] == "normal"
+    assert len({e["id"] for e in events}) == len(events)
+    assert store.last_event_id() == events[-1]["id"] != start
+
+
+def test_a_reader_resumes_after_any_event_without_gap_or_duplicate(store: JobStore) -> None:
+    _flow(store, 4)
+    everything = store.events_after(None, 1000)
+    got: list[dict] = []
+    after = None
+    while True:  # pages of 5, each resumed from the last id read
+        page = store.events_after(after, 5)
+        if not page:
+            break
+        got += page
+        after = page[-1]["id"]
+    assert got == everything
+    assert store.events_after(everything[-1]["id"], 10) == []
+
+
+def test_a_content_already_held_and_a_delete_write_their_events(store: JobStore) -> None:
+    job = new_job(7)
+    store.create_or_get([job])
+    store.create_or_get([new_job(7)])  # the same content: nothing written, no event
+    store.delete([job], "test", T0 + 5)
+    store.delete([new_job(8)], "retention", T0 + 5, tombstones=False)  # expiry: no event
+    events = store.events_after(None, 100)
+    assert [(e["job_id"], e["state"]) for e in events] == [(job.id, "queued"), (job.id, "deleted")]
+
+
+def test_a_resume_from_before_trimmed_events_is_refused_not_a_silent_gap(store: JobStore) -> None:
+    from raylens.errors import EventsExpired
+
+    old = new_job(1, now=time.time() - 100)
+    store.create_or_get([old])
+    first = store.events_after(None, 10)
+    time.sleep(0.01)
+    cut = time.time()
+    time.sleep(0.01)
+    store.create_or_get([new_job(2, now=time.time())])
+    assert store.trim_events(cut) == 1
+    kept = store.events_after(None, 10)
+    assert [e["job_id"] for e in kept] != [e["job_id"] for e in first] and len(kept) == 1
+    with pytest.raises(EventsExpired):
+        store.events_after("0" if isinstance(store, SqliteJobStore) else "0-0", 10)
+    # From the last trimmed event on, nothing is missing: that resume is fine.
+    assert store.events_after(first[-1]["id"], 10) == kept
+
+
+def test_event_ids_the_store_never_made_are_refused(store: JobStore) -> None:
+    with pytest.raises(ValueError):
+        store.events_after("not-an-id", 10)
+
+
+def test_a_store_opened_with_events_off_writes_none(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3", events=False)
+    store.create_or_get([new_job(1)])
+    assert store.events_after(None, 10) == [] and store.last_event_id() == "0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -123,6 +124,23 @@ class JobStore(ABC):
     def put_meta(self, key: str, value: str) -> None:
         """Write (replace) a system record."""
 
+    # Events (cluster/events.py): create_or_get, put and delete append one per job written,
+    # in the same transaction, unless the store was opened with events off.
+    @abstractmethod
+    def events_after(self, after: str | None, limit: int) -> builtins.list[dict[str, Any]]:
+        """Up to `limit` events with an id after `after` (None: from the oldest kept), oldest
+        first, each with its "id". Raises EventsExpired when events after `after` were
+        trimmed, ValueError for an id this store never makes."""
+
+    @abstractmethod
+    def last_event_id(self) -> str:
+        """The id of the newest event written ("0" or "0-0" before any): a reader that starts
+        "now" resumes after it."""
+
+    @abstractmethod
+    def trim_events(self, before: float) -> int:
+        """Remove the events written before Unix time `before`; returns how many."""
+
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the backend answers."""
@@ -140,7 +158,9 @@ def open_job_store(settings: Settings) -> JobStore:
     if settings.redis_url:
         from raylens.cluster.store_redis import RedisJobStore
 
-        return RedisJobStore(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisJobStore(
+            settings.redis_url, prefix=settings.redis_prefix, events=settings.events_retention_s > 0
+        )
     from raylens.cluster.store_sqlite import SqliteJobStore
 
-    return SqliteJobStore(settings.sqlite_path)
+    return SqliteJobStore(settings.sqlite_path, events=settings.events_retention_s > 0)

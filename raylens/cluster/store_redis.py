@@ -7,6 +7,8 @@ Keys (prefix defaults to "raylens"):
     {prefix}:content:{key}     the id of the job registered for a content key
     {prefix}:idem:{key}        JSON {fingerprint, job_ids} of an Idempotency-Key (expires)
     {prefix}:meta:{key}        one small system record (the active model), text
+    {prefix}:events            stream of job events (cluster/events.py), field "d": event JSON
+    {prefix}:events-trimmed    the id of the newest event trimmed away (older resumes: 410)
 
 Durability is the server's: run it with `appendonly yes` (and `noeviction`), see ARCHITECTURE.md.
 """
@@ -24,6 +26,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 from redis.retry import Retry
 
+from raylens.cluster import events as ev
 from raylens.cluster.jobs import Job, JobState
 from raylens.cluster.store import (
     IdempotencyRecord,
@@ -33,7 +36,7 @@ from raylens.cluster.store import (
     encode_cursor,
     tombstone,
 )
-from raylens.errors import SettingsError, StoreUnavailable
+from raylens.errors import EventsExpired, SettingsError, StoreUnavailable
 
 CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
@@ -106,7 +109,8 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
 
 
 # Atomic per job. KEYS: content key, job key, all-jobs set, the four state sets, the new job's
-# state set, the content's set of job ids. ARGV: job id, job JSON, created_at, job key prefix.
+# state set, the content's set of job ids, the event stream. ARGV: job id, job JSON, created_at,
+# job key prefix, the event JSON ('' for none: events off).
 # Returns {created (0/1), stored job JSON}.
 CREATE_OR_GET = """
 local existing = redis.call('GET', KEYS[1])
@@ -125,6 +129,7 @@ for i = 4, 7 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 redis.call('ZADD', KEYS[8], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[9], ARGV[1])
+if ARGV[5] ~= '' then redis.call('XADD', KEYS[10], '*', 'd', ARGV[5]) end
 return {1, ARGV[2]}
 """
 
@@ -142,6 +147,23 @@ if ARGV[2] ~= '' then
 end
 return 1
 """
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(event_id: str) -> str:
+    """A stream entry id ("<ms>-<n>"), or ValueError."""
+    ms, sep, n = event_id.partition("-")
+    if not (ms.isdigit() and (not sep or n.isdigit())):
+        raise ValueError(f"invalid event id {event_id!r}: this store's ids are <ms>-<n>")
+    return f"{ms}-{n or 0}"
+
+
+def _id_key(event_id: bytes | str) -> tuple[int, int]:
+    ms, _, n = _text(event_id).partition("-")
+    return int(ms), int(n or 0)
 
 
 class RedisBacked:
@@ -178,8 +200,11 @@ class RedisJobStore(RedisBacked, JobStore):
     until the first call.
     """
 
-    def __init__(self, url: str, prefix: str = "raylens", **timeouts: Any) -> None:
+    def __init__(
+        self, url: str, prefix: str = "raylens", *, events: bool = True, **timeouts: Any
+    ) -> None:
         super().__init__(url, prefix, **timeouts)
+        self.events_on = events
         self._create_or_get = self._r.register_script(CREATE_OR_GET)
         self._delete_job = self._r.register_script(DELETE_JOB)
 
@@ -210,6 +235,14 @@ class RedisJobStore(RedisBacked, JobStore):
     def _all_key(self) -> str:
         return f"{self.prefix}:jobs"
 
+    @property
+    def _events_key(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def _events_trimmed_key(self) -> str:
+        return f"{self.prefix}:events-trimmed"
+
     def _errors(self, action: str) -> AbstractContextManager[None]:
         return redis_errors(self.url, action)
 
@@ -232,8 +265,15 @@ class RedisJobStore(RedisBacked, JobStore):
                         *state_keys,
                         self._state_key(job.state),
                         self._sha_key(job.sha256),
+                        self._events_key,
                     ],
-                    args=[job.id, job.to_json(), repr(job.created_at), f"{self.prefix}:job:"],
+                    args=[
+                        job.id,
+                        job.to_json(),
+                        repr(job.created_at),
+                        f"{self.prefix}:job:",
+                        ev.encode(ev.event_of(job)) if self.events_on else "",
+                    ],
                     client=pipe,
                 )
             replies = pipe.execute()
@@ -255,6 +295,8 @@ class RedisJobStore(RedisBacked, JobStore):
                 # Findable by content even when put without create_or_get; never steals a key.
                 pipe.setnx(self._content_key(job.content_key), job.id)
                 pipe.sadd(self._sha_key(job.sha256), job.id)
+                if self.events_on:
+                    pipe.xadd(self._events_key, {"d": ev.encode(ev.event_of(job))})
             pipe.execute()
 
     def delete(self, jobs: Sequence[Job], by: str, at: float, *, tombstones: bool = True) -> None:
@@ -280,6 +322,8 @@ class RedisJobStore(RedisBacked, JobStore):
                     ],
                     client=pipe,
                 )
+                if tombstones and self.events_on:
+                    pipe.xadd(self._events_key, {"d": ev.encode(ev.event_of(job, ev.DELETED, at))})
             pipe.execute()
 
     def put_idempotency(
@@ -292,6 +336,46 @@ class RedisJobStore(RedisBacked, JobStore):
     def put_meta(self, key: str, value: str) -> None:
         with self._errors("put_meta"):
             self._r.set(f"{self.prefix}:meta:{key}", value.encode())
+
+    # ---- events ---------------------------------------------------------------------------------
+    def events_after(self, after: str | None, limit: int) -> list[ev.Event]:
+        start = "-" if after is None else f"({_stream_id(after)}"
+        with self._errors("events_after"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.get(self._events_trimmed_key)
+            pipe.xrange(self._events_key, min=start, max="+", count=max(1, limit))
+            trimmed, rows = pipe.execute()
+        if (
+            after is not None
+            and trimmed is not None
+            and _id_key(_stream_id(after)) < _id_key(trimmed)
+        ):
+            raise EventsExpired(
+                f"events after {after} are no longer kept (kept: after {_text(trimmed)}; "
+                "RAYLENS_EVENTS_RETENTION_S); read the jobs' state and resume from the newest event"
+            )
+        return [ev.decode(_text(event_id), fields[b"d"]) for event_id, fields in rows]
+
+    def last_event_id(self) -> str:
+        with self._errors("last_event_id"):
+            rows: Any = self._r.xrevrange(self._events_key, count=1)
+            if not rows:  # empty or trimmed to nothing: the stream still knows its last id
+                if self._r.exists(self._events_key):
+                    return _text(self._r.xinfo_stream(self._events_key)["last-generated-id"])
+                return "0-0"
+        return _text(rows[0][0])
+
+    def trim_events(self, before: float) -> int:
+        """XTRIM MINID by the stream ids' own clock (the server's); the newest id removed is
+        kept first (XTRIM records none), so a resume from before it is refused."""
+        minid = f"{int(before * 1000)}-0"
+        with self._errors("trim_events"):
+            last: Any = self._r.xrevrange(self._events_key, max=f"({minid}", count=1)
+            if not last:
+                return 0
+            self._r.set(self._events_trimmed_key, last[0][0])
+            n: int = self._r.xtrim(self._events_key, minid=minid, approximate=False)
+        return n
 
     # ---- reads ----------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
