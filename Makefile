@@ -14,13 +14,14 @@ help:
 	@echo "make up     run raylens on this machine (embedded default; Ctrl+C stops it)"
 	@echo "make test   install what the tests need and run them"
 	@echo "make test-all  everything: make test + full-size drills and the bench peers' smoke tests"
-	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve (ViT-B-32),"
+	@echo "make bench  raw limit vs raylens ingest vs HTTP vs RQ / Serve task_consumer / naive Serve / Ray Data /"
+	@echo "            @serve.batch (ViT-B-32), each with failure columns from a drill on the tiny model (BENCH_ARGS=--no-failure-drills skips them),"
 	@echo "            then search latency of the embedded index over 100,000 points under ingest,"
 	@echo "            then the overhead section (make bench-overhead)"
 	@echo "make bench-index  only the search-latency part (BENCH_INDEX_ARGS=\"--backend client\" for the old engine)"
 	@echo "make bench-overhead  raylens's own cost: tiny model, 1k/10k/50k-job ingest and HTTP, CPU-ms per job per process"
 	@echo "make lint   ruff + mypy"
-	@echo "make bench-check  the benchmark peers' smoke tests (tiny model; not part of make test)"
+	@echo "make bench-check  the benchmark peers' and failure drills' smoke tests (tiny model; not part of make test)"
 	@echo "make chaos  fault drills at full size (load, worker kills, poison, idempotency); prints a table"
 
 uv:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_ingest_unit import FakeQueue, _Remote  # noqa: E402
-
 from raylens.actors import ingest  # noqa: E402
 from raylens.cluster.settings import Settings  # noqa: E402
+
+from test_ingest_unit import FakeQueue, _Remote  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -1,4 +1,5 @@
-"""Smoke test of the failure drills of the raw and raylens rows (bench/failure_drills.py).
+"""Smoke test of the failure drills of the raw and raylens rows (bench/failure_drills.py,
+bench/failure_raylens.py).
 
 A real raylens (queue, index, one worker, supervisor, Serve ingress) on a local Ray cluster
 started in this process, the tiny OpenCLIP model, a few small generated JPEGs and one corrupt
@@ -18,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import failure_drills  # noqa: E402
+import failure_raylens  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,
@@ -41,7 +43,7 @@ def test_raw_row_crashes_on_the_corrupt_image_and_has_no_kill_drill(
 def test_raylens_rows_lose_nothing_and_redo_at_most_a_batch_when_the_worker_is_killed(
     tiny_model: Any, tmp_path: Path
 ) -> None:
-    drills = failure_drills.drill_raylens(
+    drills = failure_raylens.drill_raylens(
         ["raylens_bulk", "raylens_http"], tmp_path, tiny_model, N, 1, BATCH, settle_s=10
     )
     assert [d.name for d in drills] == ["raylens_bulk", "raylens_http"]
