@@ -64,7 +64,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="raylens-bench-s3-"))
     port = free_port()
     moto = start_moto(port)
-    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        return run(args, work, f"http://127.0.0.1:{port}")
+    finally:
+        moto.terminate()
+        moto.wait(timeout=10)
+
+
+def run(args: argparse.Namespace, work: Path, endpoint: str) -> int:
     # Before Ray starts: its workers inherit these and read the objects with them.
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
@@ -135,8 +142,6 @@ def main() -> int:
                     )
     finally:
         ray.shutdown()
-        moto.terminate()
-        moto.wait(timeout=10)
     mean = {
         kind: sum(x["images_per_s"] for x in rows if x["source"] == kind)
         / max(1, sum(1 for x in rows if x["source"] == kind))

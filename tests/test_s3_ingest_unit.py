@@ -283,3 +283,28 @@ def test_storage_error_reads_the_s3_code_when_the_library_gives_only_text() -> N
     )
     err = objects.storage_error(Exception("HTTP error: error sending request"), "s3://b/k")
     assert isinstance(err, StorageUnavailable) and "s3://b/k" in err.message
+
+
+def test_worker_reads_a_uri_job_from_the_bucket_and_checks_its_size_and_content(
+    aws_env: S3Server,
+) -> None:
+    from raylens.cluster.jobs import Job
+    from raylens.cluster.pipeline_read import JobReader
+
+    data = _jpeg(7) + b"\x00" * 2000
+    put_objects(aws_env, BUCKET, {"worker/a.jpg": data})
+    stores = ObjectStores(_settings())
+    spec = spec_for_object(f"s3://{BUCKET}/worker/a.jpg", stores, Lane.BULK)
+    job = Job.new(spec, "m")
+
+    def reader(**kw: Any) -> JobReader:  # only the read path is used: no model, no payloads
+        return JobReader(_settings(**kw), None, None, None, faces_on=False)  # type: ignore[arg-type]
+
+    assert reader().read_source(job) == data
+    with pytest.raises(TooLarge, match="RAYLENS_MAX_INPUT_BYTES=1000"):
+        reader(max_input_bytes=1000).read_source(job)  # an image over the image cap
+    with pytest.raises(TooLarge, match="RAYLENS_MAX_VIDEO_BYTES=1500"):
+        reader(max_input_bytes=1000, max_video_bytes=1500).read_source(job)  # before its body
+    aws_env.client().delete_object(Bucket=BUCKET, Key="worker/a.jpg")
+    failure = reader().load_and_decode(job)
+    assert failure.code.value == "source_missing" and not failure.retryable  # type: ignore[union-attr]
