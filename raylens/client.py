@@ -254,6 +254,62 @@ class Client:
         ``delete``. ``ApiError`` not_found when raylens holds nothing of it and never did."""
         return self._request("DELETE", f"/v1/images/{sha256}")
 
+    def events(
+        self,
+        job_ids: Iterable[str] | None = None,
+        *,
+        states: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+        last_event_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Job events as they happen (``GET /v1/events``), forever, until you stop iterating.
+
+        Each event is a dict: ``id``, ``job_id``, ``state`` (queued, running, done, failed,
+        deleted), ``lane``, ``attempts``, ``error_code``, ``at``, ``point_ids``; with
+        ``job_ids`` or ``idempotency_key`` and no ``last_event_id``, each job's current state
+        comes first, marked ``snapshot: True``. When the stream ends (the server closes it
+        every RAYLENS_EVENTS_STREAM_S) or the connection drops, it reconnects with the last id
+        seen, so no event is missed or repeated; consecutive failures are retried like any
+        request (``max_retries``). ``last_event_id="0"`` replays every event the server keeps;
+        one older than that raises ApiError ``events_expired`` (410).
+        """
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("job_id", str(i)) for i in job_ids or ()
+        ]
+        params += [("state", str(st)) for st in states or ()]
+        if idempotency_key is not None:
+            params.append(("idempotency_key", idempotency_key))
+        last = last_event_id
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = last
+            error: ApiError | None = None
+            try:
+                with self._http.stream("GET", "/v1/events", params=params, headers=headers) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        error = _api_error(resp, "GET", f"{self.url}/v1/events")
+                        if resp.status_code not in RETRY_STATUSES:
+                            raise error
+                    else:
+                        for kind, event in _sse_events(resp.iter_lines()):
+                            failures = 0
+                            if kind == "error":
+                                break  # the server's stream failed: resume after `last`
+                            last = event["id"]
+                            yield event
+            except httpx.TransportError as exc:
+                error = ApiError(None, "unreachable", f"{type(exc).__name__}: {exc}")
+            if error is None:
+                continue  # the server ended the stream: resume at once
+            if failures >= self.max_retries:
+                raise RetriesExhausted(error, failures + 1)
+            self.retried[str(error.status or error.code)] += 1
+            time.sleep(self._delay(failures, error.retry_after_s))
+            failures += 1
+
     def wait(
         self,
         ids: Iterable[str],
@@ -262,14 +318,67 @@ class Client:
         poll_s: float = 0.5,
         progress: bool = True,
     ) -> list[dict[str, Any]]:
-        """Poll until every job is done or failed; return the final records in ``ids`` order.
+        """Wait until every job is done or failed; return the final records in ``ids`` order.
 
-        Raises ``TimeoutError`` (naming how many are still pending) after ``timeout_s``.
+        Follows the jobs' events (``GET /v1/events``) when the server has them and there are
+        at most 1,000 distinct ids, else polls each job every ``poll_s``. Raises
+        ``TimeoutError`` (naming how many are still pending) after ``timeout_s`` (checked at
+        each event, and at least every RAYLENS_EVENTS_KEEPALIVE_S while following events).
         """
         ids = [str(i) for i in ids]
-        final: dict[str, dict[str, Any]] = {}
         pending = list(dict.fromkeys(ids))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if 0 < len(pending) <= 1000:
+            final = self._wait_events(pending, deadline, timeout_s, progress)
+            if final is not None:
+                return [final[i] for i in ids]
+        return self._wait_polling(ids, pending, deadline, timeout_s, poll_s, progress)
+
+    def _wait_events(
+        self,
+        pending: list[str],
+        deadline: float | None,
+        timeout_s: float | None,
+        progress: bool,
+    ) -> dict[str, dict[str, Any]] | None:
+        """The final records by following events; None when the server has no event route."""
+        final: dict[str, dict[str, Any]] = {}
+        left = set(pending)
+        try:
+            with tqdm(total=len(left), unit="job", desc="wait", disable=not progress) as bar:
+                for event in self.events(pending):
+                    job_id = event["job_id"]
+                    if job_id in left and event["state"] in (*TERMINAL_STATES, "deleted"):
+                        left.discard(job_id)
+                        final[job_id] = (
+                            {"id": job_id, "state": "deleted"}
+                            if event["state"] == "deleted"
+                            else self.get(job_id)
+                        )
+                        bar.update(1)
+                    if not left:
+                        return final
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            f"{len(left)} of {len(pending)} jobs still pending after "
+                            f"{timeout_s:g} s (first: {sorted(left)[0]})"
+                        )
+        except ApiError as exc:
+            if exc.status == 404:  # a server without /v1/events (job ids never answer 404)
+                return None
+            raise
+        return final
+
+    def _wait_polling(
+        self,
+        ids: list[str],
+        pending: list[str],
+        deadline: float | None,
+        timeout_s: float | None,
+        poll_s: float,
+        progress: bool,
+    ) -> list[dict[str, Any]]:
+        final: dict[str, dict[str, Any]] = {}
         with tqdm(total=len(pending), unit="job", desc="wait", disable=not progress) as bar:
             while True:
                 still: list[str] = []
@@ -413,6 +522,25 @@ class Client:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _sse_events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event type, data) of each Server-Sent Event in these lines; comments are skipped."""
+    kind, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield kind, json.loads("\n".join(data))
+            kind, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data.append(value)
 
 
 def _json_body(resp: httpx.Response) -> Any:

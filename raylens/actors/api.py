@@ -220,6 +220,32 @@ class ClusterAPI:
             )
         return await self.get_job(job_id)
 
+    # ---- events -------------------------------------------------------------------------------
+    async def events(
+        self,
+        after: str | None,
+        wait_s: float = 0.0,
+        job_ids: Sequence[str] | None = None,
+        states: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """One page of job events (JobQueue.events): {"events", "last"}."""
+        ids = list(job_ids) if job_ids is not None else None
+        states = list(states) if states else None
+        out: dict[str, Any] = await self._queue_call("events", after, None, wait_s, ids, states)
+        return out
+
+    async def last_event_id(self) -> str:
+        out: str = await self._queue_call("last_event_id")
+        return out
+
+    async def keyed_job_ids(self, idempotency_key: str) -> list[str]:
+        out: list[str] = await self._queue_call("keyed_job_ids", idempotency_key)
+        return out
+
+    async def jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
+        out: list[Job | None] = await self._queue_call("states", list(job_ids))
+        return out
+
     async def list_images(self, limit: int, cursor: str | None) -> dict[str, Any]:
         """A page of what is indexed, newest first: one entry per done job (its content's
         sha256, source, model id, faces, frames, point id), and the next page's cursor."""

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from raylens.actors import metrics
 from raylens.cluster import active_model
+from raylens.cluster import events as events_mod
 from raylens.cluster.jobs import (
     LANE_ORDER,
     Failure,
@@ -72,9 +73,25 @@ class JobQueue:
         self._wakeup: asyncio.Event | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._payloads: PayloadStore | None = None  # opened when keep_uploads is off
+        # Rung (and replaced) after every store write: event readers waiting for news wake.
+        self._bell: asyncio.Event | None = None
+        self._trimmed_at = 0.0
 
     async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def _write_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store step that writes records (and so events): event readers are woken after it,
+        whether it succeeded or not (a write that raised may have landed)."""
+        try:
+            return await self._io_call(fn, *args)
+        finally:
+            self._ring()
+
+    def _ring(self) -> None:
+        if self._bell is not None:
+            self._bell.set()
+            self._bell = None
 
     def _ensure_started(self) -> asyncio.Event:
         # Created lazily: the event and the task need the actor's running loop.
@@ -128,7 +145,7 @@ class JobQueue:
         # Admitted under the depth cap on the loop, before the write; released however it ends.
         jobs = self.rules.new_jobs(specs, now)
         try:
-            known, stored = await self._io_call(
+            known, stored = await self._write_call(
                 self.rules.create, jobs, idempotency_key, fingerprint
             )
         except StoredThenFailed as exc:  # committed, then the key's write failed: queue them
@@ -146,7 +163,7 @@ class JobQueue:
     async def retry(self, job_ids: Sequence[str]) -> list[str]:
         """Re-queue failed jobs (attempts reset); returns the ids that were re-queued."""
         self._ensure_started()
-        moved = await self._io_call(self.rules.requeue_failed, list(job_ids))
+        moved = await self._write_call(self.rules.requeue_failed, list(job_ids))
         ids = self.rules.queue_retried(moved)
         self._notify()
         return ids
@@ -187,7 +204,7 @@ class JobQueue:
             return []
         ids = [t.job_id for t in taken]
         try:
-            running = await self._io_call(self.rules.mark_running, ids, worker_id)
+            running = await self._write_call(self.rules.mark_running, ids, worker_id)
         except Exception:
             self.lanes.give_back(taken)  # the store is the truth: the jobs are still queued
             raise
@@ -222,7 +239,7 @@ class JobQueue:
         the delete removed the content's points, so it removes them again.
         """
         self._ensure_started()
-        outcome = await self._io_call(
+        outcome = await self._write_call(
             self.rules.apply_ack, list(done), list(failed), dict(tokens or {})
         )
         counts: dict[str, Any] = dict(self.rules.after_ack(outcome))
@@ -257,7 +274,7 @@ class JobQueue:
         "tombstones": [of jobs deleted by an earlier call]}. The caller removes the points and
         payloads (ClusterAPI.delete_content)."""
         self._ensure_started()
-        jobs, earlier = await self._io_call(self.rules.delete_content, list(sha256s), by)
+        jobs, earlier = await self._write_call(self.rules.delete_content, list(sha256s), by)
         self.rules.forget_deleted(jobs)
         return {"jobs": jobs, "tombstones": earlier}
 
@@ -280,6 +297,60 @@ class JobQueue:
     async def tombstones(self, job_ids: Sequence[str]) -> dict[str, Any]:
         return await self._io_call(self.store.tombstones, list(job_ids))
 
+    # ---- events (cluster/events.py) -----------------------------------------------------------
+    async def events(
+        self,
+        after: str | None,
+        limit: int | None = None,
+        wait_s: float = 0.0,
+        job_ids: Sequence[str] | None = None,
+        states: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Up to `limit` events after the id `after` (None: from the oldest kept), oldest first,
+        only those of `job_ids` and `states` when given; waits up to wait_s for one (a long
+        poll, woken by the next store write). Returns {"events": [...], "last": the id to
+        resume after (past events filtered out too)}. Raises EventsExpired for a resume from
+        before the trimmed window, InvalidRequest for an id this store never makes."""
+        limit = limit or self.settings.events_page
+        wanted = set(job_ids) if job_ids is not None else None
+        deadline = time.monotonic() + max(0.0, wait_s)
+        last = after
+        while True:
+            bell = self._bell = self._bell or asyncio.Event()  # before the read: no lost wake
+            try:
+                found = await self._io_call(self.store.events_after, last, limit)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+            if found:
+                last = found[-1]["id"]
+                matched = [e for e in found if events_mod.matches(e, wanted, states)]
+                if matched or len(found) >= limit:  # a full page: let the caller come back
+                    return {"events": matched, "last": last}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return {"events": [], "last": last}
+            try:
+                await asyncio.wait_for(bell.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def keyed_job_ids(self, idempotency_key: str) -> list[str]:
+        """The jobs a request with this Idempotency-Key made ([] for an unknown or expired key)."""
+        record = await self._io_call(self.store.get_idempotency, idempotency_key)
+        return list(record[1]) if record else []
+
+    async def last_event_id(self) -> str:
+        """The newest event's id: a reader that starts now resumes after it."""
+        return await self._io_call(self.store.last_event_id)
+
+    async def trim_events(self) -> int:
+        """Remove events older than events_retention_s (the reaper does so every minute)."""
+        if self.settings.events_retention_s <= 0:
+            return 0
+        self._trimmed_at = time.time()
+        cutoff = self._trimmed_at - self.settings.events_retention_s
+        return await self._io_call(self.store.trim_events, cutoff)
+
     # ---- lease expiry ---------------------------------------------------------------------------
     async def _reap_forever(self) -> None:
         expired_at = 0.0
@@ -297,6 +368,11 @@ class JobQueue:
                     await self.expire_finished()
                 except Exception:  # next round; never stops the reaper
                     log.exception("removing expired job records failed")
+            if time.time() - self._trimmed_at > _EXPIRE_EVERY_S:
+                try:
+                    await self.trim_events()
+                except Exception:  # next round; never stops the reaper
+                    log.exception("trimming job events failed")
             try:
                 await self._publish_metrics()
             except Exception:  # metrics never stop the reaper

@@ -559,6 +559,21 @@ class Settings(BaseSettings):
         le=100_000,
         description="Most events one read of the job store returns to an event stream.",
     )
+    events_stream_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="An event stream (GET /v1/events) ends after this long, at most 5 s less "
+        "than http_request_timeout_s; clients reconnect with Last-Event-ID (EventSource does "
+        "so by itself, Client.events too) and miss nothing.",
+    )
+    events_max_job_ids: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most job ids one event stream may filter by (job_id parameters, or the "
+        "jobs of an Idempotency-Key).",
+    )
     events_keepalive_s: float = Field(
         default=15.0,
         gt=0,

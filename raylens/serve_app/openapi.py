@@ -38,6 +38,7 @@ without an Origin header (curl, scripts, the Python client) are unaffected.
 TAGS = [
     {"name": "jobs", "description": "Upload images and follow their jobs."},
     {"name": "search", "description": "Search stored vectors."},
+    {"name": "events", "description": "Follow job state transitions as they happen (SSE)."},
     {"name": "health", "description": "Liveness and readiness."},
 ]
 

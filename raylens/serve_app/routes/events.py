@@ -1,0 +1,184 @@
+"""Event route: every job state transition as Server-Sent Events, resumable by Last-Event-ID.
+
+No `from __future__ import annotations` here: the route's parameter annotations use this
+ingress's settings (the job id cap), which FastAPI can only see if they are evaluated where the
+route is defined.
+"""
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from raylens.actors.api import ClusterAPI
+from raylens.cluster import events as ev
+from raylens.cluster.settings import Settings
+from raylens.errors import InvalidRequest, JobNotFound, RaylensError
+from raylens.serve_app.openapi import ERRORS, Responses
+from raylens.serve_app.schemas import ErrorOut
+
+log = logging.getLogger("raylens.api")
+
+EventState = Literal["queued", "running", "done", "failed", "deleted"]
+
+EVENT_STREAM: Responses = {
+    200: {
+        "description": "A stream of Server-Sent Events (`text/event-stream`), each:\n\n"
+        "    id: <event id>\n    event: job\n    data: <JSON>\n\n"
+        "The JSON has `id`, `job_id`, `state` (queued, running, done, failed, or deleted), "
+        "`lane`, `attempts`, `error_code` (failed only), `at` (Unix time it was stored) and "
+        "`point_ids` (done only: the image point and face points). With `job_id` or "
+        "`idempotency_key` and no Last-Event-ID, each of those jobs' current state comes "
+        "first, as an event with `snapshot: true` and the id of the newest event. Comments "
+        "(`: keep-alive`) come every RAYLENS_EVENTS_KEEPALIVE_S while there is nothing to "
+        "send. The stream ends after RAYLENS_EVENTS_STREAM_S; reconnect with the last id seen "
+        "as Last-Event-ID (EventSource does, and so does raylens.Client.events) to miss "
+        "nothing and repeat nothing. A stream that fails midway ends with `event: error`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    404: {"model": ErrorOut, "description": "Unknown or expired Idempotency-Key (`not_found`)."},
+    410: {
+        "model": ErrorOut,
+        "description": "Last-Event-ID is older than the events kept "
+        "(RAYLENS_EVENTS_RETENTION_S; `events_expired`): read the jobs' state, then stream "
+        "from now.",
+    },
+}
+
+
+def sse(event: dict[str, Any], kind: str = "job") -> str:
+    return f"id: {event['id']}\nevent: {kind}\ndata: {json.dumps(event)}\n\n"
+
+
+async def _job_ids(
+    api: ClusterAPI, settings: Settings, job_ids: list[str] | None, key: str | None
+) -> list[str] | None:
+    """The job ids a stream filters by (None: every job): the given ones and a key's."""
+    ids = list(dict.fromkeys(job_ids)) if job_ids else None
+    if key is not None:
+        keyed = await api.keyed_job_ids(key)
+        if not keyed:
+            raise JobNotFound(f"no request with Idempotency-Key {key!r} (or it expired)")
+        ids = list(dict.fromkeys([*(ids or []), *keyed]))
+    if ids is not None and len(ids) > settings.events_max_job_ids:
+        raise InvalidRequest(
+            f"{len(ids)} job ids; at most {settings.events_max_job_ids} per stream "
+            "(RAYLENS_EVENTS_MAX_JOB_IDS)"
+        )
+    return ids
+
+
+async def _body(
+    request: Request,
+    api: ClusterAPI,
+    settings: Settings,
+    stream_s: float,
+    ready: list[dict[str, Any]],
+    last: str,
+    ids: list[str] | None,
+    states: list[str] | None,
+) -> AsyncIterator[str]:
+    """The stream: what is ready, then pages of events as they come, until stream_s."""
+    yield f"retry: {int(settings.retry_after_s * 1000)}\n\n"
+    for e in ready:
+        yield sse(e)
+    end = time.monotonic() + stream_s
+    while (left := end - time.monotonic()) > 0:
+        if await request.is_disconnected():
+            return
+        try:
+            page = await api.events(last, min(settings.events_keepalive_s, left), ids, states)
+        except RaylensError as exc:  # the queue restarting: the client resumes later
+            yield f"event: error\ndata: {json.dumps({'code': exc.code.value})}\n\n"
+            return
+        last = page["last"]
+        for e in page["events"]:
+            yield sse(e)
+        if not page["events"]:
+            yield ": keep-alive\n\n"
+
+
+def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRouter:
+    """/v1/events, behind `auth`."""
+    events = APIRouter(tags=["events"], dependencies=auth)
+    stream_s = max(1.0, min(settings.events_stream_s, settings.http_request_timeout_s - 5))
+
+    @events.get(
+        "/v1/events",
+        response_class=StreamingResponse,
+        responses={**ERRORS, **EVENT_STREAM},
+        summary="Job events as Server-Sent Events",
+    )
+    async def stream_events(
+        request: Request,
+        job_id: Annotated[
+            list[str] | None,
+            Query(
+                max_length=settings.events_max_job_ids,
+                description="Only events of these jobs (repeat the parameter; at most "
+                "RAYLENS_EVENTS_MAX_JOB_IDS).",
+            ),
+        ] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=200,
+                description="Only events of the jobs the request with this Idempotency-Key made.",
+            ),
+        ] = None,
+        state: Annotated[
+            list[EventState] | None,
+            Query(description="Only events entering these states (repeat the parameter)."),
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                max_length=64,
+                description="Resume after this event id (what the last event's `id:` said). "
+                "`0` replays every event kept.",
+            ),
+        ] = None,
+        after: Annotated[
+            str | None,
+            Query(
+                max_length=64,
+                description="The same as the Last-Event-ID header, for clients that cannot set "
+                "headers; the header wins.",
+            ),
+        ] = None,
+    ) -> StreamingResponse:
+        ids = await _job_ids(api, settings, job_id, idempotency_key)
+        states: list[str] | None = [str(x) for x in state] if state else None
+        resume = last_event_id if last_event_id is not None else after
+        snapshot: list[dict[str, Any]] = []
+        if resume is None:  # from now; the jobs' current state first, so nothing is missed
+            resume = await api.last_event_id()
+            if ids is not None:
+                for job in await api.jobs(ids):
+                    if job is not None and (not states or job.state.value in states):
+                        snapshot.append({**ev.event_of(job), "id": resume, "snapshot": True})
+        # Read once before answering: a resume id that is expired (410) or malformed (422)
+        # gets an error answer, not a stream that ends at once.
+        first = await api.events(resume, 0.0, ids, states)
+        return StreamingResponse(
+            _body(
+                request,
+                api,
+                settings,
+                stream_s,
+                [*snapshot, *first["events"]],
+                first["last"],
+                ids,
+                states,
+            ),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return events
