@@ -167,12 +167,15 @@ class Client:
         pipeline: str = "embed",
         batch_size: int = 16,
         progress: bool = False,
+        callback_url: str | None = None,
     ) -> list[str]:
         """Upload images; return their job ids in input order.
 
         ``source`` is bytes, a path to an image file, a folder (searched recursively for image
         suffixes, in sorted order), or a list of those. Files go ``batch_size`` per request;
-        each request has its own idempotency key, reused on its retries.
+        each request has its own idempotency key, reused on its retries. ``callback_url``:
+        POSTed, signed, when each new job ends (the server needs RAYLENS_WEBHOOK_SECRET); see
+        ``deliveries()``.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -183,20 +186,28 @@ class Client:
         ) as bar:
             for start in range(0, len(items), batch_size):
                 batch = items[start : start + batch_size]
-                ids.extend(self._submit_batch(batch, start, priority, pipeline))
+                ids.extend(self._submit_batch(batch, start, priority, pipeline, callback_url))
                 bar.update(len(batch))
         return ids
 
     def _submit_batch(
-        self, batch: list[Path | bytes], offset: int, priority: str, pipeline: str
+        self,
+        batch: list[Path | bytes],
+        offset: int,
+        priority: str,
+        pipeline: str,
+        callback_url: str | None = None,
     ) -> list[str]:
         files = [("files", _file_part(item, offset + i)) for i, item in enumerate(batch)]
         key = uuid.uuid4().hex
+        data = {"priority": priority, "pipeline": pipeline}
+        if callback_url is not None:
+            data["callback_url"] = callback_url
         body = self._request(
             "POST",
             "/v1/jobs",
             files=files,
-            data={"priority": priority, "pipeline": pipeline},
+            data=data,
             headers={"Idempotency-Key": key},
         )
         jobs = body.get("jobs") if isinstance(body, dict) else None
@@ -210,6 +221,12 @@ class Client:
                 url=f"{self.url}/v1/jobs",
             )
         return [str(job["id"]) for job in jobs]
+
+    def deliveries(self, job_id: str) -> dict[str, Any]:
+        """The webhook deliveries of a job: state (none, pending, delivered, failed) and every
+        attempt with its HTTP status or error."""
+        out: dict[str, Any] = self._request("GET", f"/v1/jobs/{job_id}/deliveries")
+        return out
 
     def get(self, job_id: str) -> dict[str, Any]:
         """One job record (state, timestamps, error, result); ``ApiError`` not_found if absent."""

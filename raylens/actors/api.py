@@ -8,6 +8,7 @@ subclasses only (their code and HTTP status say what went wrong) and knows nothi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import ray
 
 from raylens.actors import launch
 from raylens.actors.handles import UNAVAILABLE
+from raylens.cluster import webhooks
 from raylens.cluster.active_model import ActiveModel
 from raylens.cluster.hits import (
     check_filters,
@@ -159,12 +161,22 @@ class ClusterAPI:
         lane: Lane = Lane.NORMAL,
         pipeline: Pipeline = Pipeline.BOTH,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> list[dict[str, Any]]:
         """Validate and store every file, then create their jobs in one queue call.
 
         Returns only when payloads and job records are durable. One bad file rejects the whole
         request before any job exists (stored payloads are content-addressed and harmless).
+        A callback_url (checked here: cluster/webhooks.check_url) is POSTed, signed, when each
+        job the request created ends; an existing job of the same content keeps its own.
         """
+        if callback_url is not None:
+            if not self.settings.webhook_secret:
+                raise InvalidRequest(
+                    "callback_url needs RAYLENS_WEBHOOK_SECRET set on the server (webhooks are "
+                    "signed with it)"
+                )
+            await self._run(webhooks.check_url, callback_url, self.settings.webhook_allow_private)
         if not files:
             raise InvalidRequest("no files: send one or more file parts named 'files'")
         if len(files) > self.settings.max_upload_files:
@@ -175,10 +187,11 @@ class ClusterAPI:
 
         def validate_and_store() -> list[Any]:
             payloads = self._payload_store()
-            return [
+            specs = [
                 spec_for_upload(data, payloads, self.settings, lane, name, pipeline)
                 for name, data in files
             ]
+            return [s.model_copy(update={"callback_url": callback_url}) for s in specs]
 
         specs = await self._run(validate_and_store)
         results: list[SubmitResult] = await self._queue_call("submit", specs, idempotency_key)
@@ -237,6 +250,18 @@ class ClusterAPI:
     async def last_event_id(self) -> str:
         out: str = await self._queue_call("last_event_id")
         return out
+
+    async def deliveries(self, job_id: str) -> dict[str, Any]:
+        """The webhook deliveries of a job (actors/webhooks.py records each attempt)."""
+        job = await self.get_job(job_id)
+        record = await self._queue_call("get_meta", f"webhook:{job_id}")
+        out: dict[str, Any] = {"job_id": job_id, "callback_url": job.callback_url}
+        if job.callback_url is None:
+            return {**out, "state": "none", "attempts": []}
+        if record is None:
+            return {**out, "state": "pending", "attempts": []}
+        doc = json.loads(record)
+        return {**out, "state": doc["state"], "attempts": doc["attempts"]}
 
     async def keyed_job_ids(self, idempotency_key: str) -> list[str]:
         out: list[str] = await self._queue_call("keyed_job_ids", idempotency_key)

@@ -257,12 +257,28 @@ def start_supervisor(settings: Settings) -> Any:
     return sup
 
 
+def start_webhooks(settings: Settings) -> Any:
+    """The webhook deliverer (actors/webhooks.py), when RAYLENS_WEBHOOK_SECRET is set."""
+    if not settings.webhook_secret:
+        return None
+    from raylens.actors.webhooks import Webhooks
+
+    hooks = (
+        ray.remote(Webhooks)
+        .options(num_cpus=0, **_detached(settings, settings.webhooks_actor_name))
+        .remote(settings)
+    )
+    ray.get(hooks.ping.remote())  # type: ignore[union-attr]
+    return hooks
+
+
 def start(settings: Settings) -> dict[str, Any]:
     """Create (or find) the queue, the index owner and num_workers workers; wait until every
     worker has loaded its model, then start the supervisor. Raises ModelLoadError with the
     worker's own message."""
     queue = start_queue(settings)
     settings = active_settings(settings, queue)  # a `raylens reindex` switch outranks settings
+    start_webhooks(settings)  # before any worker: it follows events from now on
     start_index(settings)
     reports = start_workers(settings)
     start_supervisor(settings)
@@ -330,7 +346,11 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> dict[str, Any]:
     for w in workers:
         ray.kill(w, no_restart=True)
         stopped["workers"] += 1
-    for name in (settings.queue_actor_name, settings.index_actor_name):
+    for name in (
+        settings.queue_actor_name,
+        settings.index_actor_name,
+        settings.webhooks_actor_name,
+    ):
         try:
             ray.kill(_actor(name, settings), no_restart=True)
             stopped[name] = True

@@ -334,6 +334,14 @@ class JobQueue:
             except asyncio.TimeoutError:
                 pass
 
+    async def get_meta(self, key: str) -> str | None:
+        """A system record (webhook deliveries and cursor: actors/webhooks.py)."""
+        return await self._io_call(self.store.get_meta, key)
+
+    async def put_meta(self, key: str, value: str) -> None:
+        """Write a system record through the store's single writer (no event: not a job)."""
+        await self._io_call(self.store.put_meta, key, value)
+
     async def keyed_job_ids(self, idempotency_key: str) -> list[str]:
         """The jobs a request with this Idempotency-Key made ([] for an unknown or expired key)."""
         record = await self._io_call(self.store.get_idempotency, idempotency_key)

@@ -86,6 +86,8 @@ class JobSpec(BaseModel):
     lane: Lane = Lane.NORMAL
     pipeline: Pipeline = Pipeline.BOTH
     name: str | None = None  # original file name of an upload, for display
+    # POSTed (signed) when the job ends: cluster/webhooks.py, checked by the caller first
+    callback_url: str | None = None
 
     def content_key(self, model_id: str) -> str:
         """Same content + pipeline + model -> same job (dedup and skip-if-done)."""
@@ -113,6 +115,7 @@ class Job(BaseModel):
     error_code: ErrorCode | None = None
     error_message: str | None = None
     result: dict[str, Any] | None = None
+    callback_url: str | None = None  # see JobSpec
 
     @classmethod
     def new(cls, spec: JobSpec, model_id: str, now: float | None = None) -> Job:
@@ -126,6 +129,7 @@ class Job(BaseModel):
             sha256=spec.sha256,
             size_bytes=spec.size_bytes,
             pipeline=spec.pipeline,
+            callback_url=spec.callback_url,
             content_key=spec.content_key(model_id),
             created_at=now,
             updated_at=now,

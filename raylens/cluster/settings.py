@@ -546,6 +546,35 @@ class Settings(BaseSettings):
         "the same content is embedded again when submitted again, and its uploaded bytes become "
         "an orphan for `raylens gc`. No tombstone is left.",
     )
+    webhook_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Secret that signs webhook POSTs (HMAC-SHA256, header Raylens-Signature). "
+        "Jobs submitted with a callback_url need it: without it a callback_url is refused.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow callback URLs whose host is a loopback, link-local or private "
+        "address (off: such URLs are refused at submit and at each delivery).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds one webhook POST may take."
+    )
+    webhook_retry_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long a failing webhook is retried (exponential backoff) before the "
+        "delivery is recorded as failed; the job stays as it is.",
+    )
+    webhook_backoff_first_s: float = Field(
+        default=1.0, gt=0, description="Wait before a failed webhook's first retry (doubling)."
+    )
+    webhook_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="Longest wait between two tries of one webhook."
+    )
+    webhook_concurrency: int = Field(
+        default=16, ge=1, le=1024, description="Webhook deliveries in flight at once."
+    )
     events_retention_s: float = Field(
         default=3600.0,
         ge=0,
@@ -762,6 +791,10 @@ class Settings(BaseSettings):
     @property
     def supervisor_actor_name(self) -> str:
         return "raylens-supervisor"
+
+    @property
+    def webhooks_actor_name(self) -> str:
+        return "raylens-webhooks"
 
     def worker_name(self, i: int) -> str:
         return f"raylens-worker-{i}"

@@ -136,6 +136,15 @@ UPLOAD_BODY = {
                         "default": "both",
                         "description": "embed (OpenCLIP vector), faces, or both.",
                     },
+                    "callback_url": {
+                        "type": "string",
+                        "format": "uri",
+                        "maxLength": 2048,
+                        "description": "http(s) URL POSTed (signed: Raylens-Signature) when each "
+                        "job this request creates ends; needs RAYLENS_WEBHOOK_SECRET on the "
+                        "server. Loopback, link-local and private hosts are refused unless "
+                        "RAYLENS_WEBHOOK_ALLOW_PRIVATE. Deliveries: GET /v1/jobs/{id}/deliveries.",
+                    },
                 },
             }
         }

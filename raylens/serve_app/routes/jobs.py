@@ -79,10 +79,13 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         try:
             lane = _choice(text_field(form, "priority"), Lane, "priority", Lane.NORMAL)
             pipeline = _choice(text_field(form, "pipeline"), Pipeline, "pipeline", Pipeline.BOTH)
+            callback_url = text_field(form, "callback_url") or None
             files = await file_parts(form, "files")
         finally:
             await form.close()
-        submitted = await api.submit_uploads(files, lane, pipeline, idempotency_key)
+        submitted = await api.submit_uploads(
+            files, lane, pipeline, idempotency_key, callback_url=callback_url
+        )
         return SubmitOut.model_validate({"jobs": submitted, "idempotency_key": idempotency_key})
 
     @jobs.get(
