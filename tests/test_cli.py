@@ -102,7 +102,17 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
         }
 
         again = _run(["ingest", str(tmp_path / "photos"), "--json", "--no-progress"], cli_env)
-        assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 20
+        second = json.loads(again.stdout.strip().splitlines()[-1])
+        assert second["skipped"] == 20
+        # Each ingest is a run: the first finished, so the second is a new one.
+        listed = _run(["runs", "--json"], cli_env)
+        assert listed.returncode == 0, listed.stderr
+        shown = json.loads(listed.stdout.strip().splitlines()[-1])
+        assert [r["id"] for r in shown[:2]] == [second["run_id"], summary["run_id"]]
+        assert shown[0]["status"] == "complete" and shown[0]["counts"]["done"] == 20
+        one = httpx.get(f"{api}/v1/runs/{summary['run_id']}", timeout=30).json()
+        assert one["counts"]["submitted"] == 20 and one["source"] == str(tmp_path / "photos")
+        assert httpx.get(f"{api}/v1/runs/nope", timeout=30).status_code == 404
 
         # The cluster path: a Ray job whose entrypoint is the same CLI.
         write_images(tmp_path / "more", 6, start=100)

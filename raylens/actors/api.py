@@ -20,7 +20,7 @@ import ray
 
 from raylens.actors import launch
 from raylens.actors.handles import UNAVAILABLE
-from raylens.cluster import webhooks
+from raylens.cluster import runs, webhooks
 from raylens.cluster.active_model import ActiveModel
 from raylens.cluster.hits import (
     check_filters,
@@ -240,12 +240,28 @@ class ClusterAPI:
         wait_s: float = 0.0,
         job_ids: Sequence[str] | None = None,
         states: Sequence[str] | None = None,
+        run_id: str | None = None,
     ) -> dict[str, Any]:
         """One page of job events (JobQueue.events): {"events", "last"}."""
         ids = list(job_ids) if job_ids is not None else None
         states = list(states) if states else None
-        out: dict[str, Any] = await self._queue_call("events", after, None, wait_s, ids, states)
+        out: dict[str, Any] = await self._queue_call(
+            "events", after, None, wait_s, ids, states, run_id
+        )
         return out
+
+    async def runs(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ingest runs (cluster/runs.py), newest first, as shown."""
+        records = await self._queue_call("runs", limit)
+        return [runs.view(json.loads(r), self._run_stale_s) for r in records]
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        return runs.view(json.loads(await self._queue_call("run", run_id)), self._run_stale_s)
+
+    @property
+    def _run_stale_s(self) -> float:
+        """A running run silent this long is shown as interrupted."""
+        return max(30.0, 10 * self.settings.run_update_s)
 
     async def last_event_id(self) -> str:
         out: str = await self._queue_call("last_event_id")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -19,6 +20,7 @@ import numpy as np
 import ray
 
 from raylens.actors.handles import UNAVAILABLE, Backoff, call_with_retry
+from raylens.cluster import runs
 from raylens.cluster.intake import discover, spec_for_object, spec_for_path
 from raylens.cluster.jobs import JobSpec, JobState, Lane, Outcome, Pipeline, SubmitResult
 from raylens.cluster.objects import ObjectStores, ObjectUri, is_object_uri
@@ -73,6 +75,7 @@ class IngestSummary:
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
     complete: bool = False
+    run_id: str | None = None  # the ingest run (GET /v1/runs/{id}, `raylens runs`)
     job_ids: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_ids: bool = False) -> dict[str, Any]:
@@ -108,6 +111,14 @@ def ingest(
     started_at = time.time()
     name, listing_of, spec_for = _source(settings, root)
     summary = IngestSummary(path=name)
+    record = _start_run(queue, name, pipeline)
+    if record is not None:
+        summary.run_id = run_id = record["id"]
+        plain_spec = spec_for
+
+        def spec_for(item: Any, lane: Lane, pipeline: Pipeline) -> JobSpec:
+            return plain_spec(item, lane, pipeline).model_copy(update={"run_id": run_id})
+
     files = listing_of()
     first = next(files, None)  # a missing root raises here, before anything is started
     bar = tqdm(
@@ -120,7 +131,7 @@ def ingest(
     )
     if progress and first is not None:
         threading.Thread(target=_count_into, args=(listing_of, bar), daemon=True).start()
-    run = _Run(settings, queue, summary, bar, started_at, keep_ids, t0)
+    run = _Run(settings, queue, summary, bar, started_at, keep_ids, t0, record)
     listing: Iterator[Any] = chain([first], files) if first is not None else iter(())
     # The first chunk is one batch, so workers start while the rest is still being listed.
     first_size = min(settings.max_batch_size, settings.ingest_chunk)
@@ -151,7 +162,25 @@ def ingest(
         p50, p99 = np.percentile(run.latencies, [50, 99])
         summary.latency_p50_s = round(float(p50), 3)
         summary.latency_p99_s = round(float(p99), 3)
+    run.write_run(final=True)
     return summary
+
+
+def _start_run(queue: Any, source: str, pipeline: Pipeline) -> dict[str, Any] | None:
+    """The ingest run of this source (a new one, or the unfinished one it continues); None
+    when the queue cannot record one (the ingest goes on without)."""
+    try:
+        ray_job_id = ray.get_runtime_context().get_job_id()
+    except Exception:
+        ray_job_id = None
+    try:
+        out: dict[str, Any] = json.loads(
+            ray.get(queue.start_run.remote(source, pipeline.value, ray_job_id), timeout=60)
+        )
+        return out
+    except Exception as exc:
+        log.warning("this ingest is not recorded as a run: %s", exc)
+        return None
 
 
 SpecFor = Callable[[Any, Lane, Pipeline], JobSpec]
@@ -211,8 +240,11 @@ class _Run:
         started_at: float,
         keep_ids: bool,
         t0: float | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
         self.settings, self.queue, self.summary, self.bar = settings, queue, summary, bar
+        self.record = record  # the run's record (cluster/runs.py), written every run_update_s
+        self._run_written = time.monotonic()
         self.started_at, self.keep_ids = started_at, keep_ids
         self.t0 = time.monotonic() if t0 is None else t0
         self.pending: dict[str, None] = {}  # ordered set of job ids still to finish
@@ -305,6 +337,34 @@ class _Run:
                 else:
                     self._failed(code or "internal")
         self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
+        if time.monotonic() - self._run_written >= self.settings.run_update_s:
+            self.write_run()
+
+    def write_run(self, final: bool = False) -> None:
+        """The run's record as this ingest stands (a failed write only logs)."""
+        if self.record is None:
+            return
+        self._run_written = time.monotonic()
+        s = self.summary
+        self.record.update(
+            updated_at=time.time(),
+            files=s.files,
+            total=self.bar.total if self.bar.total is not None else (s.files if final else None),
+            counts={
+                "submitted": s.submitted,
+                "done": s.done + s.skipped,
+                "failed": s.failed,
+                "skipped": s.skipped,
+                "duplicates": s.duplicates,
+            },
+            failed_by_code=dict(s.failed_by_code),
+        )
+        if final:
+            self.record["status"] = "complete" if s.complete else "interrupted"
+        try:
+            ray.get(self.queue.put_run.remote(runs.encode(self.record)), timeout=30)
+        except Exception as exc:
+            log.warning("run %s: progress not recorded: %s", self.record["id"], exc)
 
     def _failed(self, code: str) -> None:
         self.summary.failed += 1

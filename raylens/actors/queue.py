@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from raylens.actors import metrics
-from raylens.cluster import active_model
+from raylens.cluster import active_model, runs
 from raylens.cluster import events as events_mod
 from raylens.cluster.jobs import (
     LANE_ORDER,
@@ -305,12 +306,14 @@ class JobQueue:
         wait_s: float = 0.0,
         job_ids: Sequence[str] | None = None,
         states: Sequence[str] | None = None,
+        run_id: str | None = None,
     ) -> dict[str, Any]:
         """Up to `limit` events after the id `after` (None: from the oldest kept), oldest first,
-        only those of `job_ids` and `states` when given; waits up to wait_s for one (a long
-        poll, woken by the next store write). Returns {"events": [...], "last": the id to
-        resume after (past events filtered out too)}. Raises EventsExpired for a resume from
-        before the trimmed window, InvalidRequest for an id this store never makes."""
+        only those of `job_ids`, `states` and the ingest run `run_id` when given; waits up to
+        wait_s for one (a long poll, woken by the next store write). Returns {"events": [...],
+        "last": the id to resume after (past events filtered out too)}. Raises EventsExpired
+        for a resume from before the trimmed window, InvalidRequest for an id this store never
+        makes."""
         limit = limit or self.settings.events_page
         wanted = set(job_ids) if job_ids is not None else None
         deadline = time.monotonic() + max(0.0, wait_s)
@@ -323,7 +326,7 @@ class JobQueue:
                 raise InvalidRequest(str(exc)) from None
             if found:
                 last = found[-1]["id"]
-                matched = [e for e in found if events_mod.matches(e, wanted, states)]
+                matched = [e for e in found if events_mod.matches(e, wanted, states, run_id)]
                 if matched or len(found) >= limit:  # a full page: let the caller come back
                     return {"events": matched, "last": last}
             remaining = deadline - time.monotonic()
@@ -341,6 +344,54 @@ class JobQueue:
     async def put_meta(self, key: str, value: str) -> None:
         """Write a system record through the store's single writer (no event: not a job)."""
         await self._io_call(self.store.put_meta, key, value)
+
+    # ---- ingest runs (cluster/runs.py) -----------------------------------------------------
+    async def start_run(self, source: str, pipeline: str, ray_job_id: str | None) -> str:
+        """A run for an ingest of this source: the unfinished one it continues, or a new one.
+        Returns the record (JSON)."""
+
+        def step() -> str:
+            key = runs.source_key(source, pipeline)
+            earlier_id = self.store.get_meta(key)
+            earlier = self.store.get_meta(runs.run_key(earlier_id)) if earlier_id else None
+            record = (
+                runs.resumed(json.loads(earlier), ray_job_id)
+                if earlier and json.loads(earlier)["status"] != "complete"
+                else runs.new(source, pipeline, ray_job_id)
+            )
+            self._put_run(record)
+            self.store.put_meta(key, record["id"])
+            return runs.encode(record)
+
+        return await self._io_call(step)
+
+    def _put_run(self, record: dict[str, Any]) -> None:
+        """Store step: the run's record, and its id at the head of the index."""
+        self.store.put_meta(runs.run_key(record["id"]), runs.encode(record))
+        index = json.loads(self.store.get_meta(runs.RUNS_INDEX) or "[]")
+        if not index or index[-1] != record["id"]:
+            index = [i for i in index if i != record["id"]] + [record["id"]]
+            self.store.put_meta(runs.RUNS_INDEX, json.dumps(index[-self.settings.runs_keep :]))
+
+    async def put_run(self, record: str) -> None:
+        """An ingest's progress: its run record as it stands (JSON)."""
+        await self._io_call(self._put_run, json.loads(record))
+
+    async def runs(self, limit: int = 100) -> list[str]:
+        """The newest runs' records (JSON), newest first."""
+
+        def step() -> list[str]:
+            index = json.loads(self.store.get_meta(runs.RUNS_INDEX) or "[]")
+            found = [self.store.get_meta(runs.run_key(i)) for i in reversed(index[-limit:])]
+            return [r for r in found if r]
+
+        return await self._io_call(step)
+
+    async def run(self, run_id: str) -> str:
+        record = await self._io_call(self.store.get_meta, runs.run_key(run_id))
+        if record is None:
+            raise JobNotFound(f"no ingest run with id {run_id!r}")
+        return record
 
     async def keyed_job_ids(self, idempotency_key: str) -> list[str]:
         """The jobs a request with this Idempotency-Key made ([] for an unknown or expired key)."""

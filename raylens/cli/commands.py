@@ -183,6 +183,42 @@ def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raylens.actors import launch
+    from raylens.actors.api import ClusterAPI
+
+    if not 1 <= args.limit <= settings.runs_keep:
+        raise SettingsError(f"--limit must be 1..{settings.runs_keep}, got {args.limit}")
+    launch.connect(settings, args.address)
+    api = ClusterAPI(settings)
+    try:
+        if args.run_id:
+            found: Any = asyncio.run(api.run(args.run_id))
+            shown: list[dict[str, Any]] = [found]
+        else:
+            found = shown = asyncio.run(api.runs(args.limit))
+    finally:
+        api.close()
+    if args.json:
+        print(json.dumps(found))
+        return 0
+    if not shown:
+        print("no ingest runs yet (`raylens ingest PATH` makes one)")
+    for r in shown:
+        c = r["counts"]
+        total = "?" if r["total"] is None else r["total"]
+        eta = f", ETA {r['eta_s']:.0f}s" if r["eta_s"] else ""
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(r["failed_by_code"].items()))
+        print(
+            f"{r['id']}  {r['status']:<11} {r['source']}  done {c['done']}/{total}, "
+            f"failed {c['failed']}{f' ({codes})' if codes else ''}, "
+            f"{r['images_per_s']} img/s{eta}, attempts {r['attempts']}"
+        )
+    return 0
+
+
 def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 

@@ -18,6 +18,7 @@ from raylens.cli.commands import (
     cmd_ingest,
     cmd_jobs_retry,
     cmd_reindex,
+    cmd_runs,
     cmd_search,
     cmd_status,
 )
@@ -151,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--json", action="store_true")
     im.add_argument("--address")
     im.set_defaults(func=cmd_images)
+
+    ru = sub.add_parser(
+        "runs",
+        help="ingest runs, newest first: source, status, done/total, failed by code, images/s, ETA",
+        description="Every `raylens ingest` (local, `ray job submit`, or s3://) is a run. An "
+        "ingest of the same source and pipeline that did not finish continues its run when "
+        "started again. A run whose ingest stopped writing shows as interrupted.",
+    )
+    ru.add_argument("run_id", nargs="?", help="one run (default: the newest --limit)")
+    ru.add_argument("--limit", type=int, default=20, help="runs to show (newest first)")
+    ru.add_argument("--json", action="store_true")
+    ru.add_argument("--address")
+    ru.set_defaults(func=cmd_runs)
 
     de = sub.add_parser(
         "delete",

@@ -45,6 +45,7 @@ def event_of(job: Job, state: str | None = None, at: float | None = None) -> Eve
         "error_code": job.error_code.value if job.error_code and state == "failed" else None,
         "at": job.updated_at if at is None else at,
         "point_ids": point_ids(job) if state == "done" else [],
+        "run_id": job.run_id,
     }
 
 
@@ -57,9 +58,14 @@ def decode(event_id: str, data: bytes | str) -> Event:
 
 
 def matches(
-    event: Event, job_ids: Iterable[str] | None = None, states: Sequence[str] | None = None
+    event: Event,
+    job_ids: Iterable[str] | None = None,
+    states: Sequence[str] | None = None,
+    run_id: str | None = None,
 ) -> bool:
-    """Whether a reader filtering by these job ids and states (None: any) wants this event."""
+    """Whether a reader filtering by these job ids, states and run (None: any) wants it."""
     if job_ids is not None and event["job_id"] not in job_ids:
+        return False
+    if run_id is not None and event.get("run_id") != run_id:
         return False
     return not states or event["state"] in states

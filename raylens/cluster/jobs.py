@@ -88,6 +88,7 @@ class JobSpec(BaseModel):
     name: str | None = None  # original file name of an upload, for display
     # POSTed (signed) when the job ends: cluster/webhooks.py, checked by the caller first
     callback_url: str | None = None
+    run_id: str | None = None  # the ingest run that submitted it (cluster/runs.py)
 
     def content_key(self, model_id: str) -> str:
         """Same content + pipeline + model -> same job (dedup and skip-if-done)."""
@@ -116,6 +117,7 @@ class Job(BaseModel):
     error_message: str | None = None
     result: dict[str, Any] | None = None
     callback_url: str | None = None  # see JobSpec
+    run_id: str | None = None  # see JobSpec
 
     @classmethod
     def new(cls, spec: JobSpec, model_id: str, now: float | None = None) -> Job:
@@ -130,6 +132,7 @@ class Job(BaseModel):
             size_bytes=spec.size_bytes,
             pipeline=spec.pipeline,
             callback_url=spec.callback_url,
+            run_id=spec.run_id,
             content_key=spec.content_key(model_id),
             created_at=now,
             updated_at=now,

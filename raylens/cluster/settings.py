@@ -575,6 +575,18 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Webhook deliveries in flight at once."
     )
+    runs_keep: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Ingest runs listed by GET /v1/runs and `raylens runs` (the newest; older "
+        "records stay readable by id).",
+    )
+    run_update_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often an ingest writes its run's progress (counts, images/s, ETA).",
+    )
     events_retention_s: float = Field(
         default=3600.0,
         ge=0,

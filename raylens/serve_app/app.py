@@ -15,7 +15,7 @@ from raylens.serve_app.error_handlers import exception_handlers
 from raylens.serve_app.middleware import authoriser, host_origin_guard, inflight_limit
 from raylens.serve_app.openapi import DESCRIPTION, TAGS
 from raylens.serve_app.redaction import Redactor
-from raylens.serve_app.routes import events, health, jobs, search, webhooks
+from raylens.serve_app.routes import events, health, jobs, runs, search, webhooks
 
 
 def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
@@ -35,6 +35,7 @@ def create_app(settings: Settings, api: ClusterAPI | None = None) -> FastAPI:
         search.router(api, settings, auth),
         events.router(api, settings, auth),
         webhooks.router(api, auth),
+        runs.router(api, auth),
         health.router(api, auth, Redactor(settings).values),
     ):
         app.include_router(router)

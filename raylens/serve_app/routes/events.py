@@ -23,6 +23,8 @@ from raylens.serve_app.schemas import ErrorOut
 
 log = logging.getLogger("raylens.api")
 
+SQLITE_EVENT_ID = r"^[0-9]{1,18}$"
+REDIS_EVENT_ID = r"^[0-9]{1,15}(-[0-9]{1,15})?$"
 EventState = Literal["queued", "running", "done", "failed", "deleted"]
 
 EVENT_STREAM: Responses = {
@@ -81,6 +83,7 @@ async def _body(
     last: str,
     ids: list[str] | None,
     states: list[str] | None,
+    run_id: str | None = None,
 ) -> AsyncIterator[str]:
     """The stream: what is ready, then pages of events as they come, until stream_s."""
     yield f"retry: {int(settings.retry_after_s * 1000)}\n\n"
@@ -91,7 +94,9 @@ async def _body(
         if await request.is_disconnected():
             return
         try:
-            page = await api.events(last, min(settings.events_keepalive_s, left), ids, states)
+            page = await api.events(
+                last, min(settings.events_keepalive_s, left), ids, states, run_id
+            )
         except RaylensError as exc:  # the queue restarting: the client resumes later
             yield f"event: error\ndata: {json.dumps({'code': exc.code.value})}\n\n"
             return
@@ -105,6 +110,9 @@ async def _body(
 def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRouter:
     """/v1/events, behind `auth`."""
     events = APIRouter(tags=["events"], dependencies=auth)
+    # An event id of this ingress's job store (a resume id of another form answers 422): SQLite
+    # counts events (a 64-bit integer), a Redis stream names them <ms>-<n>.
+    event_id = REDIS_EVENT_ID if settings.redis_url else SQLITE_EVENT_ID
     stream_s = max(1.0, min(settings.events_stream_s, settings.http_request_timeout_s - 5))
 
     @events.get(
@@ -135,11 +143,19 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
             list[EventState] | None,
             Query(description="Only events entering these states (repeat the parameter)."),
         ] = None,
+        run: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=64,
+                description="Only events of jobs this ingest run submitted (GET /v1/runs).",
+            ),
+        ] = None,
         last_event_id: Annotated[
             str | None,
             Header(
                 alias="Last-Event-ID",
-                max_length=64,
+                pattern=event_id,
                 description="Resume after this event id (what the last event's `id:` said). "
                 "`0` replays every event kept.",
             ),
@@ -147,7 +163,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         after: Annotated[
             str | None,
             Query(
-                max_length=64,
+                pattern=event_id,
                 description="The same as the Last-Event-ID header, for clients that cannot set "
                 "headers; the header wins.",
             ),
@@ -165,7 +181,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
                         snapshot.append({**ev.event_of(job), "id": resume, "snapshot": True})
         # Read once before answering: a resume id that is expired (410) or malformed (422)
         # gets an error answer, not a stream that ends at once.
-        first = await api.events(resume, 0.0, ids, states)
+        first = await api.events(resume, 0.0, ids, states, run)
         return StreamingResponse(
             _body(
                 request,
@@ -176,6 +192,7 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
                 first["last"],
                 ids,
                 states,
+                run,
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
