@@ -123,8 +123,9 @@ def warm_up(name: str, url: str, data: bytes) -> None:
 
 
 class Journal:
-    """An append-only file of `B key` (processing of an image began) and `S key` (its vector
-    stored) lines, written by the peers' worker processes for the failure drills.
+    """An append-only file of `B key` (processing of an image began), `E key` (its vector
+    computed, where another process stores it) and `S key` (its vector stored) lines, written
+    by the peers' worker processes for the failure drills.
 
     Each line is one os.write on an O_APPEND descriptor, so the lines of several processes
     interleave whole and a process killed with SIGKILL loses nothing it wrote. A None path
@@ -146,6 +147,10 @@ class Journal:
 
     def began(self, *keys: str) -> None:
         self._write("B", keys)
+
+    def embedded(self, *keys: str) -> None:
+        """The model is done with these (for a pipeline that stores them in another process)."""
+        self._write("E", keys)
 
     def stored(self, *keys: str) -> None:
         self._write("S", keys)

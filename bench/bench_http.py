@@ -29,11 +29,11 @@ latency over --index-points stored vectors, and faces/s and video frames/s (benc
 
 Failure columns (--failure-drills, on by default; bench/failure_drills.py): one short drill per
 row (raw, the raylens rows that ran, the --peers rows) on the tests' tiny OpenCLIP model and
---drill-images generated JPEGs plus one corrupt file; at half-way every process of the row
-that runs the model gets SIGKILL and the row restarts the way that system restarts (raylens:
-the worker processes, replaced by its supervisor; rq: the worker and its work-horse, started
-again by the drill; Serve rows: the replica, replaced by Serve; ray_data: the Embedder actors,
-restarted by Ray). Columns:
+--drill-images generated JPEGs (a batching row at least 4 batches of them) plus one corrupt
+file; at half-way every process of the row that runs the model gets SIGKILL and the row
+restarts the way that system restarts (raylens: the worker processes, replaced by its
+supervisor; rq: the worker and its work-horse, started again by the drill; Serve rows: the
+replica, replaced by Serve; ray_data: the Embedder actors, restarted by Ray). Columns:
 
 {definitions}
     uv run python bench/bench_http.py [--images 192] [--clients 32] [--peers rq,...] [--json]
@@ -497,8 +497,9 @@ def print_table(out: dict[str, Any]) -> None:
             print(f"  {name}: {peer['notes']}")
     if drills is not None:
         print(
-            f"Failure drills (tiny model, {out['drill_images']} good images + 1 corrupt per row; "
-            "SIGKILL at half-way, then the row's own restart):"
+            f"Failure drills (tiny model, {out['drill_images']} good images, batching rows at "
+            "least 4 batches, + 1 corrupt per row; SIGKILL at half-way, then the row's own "
+            "restart):"
         )
         print("\n".join(table_lines(drills)))
         print(DEFINITIONS.rstrip())
@@ -570,7 +571,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the failure columns: one drill per row, on the tiny model (default: on)",
     )
     ap.add_argument(
-        "--drill-images", type=int, default=48, help="good images per failure drill (default 48)"
+        "--drill-images",
+        type=int,
+        default=48,
+        help="good images per failure drill (default 48; a batching row gets at least 4 batches)",
     )
     ap.add_argument(
         "--drill-settle",

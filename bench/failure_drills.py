@@ -153,10 +153,17 @@ def read_journal(path: Path) -> tuple[Counter[str], Counter[str]]:
 
 
 def in_flight(journal: Path, exclude: str = "") -> int:
-    """Images whose processing began but that are not stored (`exclude`: the corrupt one,
-    which never is)."""
-    began, stored = read_journal(journal)
-    return sum(1 for k in began if k not in stored and k != exclude)
+    """Images in the model's hands: processing began, neither embedded nor stored yet
+    (`exclude`: the corrupt one, which never is)."""
+    began, past = set(), set()
+    try:
+        text = journal.read_text()
+    except FileNotFoundError:
+        return 0
+    for line in text.splitlines():
+        tag, _, key = line.partition(" ")
+        (began if tag == "B" else past).add(key)
+    return len(began - past - {exclude})
 
 
 def cell(v: int | str | None) -> str:
@@ -166,10 +173,13 @@ def cell(v: int | str | None) -> str:
 def table_lines(drills: list[dict[str, Any]]) -> list[str]:
     """The failure section printed under the bench table: one line per row, then the
     definitions."""
-    out = [f"  {'failure drill':22} {'corrupt':>22} {'redone':>7} {'lost':>5} {'dup':>4}  killed"]
+    out = [
+        f"  {'failure drill':22} {'images':>6} {'corrupt':>22} {'redone':>7} {'lost':>5} "
+        f"{'dup':>4}  killed"
+    ]
     for d in drills:
         out.append(
-            f"  {d['name']:22} {cell(d['corrupt']):>22} {cell(d['redone']):>7} "
+            f"  {d['name']:22} {d['images']:>6} {cell(d['corrupt']):>22} {cell(d['redone']):>7} "
             f"{cell(d['lost']):>5} {cell(d['dup']):>4}  {d['killed'] or '-'}"
         )
         if d.get("notes"):
@@ -482,6 +492,8 @@ def run_drills(
 ) -> list[dict[str, Any]]:
     """Every drill for `rows` (names as in ROWS), in ROWS order; one dict per row."""
     rows = [r for r in ROWS if r in set(rows)]
+    # A batching row gets at least 4 batches: with 2, "half-way" is the end of the run.
+    batched = max(images, 4 * batch)
     work.mkdir(parents=True, exist_ok=True)
     tiny = tiny_model(work / "tiny-model")
     out: list[Drill] = []
@@ -498,16 +510,15 @@ def run_drills(
 
                 wanted = [r for r in rows if r.startswith("raylens_")]
                 out += drill_raylens(
-                    wanted, work / "raylens", tiny, images, threads, batch, settle_s
+                    wanted, work / "raylens", tiny, batched, threads, batch, settle_s
                 )
             else:
                 # The batching peers batch as raylens does in the drill (their timed rows use
                 # 32): "redone" then compares one batch with one batch.
                 same = {"ray_data": {"batch_size": batch}, "serve_batch": {"max_batch_size": batch}}
+                n = batched if name in same else images
                 out.append(
-                    drill_peer(
-                        name, work / name, tiny, images, threads, settle_s, **same.get(name, {})
-                    )
+                    drill_peer(name, work / name, tiny, n, threads, settle_s, **same.get(name, {}))
                 )
         except Exception as exc:  # one drill that breaks must not lose the others
             out.append(

@@ -101,6 +101,7 @@ class Embedder:
         vectors = np.zeros((len(ok), self.emb.dim), dtype=np.float32)
         if pixels:
             vectors[np.array(ok)] = self.emb.embed_images(np.stack(pixels))
+        self.journal.embedded(*(str(p) for p in batch["path"]))
         t2 = time.perf_counter()
         n = len(ok)
         return {

@@ -50,6 +50,16 @@ def test_journal_lines_from_several_writers_are_read_back_whole(tmp_path: Path) 
     assert stored == Counter({"/img/1.jpg": 1, "/img/2.jpg": 1})
 
 
+def test_in_flight_counts_images_began_but_neither_embedded_nor_stored(tmp_path: Path) -> None:
+    path = tmp_path / "journal.log"
+    j = Journal(path)
+    j.began("a", "b", "c", "bad")
+    j.embedded("a")  # in another process's hands now (a writer)
+    j.stored("b")
+    assert fd.in_flight(path, exclude="bad") == 1  # only c is with the model
+    assert fd.in_flight(tmp_path / "none.log") == 0
+
+
 def test_journal_without_a_path_writes_nothing_and_a_missing_file_reads_empty(
     tmp_path: Path,
 ) -> None:
@@ -120,9 +130,10 @@ def drill(name: str, **kw: object) -> dict:
 def test_failure_table_has_one_line_per_row_and_dashes_where_a_column_does_not_apply() -> None:
     lines = fd.table_lines(
         [
-            drill("raw", corrupt="crashed", killed="n/a"),
+            drill("raw", corrupt="crashed", killed="n/a", images=8),
             drill(
                 "raylens_bulk",
+                images=64,
                 corrupt="finished+reported",
                 redone=16,
                 lost=0,
@@ -130,13 +141,14 @@ def test_failure_table_has_one_line_per_row_and_dashes_where_a_column_does_not_a
                 killed="1 worker",
                 notes="attempts {1: 32, 2: 16}",
             ),
-        ]  # fmt: skip
+        ]
     )
-    assert lines[0].split()[:6] == ["failure", "drill", "corrupt", "redone", "lost", "dup"]
+    head = ["failure", "drill", "images", "corrupt", "redone", "lost", "dup", "killed"]
+    assert lines[0].split() == head
     raw = lines[1].split()
-    assert raw[:5] == ["raw", "crashed", "-", "-", "-"]
+    assert raw[:6] == ["raw", "8", "crashed", "-", "-", "-"]
     bulk = lines[2].split()
-    assert bulk[:5] == ["raylens_bulk", "finished+reported", "16", "0", "0"]
+    assert bulk[:6] == ["raylens_bulk", "64", "finished+reported", "16", "0", "0"]
     assert lines[3].strip() == "attempts {1: 32, 2: 16}"
 
 
