@@ -116,7 +116,7 @@ def test_cli_ingests_reports_and_searches_when_run_like_a_user(tmp_path: Path, c
 
         # The cluster path: a Ray job whose entrypoint is the same CLI.
         write_images(tmp_path / "more", 6, start=100)
-        for _ in range(6):
+        for _ in range(24):  # up to 2 minutes: the agent is slow to come up on a loaded machine
             submitted = subprocess.run(
                 [
                     str(Path(sys.executable).parent / "ray"),
