@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,29 @@ def wait_terminal(queue: Any, ids: Sequence[str], timeout_s: float = 180) -> lis
                 f"{ {s: states.count(s) for s in set(states)} }"
             )
         time.sleep(0.2)
+
+
+@contextmanager
+def serving(settings: Settings, ready_timeout_s: float = 120) -> Iterator[str]:
+    """A raylens system with its Serve ingress, ready (readyz 200); yields the ingress URL and
+    stops both afterwards."""
+    import httpx
+
+    from raylens.serve_app.deploy import deploy, undeploy
+
+    launch.start(settings)
+    try:
+        url = deploy(settings)
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the ingress never became ready"
+            time.sleep(0.5)
+        yield url
+    finally:
+        undeploy()
+        launch.stop(settings, timeout_s=5)

@@ -11,15 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from raylens.actors import launch
 from raylens.client import ApiError, Client, _sse_events
 from raylens.cluster.settings import Settings
 from raylens.cluster.store_sqlite import SqliteJobStore
-from raylens.serve_app.deploy import deploy, undeploy
 
 from _images import image_bytes
 from _ports import free_port
-from _system_fixtures import tiny_settings
+from _system_fixtures import serving, tiny_settings
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +34,8 @@ def served(
         events_stream_s=2.0,  # streams end often: every reader here resumes across them
         events_keepalive_s=0.5,
     )
-    launch.start(settings)
-    url = deploy(settings)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the ingress never became ready"
-        time.sleep(0.5)
-    yield settings, url
-    undeploy()
-    launch.stop(settings, timeout_s=5)
+    with serving(settings) as url:
+        yield settings, url
 
 
 def upload(url: str, seeds: range, key: str | None = None) -> list[str]:

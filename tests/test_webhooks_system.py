@@ -9,18 +9,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
-from raylens.actors import launch
 from raylens.client import ApiError, Client
 from raylens.cluster import webhooks
 from raylens.cluster.settings import Settings
-from raylens.serve_app.deploy import deploy, undeploy
 
 from _images import image_bytes
 from _ports import free_port
-from _system_fixtures import tiny_settings
+from _system_fixtures import serving, tiny_settings
 
 pytestmark = pytest.mark.integration
 
@@ -88,20 +85,8 @@ def served(
         webhook_retry_s=4.0,
         events_keepalive_s=0.5,
     )
-    launch.start(settings)
-    url = deploy(settings)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the ingress never became ready"
-        time.sleep(0.5)
-    yield settings, url
-    undeploy()
-    launch.stop(settings, timeout_s=5)
+    with serving(settings) as url:
+        yield settings, url
 
 
 def settled(client: Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
