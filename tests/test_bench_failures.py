@@ -58,6 +58,7 @@ def test_in_flight_counts_images_began_but_neither_embedded_nor_stored(tmp_path:
     j.stored("b")
     assert fd.in_flight(path, exclude="bad") == 1  # only c is with the model
     assert fd.in_flight(tmp_path / "none.log") == 0
+    assert [fd.journal_count(path, t) for t in "BES"] == [4, 1, 1]
 
 
 def test_journal_without_a_path_writes_nothing_and_a_missing_file_reads_empty(
