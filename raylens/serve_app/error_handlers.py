@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from raylens.cluster.settings import Settings
 from raylens.errors import ErrorCode, InvalidRequest, RaylensError
@@ -68,6 +69,20 @@ def internal_error(request: Request, exc: BaseException) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=500, headers={REQUEST_ID: rid})
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path answers: FastAPI declares one route per method, and
+    Starlette's 405 names only the first route that matched the path."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+
+
 def validation_message(errors: list[Any]) -> str:
     """Pydantic's errors as one line a user can act on (the first five)."""
     parts = []
@@ -94,10 +109,18 @@ def exception_handlers(settings: Settings) -> dict[int | type[Exception], Handle
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_REQUEST
+        headers = dict(getattr(exc, "headers", None) or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not a method of {request.url.path}; it answers " + (
+                ", ".join(allowed)
+            )
         return JSONResponse(
-            {"error": {"code": code.value, "message": redact(str(exc.detail))}},
+            {"error": {"code": code.value, "message": redact(message)}},
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from raylens.cluster.jobs import Lane, Pipeline
+from raylens.media.formats import ACCEPTED
 from raylens.serve_app.schemas import ErrorOut, FaceSearchRequest, SearchRequest
 
 DESCRIPTION = """
@@ -24,6 +25,14 @@ after `RAYLENS_HTTP_REQUEST_TIMEOUT_S`. Messages never carry credentials, tokens
 or data dir paths (they are redacted; the server log keeps the full text). An unexpected error
 answers 500 `internal` with a generic message naming a request id (also in the `X-Request-ID`
 header; a plain one the client sent is reused), under which the server log has the exception.
+A request the HTTP server cannot parse (a URL or headers over its limits) gets a plain-text 400.
+
+**This document is exact**: every bound, pattern and type a handler checks is declared here, so
+a request it admits is taken. What no schema can say is named where it applies: a file's
+content decides its format (415 otherwise), a query vector has the active model's length, a
+query image for a face search holds a face (and at least face_index + 1 of them), an
+Idempotency-Key is reused only for the same files, and a `callback_url` must resolve to a
+public host. An empty form field or parameter is not an absent one (422).
 
 **Auth**: when `RAYLENS_API_KEYS` is set, every route except `/v1/healthz` needs
 `Authorization: Bearer <key>`. Ray's own token auth protects the dashboard and `ray job submit`.
@@ -44,8 +53,18 @@ TAGS = [
 
 Responses = dict[int | str, dict[str, Any]]
 
+# Answered by the HTTP server (uvicorn) before the app: a request it cannot parse, such as a
+# request line or headers over its limits. Plain text, not the JSON error shape.
+MALFORMED: Responses = {
+    400: {
+        "description": "Not a well-formed HTTP request (e.g. a URL or headers too long), "
+        "answered by the HTTP server itself in plain text.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 # Answered by the Host/Origin guard on every route except /v1/healthz.
 GUARD_ERRORS: Responses = {
+    **MALFORMED,
     403: {
         "model": ErrorOut,
         "description": "Cross-origin browser request: an Origin header that is neither the "
@@ -90,6 +109,14 @@ UPLOAD_ERRORS: Responses = {
     },
 }
 NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No such job (`not_found`)."}}
+NO_FACE: Responses = {
+    404: {"model": ErrorOut, "description": "No stored face with that face_id (`not_found`)."},
+    422: {
+        "model": ErrorOut,
+        "description": "Bad parameters, an empty image (`invalid_request`, `empty_input`), a "
+        "query image without a face, or with fewer faces than face_index.",
+    },
+}
 MODEL_MISMATCH: Responses = {
     409: {
         "model": ErrorOut,
@@ -108,21 +135,49 @@ NOT_FAILED: Responses = {
     409: {"model": ErrorOut, "description": "Not failed (`invalid_transition`)."}
 }
 
+# What an uploaded part may hold, as media types (media.formats sniffs the content itself).
+IMAGE_TYPES = [f"image/{f}" for f in ACCEPTED]
+VIDEO_TYPES = ["video/mp4", "video/quicktime", "video/webm", "video/x-matroska"]
+
+
+def file_part(name: str, media_types: list[str]) -> dict[str, Any]:
+    """The encoding of a file part: its media types, and a Content-Disposition that names a
+    file (a part without a filename is a text field, not a file)."""
+    return {
+        "contentType": ", ".join(media_types),
+        "headers": {
+            "Content-Disposition": {
+                "required": True,
+                "description": "A file part names a filename (any name: the content decides "
+                "the format).",
+                "schema": {
+                    "type": "string",
+                    "example": f'form-data; name="{name}"; filename="photo.jpg"',
+                },
+            }
+        },
+    }
+
+
 # The upload and query routes read their bodies as streams (to cap them while they arrive), so
 # FastAPI cannot infer these request bodies from a signature; they are written out here.
-UPLOAD_BODY = {
+UPLOAD_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "multipart/form-data": {
+            "encoding": {"files": file_part("files", IMAGE_TYPES + VIDEO_TYPES)},
             "schema": {
                 "type": "object",
                 "required": ["files"],
                 "properties": {
                     "files": {
                         "type": "array",
-                        "items": {"type": "string", "format": "binary"},
+                        "minItems": 1,
+                        "items": {"type": "string", "format": "binary", "minLength": 1},
                         "description": "One or more images (jpeg, png, gif, webp, bmp, "
-                        "tiff) or videos (mp4, mov, webm, mkv).",
+                        "tiff) or videos (mp4, mov, webm, mkv). The content decides the format "
+                        "(the part's content type and file name are ignored): other bytes "
+                        "answer 415, an empty file 422.",
                     },
                     "priority": {
                         "type": "string",
@@ -136,27 +191,53 @@ UPLOAD_BODY = {
                         "default": "both",
                         "description": "embed (OpenCLIP vector), faces, or both.",
                     },
-                    "callback_url": {
-                        "type": "string",
-                        "format": "uri",
-                        "maxLength": 2048,
-                        "description": "http(s) URL POSTed (signed: Raylens-Signature) when each "
-                        "job this request creates ends; needs RAYLENS_WEBHOOK_SECRET on the "
-                        "server. Loopback, link-local and private hosts are refused unless "
-                        "RAYLENS_WEBHOOK_ALLOW_PRIVATE. Deliveries: GET /v1/jobs/{id}/deliveries.",
-                    },
                 },
-            }
+            },
         }
     },
 }
 
 
-def query_body(json_model: Any, fields: dict[str, Any], max_top_k: int) -> dict[str, Any]:
+CALLBACK_URL = {
+    "type": "string",
+    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$",
+    "maxLength": 2048,
+    "description": "http(s) URL POSTed (signed: Raylens-Signature) when each job this request "
+    "creates ends. Loopback, link-local and private hosts, and hosts that do not resolve, are "
+    "refused (422) unless RAYLENS_WEBHOOK_ALLOW_PRIVATE. Deliveries: "
+    "GET /v1/jobs/{id}/deliveries. Offered only when the server has RAYLENS_WEBHOOK_SECRET "
+    "(without it a callback_url answers 422).",
+}
+
+
+def upload_body(webhooks: bool) -> dict[str, Any]:
+    """The upload body; with webhooks on (RAYLENS_WEBHOOK_SECRET set) it offers callback_url."""
+    if not webhooks:
+        return UPLOAD_BODY
+    form = UPLOAD_BODY["content"]["multipart/form-data"]
+    schema = form["schema"]
+    properties = {**schema["properties"], "callback_url": CALLBACK_URL}
+    return {
+        **UPLOAD_BODY,
+        "content": {
+            "multipart/form-data": {**form, "schema": {**schema, "properties": properties}}
+        },
+    }
+
+
+def query_body(
+    json_model: Any, fields: dict[str, Any], max_top_k: int, image_note: str = ""
+) -> dict[str, Any]:
     """OpenAPI request body of a query route: a JSON model, or multipart with an image. top_k
     carries its bounds in both (1..RAYLENS_SEARCH_MAX_TOP_K of this ingress), so a request the
     schema admits is one the handler takes."""
-    image = {"type": "string", "format": "binary", "description": "Query image."}
+    image = {
+        "type": "string",
+        "format": "binary",
+        "minLength": 1,
+        "description": "Query image (jpeg, png, gif, webp, bmp or tiff; the content decides, "
+        "other bytes answer 415)." + image_note,
+    }
     top_k = {
         "type": "integer",
         "minimum": 1,
@@ -171,30 +252,34 @@ def query_body(json_model: Any, fields: dict[str, Any], max_top_k: int) -> dict[
         "content": {
             "application/json": {"schema": json_schema},
             "multipart/form-data": {
+                "encoding": {"image": file_part("image", IMAGE_TYPES)},
                 "schema": {
                     "type": "object",
                     "required": ["image"],
                     "properties": {"image": image, "top_k": top_k, **fields},
-                }
+                },
             },
         },
     }
 
 
 def search_body(max_top_k: int) -> dict[str, Any]:
-    filters = {"type": "string", "description": "JSON object of filters."}
+    filters = SearchRequest.model_json_schema()["properties"]["filters"]
+    filters = {**filters, "description": "JSON object of filters (as in the JSON body)."}
     return query_body(SearchRequest, {"filters": filters}, max_top_k)
 
 
-def face_search_body(max_top_k: int) -> dict[str, Any]:
+def face_search_body(max_top_k: int, max_faces: int) -> dict[str, Any]:
     return query_body(
         FaceSearchRequest,
         {
             "face_index": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "Which face of the image (largest first); default 0. 422 when "
-                "the image has fewer faces.",
+                "maximum": max_faces - 1,
+                "description": "Which face of the image (largest first); default 0. At most "
+                f"{max_faces} faces are kept (RAYLENS_FACE_MAX_FACES); 422 when the image has "
+                "fewer faces.",
             },
             "max_distance": {
                 "type": "number",
@@ -203,4 +288,5 @@ def face_search_body(max_top_k: int) -> dict[str, Any]:
             },
         },
         max_top_k,
+        " 422 when it holds no face.",
     )

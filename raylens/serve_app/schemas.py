@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, Transition
 from raylens.errors import ErrorCode
@@ -172,22 +184,98 @@ class DeleteOut(BaseModel):
     took_ms: float = Field(description="Time the delete took, milliseconds.")
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 10.0 as an integer; strict pydantic would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
+# Filters as the index takes them: a payload field, a dotted path of identifiers (stricter than
+# cluster.hits.check_filters: the index refuses "a." or "a..b" as a path), and a string, a
+# boolean or an integer that JSON carries exactly everywhere (|n| < 2**53).
+FILTER_FIELD = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+FILTER_FIELD_MAX = 64
+FilterField = Annotated[str, StringConstraints(pattern=FILTER_FIELD, max_length=FILTER_FIELD_MAX)]
+MAX_SAFE_INT = 2**53 - 1
+SafeInt = Annotated[StrictInt, Field(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT), BeforeValidator(_integral)]
+FilterValue = StrictBool | SafeInt | StrictStr
+Filters = dict[FilterField, FilterValue]
+# Vectors are float32: a larger value would turn infinite.
+FLOAT32_MAX = 3.4028234663852886e38
+Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+# Strict (no "10" for 10, no false for 0.0) and finite: what the schema admits, nothing more.
+STRICT_TYPES = ConfigDict(strict=True, allow_inf_nan=False)
+STRICT = ConfigDict(extra="forbid", **STRICT_TYPES)
+
+
+def _exact(schema: dict[str, Any]) -> None:
+    """A field that is left out rather than null: no `default: null` in the schema."""
+    schema.pop("default", None)
+
+
+def _exact_filters(schema: dict[str, Any]) -> None:
+    """Field names are checked, so the schema names them with propertyNames (pydantic's
+    patternProperties would let other names through)."""
+    _exact(schema)
+    schema.pop("propertyNames", None)
+    ((_, values),) = schema.pop("patternProperties").items()
+    # One list of types rather than anyOf (minimum and maximum bind only the integers).
+    scalar = {"type": [v["type"] for v in values["anyOf"]]}
+    for v in values["anyOf"]:
+        scalar.update({k: x for k, x in v.items() if k != "type"})
+    names = {"pattern": FILTER_FIELD, "maxLength": FILTER_FIELD_MAX}
+    schema.update(propertyNames=names, additionalProperties=scalar)
+
+
+# Texts of query and header parameters; their bounds sit in the type, not on `T | None`, where
+# pydantic could not apply them.
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("null is not a value here; leave the field out instead")
+    return value
+
+
 class SearchRequest(BaseModel):
     """A JSON query: exactly one of `text` or `vector` (upload an image with multipart instead)."""
 
-    model_config = {"extra": "forbid"}
-
-    text: str | None = Field(default=None, max_length=10_000, description="Text query.")
-    vector: list[float] | None = Field(
-        default=None, description="A query vector of the model's dimension."
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["vector"]}]},
     )
-    top_k: int = Field(
+
+    text: Annotated[str, Field(min_length=1, max_length=10_000)] | SkipJsonSchema[None] = Field(
+        default=None, description="Text query.", json_schema_extra=_exact
+    )
+    vector: Annotated[list[Float32], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="A query vector of the active model's dimension (GET /v1/model; a vector "
+        "of another length answers 422).",
+        json_schema_extra=_exact,
+    )
+    top_k: JsonInt = Field(
         default=10, ge=1, description="Number of hits (max: RAYLENS_SEARCH_MAX_TOP_K)."
     )
-    filters: dict[str, str | int | bool] | None = Field(
+    filters: Filters | SkipJsonSchema[None] = Field(
         default=None,
         description='Exact-match filters on hit payload fields, e.g. {"source_kind": "upload"}.',
+        json_schema_extra=_exact_filters,
     )
+
+    _no_nulls = field_validator("text", "vector", "filters", mode="before")(_not_null)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.vector is None):
+            raise ValueError(
+                "give exactly one of text or vector (or upload an image as multipart/form-data)"
+            )
+        return self
 
 
 class Hit(BaseModel):
@@ -222,13 +310,15 @@ class ReadyOut(BaseModel):
 class FaceSearchRequest(BaseModel):
     """Search by a stored face (JSON); upload an image with multipart instead."""
 
-    model_config = {"extra": "forbid"}
+    model_config = STRICT
 
     face_id: str = Field(max_length=64, description="Point id of a stored face.")
-    top_k: int = Field(default=10, ge=1, description="Number of hits at most.")
-    max_distance: float | None = Field(
-        default=None, gt=0, description="Default: RAYLENS_FACE_MATCH_THRESHOLD."
+    top_k: JsonInt = Field(default=10, ge=1, description="Number of hits at most.")
+    max_distance: Annotated[float, Field(gt=0)] | SkipJsonSchema[None] = Field(
+        default=None, description="Default: RAYLENS_FACE_MATCH_THRESHOLD.", json_schema_extra=_exact
     )
+
+    _no_nulls = field_validator("max_distance", mode="before")(_not_null)
 
 
 class FaceHit(BaseModel):

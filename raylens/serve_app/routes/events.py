@@ -9,17 +9,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from raylens.actors.api import ClusterAPI
 from raylens.cluster import events as ev
 from raylens.cluster.settings import Settings
 from raylens.errors import InvalidRequest, JobNotFound, RaylensError
 from raylens.serve_app.openapi import ERRORS, Responses
-from raylens.serve_app.schemas import ErrorOut
+from raylens.serve_app.schemas import ErrorOut, IdempotencyKey, Text64
 
 log = logging.getLogger("raylens.api")
 
@@ -27,6 +29,35 @@ SQLITE_EVENT_ID = r"^[0-9]{1,18}$"
 REDIS_EVENT_ID = r"^[0-9]{1,15}(-[0-9]{1,15})?$"
 EventState = Literal["queued", "running", "done", "failed", "deleted"]
 
+# One Server-Sent Event (OpenAPI before 3.2: a text/event-stream `schema` describes each event).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "Event id: resume after it with Last-Event-ID."},
+        "event": {"type": "string", "enum": ["job", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "job_id": {"type": "string"},
+                    "state": {"type": "string", "enum": list(get_args(EventState))},
+                    "lane": {"type": "string"},
+                    "attempts": {"type": "integer"},
+                    "error_code": {"type": ["string", "null"]},
+                    "at": {"type": "number"},
+                    "point_ids": {"type": "array", "items": {"type": "string"}},
+                    "snapshot": {"type": "boolean"},
+                    "run_id": {"type": ["string", "null"]},
+                    "code": {"type": "string", "description": "Of an `error` event."},
+                },
+            },
+        },
+        "retry": {"type": "integer", "minimum": 0, "description": "Reconnection delay, ms."},
+    },
+}
 EVENT_STREAM: Responses = {
     200: {
         "description": "A stream of Server-Sent Events (`text/event-stream`), each:\n\n"
@@ -40,7 +71,7 @@ EVENT_STREAM: Responses = {
         "send. The stream ends after RAYLENS_EVENTS_STREAM_S; reconnect with the last id seen "
         "as Last-Event-ID (EventSource does, and so does raylens.Client.events) to miss "
         "nothing and repeat nothing. A stream that fails midway ends with `event: error`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     },
     404: {"model": ErrorOut, "description": "Unknown or expired Idempotency-Key (`not_found`)."},
     410: {
@@ -112,7 +143,13 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     events = APIRouter(tags=["events"], dependencies=auth)
     # An event id of this ingress's job store (a resume id of another form answers 422): SQLite
     # counts events (a 64-bit integer), a Redis stream names them <ms>-<n>.
-    event_id = REDIS_EVENT_ID if settings.redis_url else SQLITE_EVENT_ID
+    JobIds = Annotated[
+        list[Annotated[str, StringConstraints(max_length=64)]],
+        Field(max_length=settings.events_max_job_ids),
+    ]
+    EventId = Annotated[
+        str, StringConstraints(pattern=REDIS_EVENT_ID if settings.redis_url else SQLITE_EVENT_ID)
+    ]
     stream_s = max(1.0, min(settings.events_stream_s, settings.http_request_timeout_s - 5))
 
     @events.get(
@@ -124,46 +161,39 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     async def stream_events(
         request: Request,
         job_id: Annotated[
-            list[str] | None,
+            JobIds | SkipJsonSchema[None],
             Query(
-                max_length=settings.events_max_job_ids,
                 description="Only events of these jobs (repeat the parameter; at most "
                 "RAYLENS_EVENTS_MAX_JOB_IDS).",
             ),
         ] = None,
         idempotency_key: Annotated[
-            str | None,
+            IdempotencyKey | SkipJsonSchema[None],
             Query(
-                min_length=1,
-                max_length=200,
                 description="Only events of the jobs the request with this Idempotency-Key made.",
             ),
         ] = None,
         state: Annotated[
-            list[EventState] | None,
+            list[EventState] | SkipJsonSchema[None],
             Query(description="Only events entering these states (repeat the parameter)."),
         ] = None,
         run: Annotated[
-            str | None,
+            Text64 | SkipJsonSchema[None],
             Query(
-                min_length=1,
-                max_length=64,
                 description="Only events of jobs this ingest run submitted (GET /v1/runs).",
             ),
         ] = None,
         last_event_id: Annotated[
-            str | None,
+            EventId | SkipJsonSchema[None],
             Header(
                 alias="Last-Event-ID",
-                pattern=event_id,
                 description="Resume after this event id (what the last event's `id:` said). "
                 "`0` replays every event kept.",
             ),
         ] = None,
         after: Annotated[
-            str | None,
+            EventId | SkipJsonSchema[None],
             Query(
-                pattern=event_id,
                 description="The same as the Last-Event-ID header, for clients that cannot set "
                 "headers; the header wins.",
             ),

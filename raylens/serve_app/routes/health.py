@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from raylens.actors.api import ClusterAPI
 from raylens.serve_app.middleware import HEALTHZ
-from raylens.serve_app.openapi import ERRORS, GUARD_ERRORS
+from raylens.serve_app.openapi import ERRORS, GUARD_ERRORS, MALFORMED
 from raylens.serve_app.schemas import HealthOut, ReadyOut
 
 
@@ -21,7 +21,7 @@ def router(
     Redactor's .values) cleans the report's error texts of credentials and tracebacks."""
     health = APIRouter(tags=["health"])
 
-    @health.get(HEALTHZ, response_model=HealthOut, summary="Liveness")
+    @health.get(HEALTHZ, response_model=HealthOut, responses=MALFORMED, summary="Liveness")
     async def healthz() -> HealthOut:
         """Answers without touching the queue or the workers (never behind their load)."""
         return HealthOut()

@@ -8,26 +8,57 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from pydantic import StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.jobs import JobState, Lane, Pipeline
 from raylens.cluster.settings import Settings
+from raylens.cluster.store import decode_cursor, encode_cursor
 from raylens.errors import InvalidRequest, JobNotFound
 from raylens.serve_app.openapi import (
     ERRORS,
     NOT_DELETABLE,
     NOT_FAILED,
     NOT_FOUND,
-    UPLOAD_BODY,
     UPLOAD_ERRORS,
+    upload_body,
 )
 from raylens.serve_app.redaction import Redactor
-from raylens.serve_app.schemas import DeleteOut, ImagesPage, JobOut, JobsPage, SubmitOut
+from raylens.serve_app.schemas import (
+    DeleteOut,
+    IdempotencyKey,
+    ImagesPage,
+    JobOut,
+    JobsPage,
+    SubmitOut,
+)
 from raylens.serve_app.uploads import file_parts, read_multipart, text_field
+
+# Page cursors over HTTP: "<created_at>_<job id>" of the last entry of the previous page (the
+# store's own cursor is opaque base64). A pattern describes this form exactly, so a cursor the
+# schema admits is one the handler takes: a made-up one starts a page at that point.
+CURSOR = r"^[0-9]{1,16}(\.[0-9]{1,17})?_[0-9A-Za-z_-]{1,64}$"
+CURSOR_DOC = "next_cursor of the previous page."
+Cursor = Annotated[str, StringConstraints(pattern=CURSOR)]
+
+
+def _store_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    created_at, _, job_id = cursor.partition("_")
+    return encode_cursor(float(created_at), job_id)
+
+
+def _http_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    created_at, job_id = decode_cursor(cursor)
+    return f"{created_at!r}_{job_id}"
 
 
 def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
-    if value is None or value == "":
+    if value is None:  # absent; an empty field is not a value of the enum (422)
         return default
     try:
         return enum(value)
@@ -57,17 +88,15 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         status_code=202,
         response_model=SubmitOut,
         responses=UPLOAD_ERRORS,
-        openapi_extra={"requestBody": UPLOAD_BODY},
+        openapi_extra={"requestBody": upload_body(bool(settings.webhook_secret))},
         summary="Upload images; one job per file",
     )
     async def submit_jobs(
         request: Request,
         idempotency_key: Annotated[
-            str | None,
+            IdempotencyKey | SkipJsonSchema[None],
             Header(
                 alias="Idempotency-Key",
-                min_length=1,
-                max_length=200,
                 description="Repeat a request safely: the same key returns the same jobs.",
             ),
         ] = None,
@@ -75,7 +104,9 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         """Answers 202 only once every file and every job record is durable. The same content
         and pipeline returns the existing job; the same Idempotency-Key returns the jobs the
         first request made, and with other content answers 422 `idempotency_conflict`."""
-        form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_files)
+        form = await read_multipart(
+            request, settings.max_upload_bytes, settings.max_upload_files, ("files",)
+        )
         try:
             lane = _choice(text_field(form, "priority"), Lane, "priority", Lane.NORMAL)
             pipeline = _choice(text_field(form, "pipeline"), Pipeline, "pipeline", Pipeline.BOTH)
@@ -104,14 +135,17 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         summary="Page through jobs, newest first",
     )
     async def list_jobs(
-        state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[
-            str | None, Query(max_length=500, description="next_cursor of the previous page.")
+        state: Annotated[
+            JobState | SkipJsonSchema[None],
+            Query(description="Only jobs in this state."),
         ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[Cursor | SkipJsonSchema[None], Query(description=CURSOR_DOC)] = None,
     ) -> JobsPage:
-        page, next_cursor = await api.list_jobs(state, limit, cursor)
-        return JobsPage(jobs=[JobOut.of(j, redact) for j in page], next_cursor=next_cursor)
+        page, next_cursor = await api.list_jobs(state, limit, _store_cursor(cursor))
+        return JobsPage(
+            jobs=[JobOut.of(j, redact) for j in page], next_cursor=_http_cursor(next_cursor)
+        )
 
     @jobs.post(
         "/v1/jobs/{job_id}/retry",
@@ -131,13 +165,12 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     )
     async def list_images(
         limit: Annotated[int, Query(ge=1, le=1000, description="Entries per page.")] = 100,
-        cursor: Annotated[
-            str | None, Query(max_length=500, description="next_cursor of the previous page.")
-        ] = None,
+        cursor: Annotated[Cursor | SkipJsonSchema[None], Query(description=CURSOR_DOC)] = None,
     ) -> ImagesPage:
         """One entry per done job: the content's sha256 (what DELETE /v1/images/{sha256}
         removes), its source, the model that made its vectors, its faces and video frames."""
-        return ImagesPage.model_validate(await api.list_images(limit, cursor))
+        page = await api.list_images(limit, _store_cursor(cursor))
+        return ImagesPage.model_validate({**page, "next_cursor": _http_cursor(page["next_cursor"])})
 
     @jobs.delete(
         "/v1/jobs/{job_id}",

@@ -13,6 +13,7 @@ from raylens.cluster.settings import Settings
 from raylens.serve_app.openapi import (
     ERRORS,
     MODEL_MISMATCH,
+    NO_FACE,
     NOT_FOUND,
     UPLOAD_ERRORS,
     face_search_body,
@@ -55,8 +56,10 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     @routes.post(
         "/v1/faces/search",
         response_model=FaceSearchOut,
-        responses={**UPLOAD_ERRORS, **NOT_FOUND, **MODEL_MISMATCH},
-        openapi_extra={"requestBody": face_search_body(settings.search_max_top_k)},
+        responses={**UPLOAD_ERRORS, **NOT_FOUND, **MODEL_MISMATCH, **NO_FACE},
+        openapi_extra={
+            "requestBody": face_search_body(settings.search_max_top_k, settings.face_max_faces)
+        },
         summary="Find faces like the largest (or face_index) face of an image, or a stored face",
     )
     async def search_faces(request: Request) -> FaceSearchOut:
