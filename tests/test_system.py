@@ -52,8 +52,7 @@ def test_ingest_embeds_every_image_once_when_200_images_are_ingested_twice(
     # lease_max_jobs.
     assert sum(r["batches"] for r in reports) >= 200 // settings.lease_max_jobs
     assert all(
-        settings.max_batch_size <= r["next_lease_jobs"] <= settings.lease_max_jobs
-        for r in reports
+        settings.max_batch_size <= r["next_lease_jobs"] <= settings.lease_max_jobs for r in reports
     )
     assert sum(r["images"] for r in reports) == 200
 

@@ -169,10 +169,12 @@ def ingest(
 def _start_run(queue: Any, source: str, pipeline: Pipeline) -> dict[str, Any] | None:
     """The ingest run of this source (a new one, or the unfinished one it continues); None
     when the queue cannot record one (the ingest goes on without)."""
-    try:
-        ray_job_id = ray.get_runtime_context().get_job_id()
-    except Exception:
-        ray_job_id = None
+    ray_job_id = None
+    if ray.is_initialized():  # never start Ray only to ask (a caller with a stand-in queue)
+        try:
+            ray_job_id = ray.get_runtime_context().get_job_id()
+        except Exception:
+            ray_job_id = None
     try:
         out: dict[str, Any] = json.loads(
             ray.get(queue.start_run.remote(source, pipeline.value, ray_job_id), timeout=60)
@@ -248,6 +250,18 @@ class _Run:
         self.started_at, self.keep_ids = started_at, keep_ids
         self.t0 = time.monotonic() if t0 is None else t0
         self.pending: dict[str, None] = {}  # ordered set of job ids still to finish
+        # Jobs this run created are followed by their events (done and failed events of this
+        # run, read from the queue after `_events_at`); the others it follows (content another
+        # run had queued, jobs of an earlier attempt) by their outcomes. No events (none
+        # recorded, or a read failed): every pending job by its outcome.
+        self.foreign: dict[str, None] = {}
+        self._created_at: dict[str, float] = {}
+        self._events_at: str | None = None
+        if record is not None and settings.events_retention_s > 0:
+            try:
+                self._events_at = ray.get(queue.last_event_id.remote(), timeout=30)
+            except Exception as exc:
+                log.info("following jobs by their outcomes, not events: %s", exc)
         self.latencies: list[float] = []
         self._seen_latencies = 0
         self._rng = random.Random(0)
@@ -291,6 +305,10 @@ class _Run:
             # Created now, or found queued/running/failed (a resubmission after a queue restart
             # returns jobs its lost reply had created): followed to the end.
             self.pending[res.job_id] = None
+            if res.created:
+                self._created_at[res.job_id] = res.created_at or time.time()
+            else:
+                self.foreign[res.job_id] = None
         if time.monotonic() - self._last_poll > self.settings.ingest_poll_s * 4:
             self.collect()
         while len(self.pending) >= self.settings.ingest_max_pending and not self.timed_out():
@@ -316,7 +334,16 @@ class _Run:
         started also give their creation -> done latency). The queue answers from memory for
         jobs it still holds, and sends back only the finished ones."""
         self._last_poll = time.monotonic()
-        ids = list(self.pending)
+        if self._events_at is not None:
+            try:
+                self._collect_events()
+            except UNAVAILABLE:
+                self.bar.set_postfix_str("queue restarting", refresh=False)
+                return
+            except Exception as exc:  # follow everything by outcomes from now on
+                log.warning("job events unavailable (%s); following jobs by their outcomes", exc)
+                self._events_at = None
+        ids = list(self.pending) if self._events_at is None else list(self.foreign)
         for i in range(0, len(ids), OUTCOMES_CHUNK):
             try:
                 finished: list[Outcome] = ray.get(
@@ -326,19 +353,47 @@ class _Run:
                 self.bar.set_postfix_str("queue restarting", refresh=False)
                 return  # the queue is being rebuilt from the store; look again next poll
             for job_id, state, code, created_at, done_at in finished:
-                if job_id not in self.pending:
-                    continue
-                del self.pending[job_id]
-                if state == JobState.DONE.value:
-                    self.summary.done += 1
-                    self.bar.update(1)
-                    if done_at is not None and created_at >= self.started_at:
-                        self._latency(done_at - created_at)
-                else:
-                    self._failed(code or "internal")
+                latency = done_at - created_at if done_at is not None else None
+                self._finished(
+                    job_id, state, code, latency if created_at >= self.started_at else None
+                )
         self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
         if time.monotonic() - self._run_written >= self.settings.run_update_s:
             self.write_run()
+
+    def _collect_events(self, max_pages: int = 50) -> None:
+        """Count this run's jobs that finished since the last read, by their events."""
+        assert self.record is not None
+        for _ in range(max_pages):
+            page = ray.get(
+                self.queue.events.remote(
+                    self._events_at, None, 0.0, None, ["done", "failed"], self.record["id"]
+                )
+            )
+            moved = page["last"] != self._events_at
+            self._events_at = page["last"]
+            for event in page["events"]:
+                job_id = event["job_id"]
+                created = self._created_at.get(job_id)
+                latency = event["at"] - created if created is not None else None
+                self._finished(job_id, event["state"], event["error_code"], latency)
+            if not moved:
+                return
+
+    def _finished(self, job_id: str, state: str, code: str | None, latency: float | None) -> None:
+        """A followed job ended: counted once (done, with its latency, or failed)."""
+        if job_id not in self.pending:
+            return
+        del self.pending[job_id]
+        self.foreign.pop(job_id, None)
+        created = self._created_at.pop(job_id, None)
+        if state == JobState.DONE.value:
+            self.summary.done += 1
+            self.bar.update(1)
+            if latency is not None and (created is None or created >= self.started_at):
+                self._latency(latency)
+        else:
+            self._failed(code or "internal")
 
     def write_run(self, final: bool = False) -> None:
         """The run's record as this ingest stands (a failed write only logs)."""
