@@ -18,11 +18,10 @@ from raylens.client import Client
 from raylens.cluster import intake
 from raylens.cluster.jobs import Lane, Pipeline
 from raylens.cluster.settings import Settings
-from raylens.serve_app.deploy import deploy, undeploy
 
 from _images import bad_inputs, image_bytes, write_images
 from _ports import free_port
-from _system_fixtures import tiny_settings, wait_terminal
+from _system_fixtures import serving, tiny_settings, wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +38,8 @@ def served(
         max_input_bytes=1_500_000,
         max_image_pixels=20_000_000,
     )
-    launch.start(settings)
-    url = deploy(settings)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the ingress never became ready"
-        time.sleep(0.5)
-    yield settings, url
-    undeploy()
-    launch.stop(settings, timeout_s=5)
+    with serving(settings) as url:
+        yield settings, url
 
 
 def upload(url: str, files: list[tuple[str, bytes]], **kw: Any) -> httpx.Response:
