@@ -65,13 +65,17 @@ class NamedActor:
             handle = self._handle = lookup(self.name, self.namespace)
         return handle
 
+    def forget(self) -> None:
+        """The next call looks the name up afresh (the actor may have been re-created)."""
+        self._handle = None
+
     def call(self, make: Callable[[Any], Any], timeout: float | None = None) -> Any:
         """ray.get(make(handle)); any failure forgets the handle, so the next call looks the
         name up afresh."""
         try:
             return ray.get(make(self.handle()), timeout=timeout)
         except BaseException:
-            self._handle = None
+            self.forget()
             raise
 
 

@@ -353,10 +353,11 @@ class JobQueue:
         def step() -> str:
             key = runs.source_key(source, pipeline)
             earlier_id = self.store.get_meta(key)
-            earlier = self.store.get_meta(runs.run_key(earlier_id)) if earlier_id else None
+            stored = self.store.get_meta(runs.run_key(earlier_id)) if earlier_id else None
+            earlier = json.loads(stored) if stored else None
             record = (
-                runs.resumed(json.loads(earlier), ray_job_id)
-                if earlier and json.loads(earlier)["status"] != "complete"
+                runs.resumed(earlier, ray_job_id)
+                if earlier and earlier["status"] != "complete"
                 else runs.new(source, pipeline, ray_job_id)
             )
             self._put_run(record)

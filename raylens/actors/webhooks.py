@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from raylens.actors import launch
+from raylens.actors.handles import NamedActor
 from raylens.cluster import webhooks
 from raylens.cluster.settings import Settings
 from raylens.errors import EventsExpired, RaylensError
@@ -44,6 +44,7 @@ class Webhooks:
         self._order: list[str] = []  # event ids seen, in order, not yet behind the cursor
         self._task: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(settings.webhook_concurrency)
+        self._queue_actor = NamedActor(settings.queue_actor_name, settings.namespace)
         try:  # as the supervisor: the loop runs from construction, so a restart resumes
             self._ensure_started()
         except RuntimeError:
@@ -66,10 +67,16 @@ class Webhooks:
         }
 
     async def _queue(self, method: str, *args: Any) -> Any:
-        queue = await asyncio.get_running_loop().run_in_executor(
-            None, launch.queue_handle, self.settings
-        )
-        return await getattr(queue, method).remote(*args)
+        """Call the queue through its cached handle (looked up again after a failure)."""
+        loop = asyncio.get_running_loop()
+        queue = await loop.run_in_executor(None, self._queue_actor.handle)
+        try:
+            return await getattr(queue, method).remote(*args)
+        except RaylensError:
+            raise
+        except Exception:
+            self._queue_actor.forget()  # the queue may have been re-created
+            raise
 
     async def _loop(self) -> None:
         cursor: str | None = None  # every event up to here is settled (kept in the store)
