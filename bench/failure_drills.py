@@ -503,8 +503,10 @@ def run_drills(
     threads: int = 2,
     batch: int = 16,
     settle_s: float = 15.0,
+    prefetch: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every drill for `rows` (names as in ROWS), in ROWS order; one dict per row."""
+    """Every drill for `rows` (names as in ROWS), in ROWS order; one dict per row. `prefetch`:
+    the raylens rows' RAYLENS_PREFETCH_BATCHES (None: its default)."""
     rows = [r for r in ROWS if r in set(rows)]
     # A batching row gets at least 4 batches: with 2, "half-way" is the end of the run.
     batched = max(images, 4 * batch)
@@ -524,7 +526,7 @@ def run_drills(
 
                 wanted = [r for r in rows if r.startswith("raylens_")]
                 out += drill_raylens(
-                    wanted, work / "raylens", tiny, batched, threads, batch, settle_s
+                    wanted, work / "raylens", tiny, batched, threads, batch, settle_s, prefetch
                 )
             else:
                 # The batching peers batch as raylens does in the drill (their timed rows use
@@ -549,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 2))
     ap.add_argument("--batch", type=int, default=16, help="raylens's max batch size")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds without progress = end")
+    ap.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="the raylens rows' RAYLENS_PREFETCH_BATCHES (default: raylens's default, 1)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
@@ -558,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     with stdout_to_stderr(), tempfile.TemporaryDirectory(prefix="raylens-drills-") as tmp:
         drills = run_drills(
             rows, Path(tmp), images=args.images, threads=args.threads, batch=args.batch,
-            settle_s=args.settle,
+            settle_s=args.settle, prefetch=args.prefetch,
         )  # fmt: skip
     if args.json:
         print(json.dumps(drills, indent=2))

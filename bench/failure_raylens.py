@@ -34,7 +34,9 @@ from failure_drills import (
 )
 
 
-def _raylens_settings(data_dir: Path, tiny: Any, threads: int, batch: int) -> Any:
+def _raylens_settings(
+    data_dir: Path, tiny: Any, threads: int, batch: int, prefetch: int | None = None
+) -> Any:
     from raylens.cluster.settings import Settings
 
     for key in [k for k in os.environ if k.startswith("RAYLENS_")]:
@@ -50,6 +52,11 @@ def _raylens_settings(data_dir: Path, tiny: Any, threads: int, batch: int) -> An
         worker_num_cpus=threads,
         torch_threads=threads,
         max_batch_size=batch,
+        # Leases of one batch, as the batching peers' batches are pinned to it in the drills
+        # (adaptive leases would grow to RAYLENS_LEASE_MAX_JOBS on the tiny model): "redone"
+        # then compares one batch with one batch.
+        lease_max_jobs=batch,
+        **({} if prefetch is None else {"prefetch_batches": prefetch}),
         # 6 s instead of the 60 s default, so the drill is short: a killed worker's batch is
         # re-queued when its lease expires (the tests' drills use the same).
         lease_timeout_s=6,
@@ -73,6 +80,7 @@ class RaylensProbe:
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
+        self.held_seen: int | None = None  # jobs the workers held at the last busy() check
 
     def done(self) -> int:
         import ray
@@ -91,7 +99,9 @@ class RaylensProbe:
         """A worker holds leased jobs (a batch in hand)."""
         from raylens.actors import launch
 
-        return any(r.get("held_leases", 0) > 0 for r in launch.worker_reports(self.settings, 2))
+        held = sum(r.get("held_leases", 0) for r in launch.worker_reports(self.settings, 2))
+        self.held_seen = held
+        return held > 0
 
     def wait_workers(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -138,6 +148,7 @@ def _raylens_count(
     began = Counter({s: sum(j.leases for j in jobs.get(s, [])) for s in good})
     counts = count_kill(good, began, [s for s in stored if s != bad_sha])
     batch = probe.settings.max_batch_size
+    prefetch = probe.settings.prefetch_batches
     killed = max(1, len(killer.killed))
     attempts = Counter(j.attempts for s in good for j in jobs.get(s, []))
     code = next((j.error_code.value for j in bad_jobs if j.error_code), None)
@@ -149,6 +160,8 @@ def _raylens_count(
         killed=killed_text(killer, "worker process(es)", RESTART[name]),
         notes=(
             f"corrupt image failed as {code}; job attempts {dict(sorted(attempts.items()))}; "
+            f"the worker held {probe.held_seen} job(s) just before the kill (leases of "
+            f"{batch}, RAYLENS_PREFETCH_BATCHES={prefetch}: at most {prefetch + 1} lease(s)); "
             f"target lost 0 and redone <= one batch ({batch}) per killed worker: "
             + ("met" if counts["lost"] == 0 and counts["redone"] <= batch * killed else "missed")
         ),
@@ -157,7 +170,14 @@ def _raylens_count(
 
 
 def drill_raylens(
-    rows: list[str], work: Path, tiny: Any, n: int, threads: int, batch: int, settle_s: float
+    rows: list[str],
+    work: Path,
+    tiny: Any,
+    n: int,
+    threads: int,
+    batch: int,
+    settle_s: float,
+    prefetch: int | None = None,
 ) -> list[Drill]:
     """raylens_bulk (`raylens ingest` against the system) and raylens_http (uploads) on one
     raylens (queue, index, one worker, supervisor, ingress) started in this process."""
@@ -166,7 +186,7 @@ def drill_raylens(
     from raylens.actors import launch
     from raylens.serve_app.deploy import deploy, undeploy
 
-    settings = _raylens_settings(work / "data", tiny, threads, batch)
+    settings = _raylens_settings(work / "data", tiny, threads, batch, prefetch)
     ray.init(
         address="local",
         num_cpus=max(threads, os.cpu_count() or 1) + 1,

@@ -171,3 +171,61 @@ def test_a_worker_measures_each_batch_so_its_leases_follow_its_speed() -> None:
     assert w.lease_size.next() == 4  # nothing measured yet: one model batch
     w._process(Batch(jobs, [None] * 4, decode_s=0.001))
     assert w.lease_size.next() == 64
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
+def test_a_worker_holds_at_most_prefetch_plus_one_leases(prefetch: int) -> None:
+    """What a killed worker leaves to redo is what it holds. The fetch loop leases the next
+    batch only when it can go straight into a free ready slot (with prefetch 0: only when
+    nothing is held), so a worker never holds more than prefetch + 1 leases. Before, it leased
+    one more and waited with it decoded for a slot."""
+    import queue as queue_module
+    import time
+
+    per_lease, leases_wanted = 4, 12
+    lock = threading.Lock()
+    held_at_lease: list[int] = []
+    counter = iter(range(1_000_000))
+    w: Any = SimpleNamespace(
+        settings=Settings(prefetch_batches=prefetch),
+        pause=Pause(Backoff(first_s=0.01, cap_s=0.01)),
+        stats=worker_module.WorkerStats(),
+        _stop=threading.Event(),
+        _draining=threading.Event(),
+        _held=set(),
+        _held_lock=lock,
+        _held_changed=threading.Condition(lock),
+        _ready=queue_module.Queue(maxsize=max(1, prefetch)),
+        _decode_map=None,
+        pipeline=SimpleNamespace(decode_batch=lambda jobs, _map: Batch(jobs, [], 0.0)),
+    )
+
+    def lease() -> list[Job]:
+        if len(held_at_lease) >= leases_wanted:
+            w._draining.set()
+            return []
+        with lock:
+            held_at_lease.append(len(w._held) + per_lease)  # held once this lease lands
+        return [leased(next(counter)) for _ in range(per_lease)]
+
+    def process(batch: Batch) -> None:
+        time.sleep(0.03)  # the model: slower than leasing and decoding
+        w._release_held(batch)
+
+    w._lease = lease
+    w._process = process
+    for name in ("_fetch_loop", "_infer_loop", "_wait_held", "_room_for_next", "_release_held"):
+        setattr(w, name, MethodType(getattr(Worker, name), w))
+    fetch = threading.Thread(target=w._fetch_loop, daemon=True)
+    infer = threading.Thread(target=w._infer_loop, daemon=True)
+    fetch.start()
+    infer.start()
+    fetch.join(timeout=30)
+    deadline = time.monotonic() + 30
+    while (w._held or not w._ready.empty()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    w._stop.set()
+    infer.join(timeout=5)
+    assert not fetch.is_alive() and not w._held, "the loops did not get through the leases"
+    assert len(held_at_lease) == leases_wanted
+    assert max(held_at_lease) == (prefetch + 1) * per_lease  # the overlap is still there

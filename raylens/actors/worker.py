@@ -339,6 +339,12 @@ class Worker:
             if self.pause.down is not None:  # index or store down: lease nothing until it is back
                 self.pause.wait(self._stop.wait)
                 continue
+            # Lease the next batch only when it can go straight on: a worker holds at most
+            # RAYLENS_PREFETCH_BATCHES + 1 leases (one in the model, the rest decoded or being
+            # decoded), and so a killed worker has at most that much to redo.
+            self._wait_held(self._room_for_next)
+            if self._stop.is_set() or self._draining.is_set():
+                break
             jobs = self._lease()
             if not jobs:
                 continue
@@ -383,6 +389,15 @@ class Worker:
             while not done() and not self._stop.is_set():
                 self._held_changed.wait(timeout=0.5)
 
+    def _room_for_next(self) -> bool:
+        """Whether the fetch loop may lease now (called holding the held-ids lock). With
+        prefetch 0, only when nothing is held (decode and inference of one lease take turns
+        with the next); otherwise when the ready queue has a free slot for what it leases.
+        The infer loop notifies on every take, _release_held on every release."""
+        if self.settings.prefetch_batches == 0:
+            return not self._held
+        return self._ready.qsize() < self._ready.maxsize
+
     def _paused_reason(self) -> str | None:
         down = self.pause.down
         return None if down is None else f"{down[0].value}: {down[1]}"
@@ -399,6 +414,8 @@ class Worker:
                 batch = self._ready.get(timeout=0.5)
             except queue.Empty:
                 continue
+            with self._held_changed:
+                self._held_changed.notify_all()  # a ready slot is free: the next lease may go
             self._process(batch)
 
     def _progressed(self) -> None:

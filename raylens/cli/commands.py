@@ -224,15 +224,21 @@ def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
 
     from raylens.actors import launch
     from raylens.actors.api import ClusterAPI
+    from raylens.cluster.store import page_cursor, store_cursor
 
     if not 1 <= args.limit <= 1000:
         raise SettingsError(f"--limit must be 1..1000, got {args.limit}")
+    try:
+        cursor = store_cursor(args.cursor)
+    except ValueError as exc:
+        raise SettingsError(f"--cursor: {exc}") from None
     launch.connect(settings, args.address)
     api = ClusterAPI(settings)
     try:
-        page = asyncio.run(api.list_images(args.limit, args.cursor))
+        page = asyncio.run(api.list_images(args.limit, cursor))
     finally:
         api.close()
+    page["next_cursor"] = page_cursor(page["next_cursor"])  # the form HTTP pages use too
     if args.json:
         print(json.dumps(page))
         return 0

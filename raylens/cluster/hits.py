@@ -8,7 +8,11 @@ from typing import Any
 from raylens.errors import InvalidRequest
 
 # Payload fields a search may filter on: plain names (what the workers write), scalar values.
-FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+# A payload field or a dotted path of identifiers, as the index takes it ("a." or "a..b" is no
+# path); the HTTP schema declares the same (serve_app/schemas.FilterField).
+FILTER_FIELD = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+FILTER_FIELD_MAX = 64
+FILTER_KEY = re.compile(FILTER_FIELD)
 
 
 def check_one_query(text: Any, image: Any, vector: Any) -> None:
@@ -44,7 +48,7 @@ def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(filters, dict):
         raise InvalidRequest("filters must be an object of {payload field: value}")
     for key, value in filters.items():
-        if not isinstance(key, str) or not FILTER_KEY.match(key):
+        if not isinstance(key, str) or len(key) > FILTER_FIELD_MAX or not FILTER_KEY.match(key):
             raise InvalidRequest(f"filter field {key!r} is not a payload field name")
         if not isinstance(value, (str, int, bool)):
             raise InvalidRequest(

@@ -256,7 +256,13 @@ class Settings(BaseSettings):
         "worker's model runs on cuda). Face jobs and other formats always decode on the CPU.",
     )
     prefetch_batches: int = Field(
-        default=1, ge=0, le=16, description="Decoded batches kept ready while one is inferred."
+        default=1,
+        ge=0,
+        le=16,
+        description="Decoded batches kept ready while one is inferred. A worker holds at most "
+        "this many leases plus the one in its model, and a killed worker's jobs are redone "
+        "elsewhere: 0 holds one lease at a time (no decode overlap across leases, at most one "
+        "batch to redo).",
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
         default="on",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -40,6 +41,33 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return float(created_at), job_id
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
         raise ValueError(f"invalid job list cursor {cursor!r}") from None
+
+
+# Page cursors as users see them, over HTTP and in the CLI alike: "<created_at>_<job id>" of the
+# last entry of the previous page (the store's own cursor above is opaque base64). The pattern
+# describes this form exactly, so a cursor it admits is one a page can start from.
+PAGE_CURSOR = r"^[0-9]{1,16}(\.[0-9]{1,17})?_[0-9A-Za-z_-]{1,64}$"
+
+
+def page_cursor(store_cursor: str | None) -> str | None:
+    """The store's next-page cursor as users see it."""
+    if store_cursor is None:
+        return None
+    created_at, job_id = decode_cursor(store_cursor)
+    return f"{created_at!r}_{job_id}"
+
+
+def store_cursor(cursor: str | None) -> str | None:
+    """A user's page cursor (page_cursor's form) as the store takes it; ValueError names a
+    cursor of another form."""
+    if cursor is None:
+        return None
+    if not re.fullmatch(PAGE_CURSOR, cursor):
+        raise ValueError(
+            f"not a page cursor (<created_at>_<job id>, the next_cursor of a page): {cursor[:80]!r}"
+        )
+    created_at, _, job_id = cursor.partition("_")
+    return encode_cursor(float(created_at), job_id)
 
 
 class JobStore(ABC):

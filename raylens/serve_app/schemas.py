@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from raylens.cluster.hits import FILTER_FIELD, FILTER_FIELD_MAX
 from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, Transition
 from raylens.errors import ErrorCode
 
@@ -192,11 +193,9 @@ def _integral(value: Any) -> Any:
 JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
-# Filters as the index takes them: a payload field, a dotted path of identifiers (stricter than
-# cluster.hits.check_filters: the index refuses "a." or "a..b" as a path), and a string, a
-# boolean or an integer that JSON carries exactly everywhere (|n| < 2**53).
-FILTER_FIELD = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-FILTER_FIELD_MAX = 64
+# Filters as the index takes them: a payload field, a dotted path of identifiers (the pattern
+# cluster.hits.check_filters checks), and a string, a boolean or an integer that JSON carries
+# exactly everywhere (|n| < 2**53).
 FilterField = Annotated[str, StringConstraints(pattern=FILTER_FIELD, max_length=FILTER_FIELD_MAX)]
 MAX_SAFE_INT = 2**53 - 1
 SafeInt = Annotated[StrictInt, Field(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT), BeforeValidator(_integral)]

@@ -14,7 +14,7 @@ from pydantic.json_schema import SkipJsonSchema
 from raylens.actors.api import ClusterAPI
 from raylens.cluster.jobs import JobState, Lane, Pipeline
 from raylens.cluster.settings import Settings
-from raylens.cluster.store import decode_cursor, encode_cursor
+from raylens.cluster.store import PAGE_CURSOR, page_cursor, store_cursor
 from raylens.errors import InvalidRequest, JobNotFound
 from raylens.serve_app.openapi import (
     ERRORS,
@@ -35,26 +35,8 @@ from raylens.serve_app.schemas import (
 )
 from raylens.serve_app.uploads import file_parts, read_multipart, text_field
 
-# Page cursors over HTTP: "<created_at>_<job id>" of the last entry of the previous page (the
-# store's own cursor is opaque base64). A pattern describes this form exactly, so a cursor the
-# schema admits is one the handler takes: a made-up one starts a page at that point.
-CURSOR = r"^[0-9]{1,16}(\.[0-9]{1,17})?_[0-9A-Za-z_-]{1,64}$"
 CURSOR_DOC = "next_cursor of the previous page."
-Cursor = Annotated[str, StringConstraints(pattern=CURSOR)]
-
-
-def _store_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    created_at, _, job_id = cursor.partition("_")
-    return encode_cursor(float(created_at), job_id)
-
-
-def _http_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    created_at, job_id = decode_cursor(cursor)
-    return f"{created_at!r}_{job_id}"
+Cursor = Annotated[str, StringConstraints(pattern=PAGE_CURSOR)]
 
 
 def _choice(value: str | None, enum: Any, field: str, default: Any) -> Any:
@@ -142,9 +124,9 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[Cursor | SkipJsonSchema[None], Query(description=CURSOR_DOC)] = None,
     ) -> JobsPage:
-        page, next_cursor = await api.list_jobs(state, limit, _store_cursor(cursor))
+        page, next_cursor = await api.list_jobs(state, limit, store_cursor(cursor))
         return JobsPage(
-            jobs=[JobOut.of(j, redact) for j in page], next_cursor=_http_cursor(next_cursor)
+            jobs=[JobOut.of(j, redact) for j in page], next_cursor=page_cursor(next_cursor)
         )
 
     @jobs.post(
@@ -169,8 +151,8 @@ def router(api: ClusterAPI, settings: Settings, auth: Sequence[Any]) -> APIRoute
     ) -> ImagesPage:
         """One entry per done job: the content's sha256 (what DELETE /v1/images/{sha256}
         removes), its source, the model that made its vectors, its faces and video frames."""
-        page = await api.list_images(limit, _store_cursor(cursor))
-        return ImagesPage.model_validate({**page, "next_cursor": _http_cursor(page["next_cursor"])})
+        page = await api.list_images(limit, store_cursor(cursor))
+        return ImagesPage.model_validate({**page, "next_cursor": page_cursor(page["next_cursor"])})
 
     @jobs.delete(
         "/v1/jobs/{job_id}",
