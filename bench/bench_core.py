@@ -115,18 +115,46 @@ def raw_limit_isolated(folder: Path, model: str, threads: int, batch_sizes: list
     return out
 
 
+def worker_layout(threads: int, workers: int | None) -> tuple[int, int]:
+    """(workers, CPUs and torch threads each) for the raylens rows. By default the layout the
+    ray_data peer is tuned to: one worker per GPU, or without GPUs one worker per thread with one
+    torch thread each (on CPUs, processes that each decode and run the model beat one process
+    whose torch threads share the model: see bench/peer_ray_data.py)."""
+    if workers is None:
+        import torch
+
+        workers = torch.cuda.device_count() or threads
+    workers = max(1, min(workers, threads))
+    return workers, max(1, threads // workers)
+
+
+WORKERS_HELP = (
+    "raylens workers, the threads shared among them (default: one per GPU, or one per thread "
+    "with one torch thread each, as the ray_data peer)"
+)
+
+
 def raylens_ingest(
-    folder: Path, model: str, threads: int, batch: int, data_dir: Path, decode_threads: int
+    folder: Path,
+    model: str,
+    threads: int,
+    batch: int,
+    data_dir: Path,
+    decode_threads: int,
+    workers: int | None = None,
 ) -> dict:
     from _peer_common import free_port
+
+    n_workers, per_worker = worker_layout(threads, workers)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYLENS_")}
     env.update(
         RAYLENS_DATA_DIR=str(data_dir),
         RAYLENS_CLIP_MODEL=model,
         RAYLENS_CLIP_PRETRAINED="none",
-        RAYLENS_WORKER_NUM_CPUS=str(threads),
-        RAYLENS_TORCH_THREADS=str(threads),
+        RAYLENS_NUM_WORKERS=str(n_workers),
+        RAYLENS_WORKER_NUM_CPUS=str(per_worker),
+        RAYLENS_TORCH_THREADS=str(per_worker),
         RAYLENS_MAX_BATCH_SIZE=str(batch),
         RAYLENS_DECODE_THREADS=str(decode_threads),
         RAYLENS_RAY_PORT=str(free_port()),
@@ -171,6 +199,8 @@ def raylens_ingest(
         "images_per_s_incl_process_start": n / wall,
         "done": n,
         "failed": summary["failed"],
+        "workers": n_workers,
+        "worker_threads": per_worker,
         "stage_seconds": [w.get("seconds") for w in workers],
         "batches": sum(w.get("batches", 0) for w in workers),
     }
@@ -184,6 +214,7 @@ def run_core(
     threads: int,
     batch_sizes: list[int],
     decode_threads: int | None = None,
+    workers: int | None = None,
 ) -> dict:
     """The whole core benchmark on images already made in `folder` (also used by bench_http)."""
     from raylens.cluster.settings import Settings
@@ -191,7 +222,9 @@ def run_core(
     mp = sum(Image.open(p).width * Image.open(p).height for p in paths) / len(paths) / 1e6
     raw = raw_limit_isolated(folder, model, threads, batch_sizes)
     decode_threads = decode_threads or Settings.model_fields["decode_threads"].default
-    ours = raylens_ingest(folder, model, threads, raw["batch_size"], data_dir, decode_threads)
+    ours = raylens_ingest(
+        folder, model, threads, raw["batch_size"], data_dir, decode_threads, workers
+    )
     return {
         "model": model,
         "device": raw["device"],
@@ -240,6 +273,7 @@ def main() -> int:
         default=None,
         help="raylens decode threads per worker (default: the setting's default)",
     )
+    ap.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--raw-only",
@@ -258,7 +292,14 @@ def main() -> int:
         paths = make_images(folder, args.images)
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         out = run_core(
-            folder, paths, Path(tmp) / "data", args.model, args.threads, sizes, args.decode_threads
+            folder,
+            paths,
+            Path(tmp) / "data",
+            args.model,
+            args.threads,
+            sizes,
+            args.decode_threads,
+            args.workers,
         )
     if args.json:
         print(json.dumps(out, indent=2))

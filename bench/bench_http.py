@@ -61,9 +61,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peer_common import free_port, post_upload, stdout_to_stderr  # noqa: E402
 from _rss import RowMemory  # noqa: E402
 from bench_core import (  # noqa: E402
+    WORKERS_HELP,
     make_images,
     raw_limit_isolated,
     run_core,
+    worker_layout,
 )
 from bench_media import print_media, run_media  # noqa: E402
 from failure_drills import DEFINITIONS, run_drills, table_lines  # noqa: E402
@@ -102,7 +104,14 @@ def summary_ms(values_s: list[float]) -> dict[str, Any]:
 # ---- the system under test ----------------------------------------------------------------
 
 
-def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_threads: int) -> Any:
+def start_system(
+    data_dir: Path,
+    model: str,
+    threads: int,
+    batch: int,
+    decode_threads: int,
+    workers: int | None = None,
+) -> Any:
     """Ray in this process, raylens (queue, index, one worker) and the Serve ingress."""
     import ray
 
@@ -112,12 +121,14 @@ def start_system(data_dir: Path, model: str, threads: int, batch: int, decode_th
 
     for key in [k for k in os.environ if k.startswith("RAYLENS_")]:
         os.environ.pop(key)  # like bench_core's subprocess env: only what is set below
+    n_workers, per_worker = worker_layout(threads, workers)
     settings = Settings(
         data_dir=data_dir,
         clip_model=model,
         clip_pretrained="none",
-        worker_num_cpus=threads,
-        torch_threads=threads,
+        num_workers=n_workers,
+        worker_num_cpus=per_worker,
+        torch_threads=per_worker,
         max_batch_size=batch,
         decode_threads=decode_threads,
         namespace=f"raylens-bench-{uuid.uuid4().hex[:8]}",
@@ -345,12 +356,13 @@ def run_http(
     search_queries: int,
     face_jobs: int = 24,
     video_seconds: int = 60,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     data = [p.read_bytes() for p in paths]  # file reads are not what we measure
     # Peak memory of the Ray processes (queue, worker, index, Serve proxy and replica) from
     # start to the last upload done; this process is the clients, as in every peer's row.
     mem = RowMemory().__enter__()
-    settings, url, report = start_system(data_dir, model, threads, batch, decode_threads)
+    settings, url, report = start_system(data_dir, model, threads, batch, decode_threads, workers)
     try:
         sampler = HealthSampler(url)
         sampler.start()
@@ -374,8 +386,9 @@ def run_http(
         stop_system(settings)
     return {
         "worker": {
-            "num_cpus": threads,
-            "torch_threads": threads,
+            "workers": settings.num_workers,
+            "num_cpus": settings.worker_num_cpus,
+            "torch_threads": settings.torch_threads,
             "max_batch_size": batch,
             "decode_threads": decode_threads,
             "device": report.get("device"),
@@ -510,7 +523,8 @@ def print_http(out: dict[str, Any]) -> None:
     w = out["worker"]
     print(
         f"HTTP ingress (Ray Serve), {out['images']} images one per request, "
-        f"{out['clients']} concurrent clients; 1 worker: {w['num_cpus']:g} CPUs, "
+        f"{out['clients']} concurrent clients; {w.get('workers', 1)} worker(s) of "
+        f"{w['num_cpus']:g} CPUs, "
         f"batch {w['max_batch_size']}, {w['decode_threads']} decode threads"
     )
     print(
@@ -550,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="raylens decode threads per worker (default: the setting's default)",
     )
+    ap.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     ap.add_argument(
         "--no-ingest",
         action="store_true",
@@ -626,8 +641,9 @@ def measure(
         else:
             data_dir = Path(tmp) / "core-data"
             core = run_core(
-                folder, paths, data_dir, args.model, args.threads, sizes, decode_threads
-            )
+                folder, paths, data_dir, args.model, args.threads, sizes, decode_threads,
+                args.workers,
+            )  # fmt: skip
             raw = core["raw"]
         http = run_http(
             paths,
@@ -641,6 +657,7 @@ def measure(
             args.search_queries,
             args.face_jobs,
             args.video_seconds,
+            args.workers,
         )
         peer_out = run_peers(peers, paths, args.model, args.threads, Path(tmp) / "peers")
         drills = None

@@ -39,3 +39,29 @@ def pytest_unconfigure(config) -> None:  # type: ignore[no-untyped-def]
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[0])
+    if os.environ.get("RAYLENS_PYTEST_NORMAL_EXIT") == "1":
+        _report_exit_state()
+
+
+def _report_exit_state() -> None:
+    """With RAYLENS_PYTEST_NORMAL_EXIT=1 (the hunt for that SIGSEGV, issue 14): say which
+    threads are still alive as the interpreter tears down, and where each one is, and turn
+    faulthandler back on (pytest's own is off by now), so a crash in teardown names the Python
+    frames of every thread. Ray's core worker is known to crash when a thread is still inside a
+    Ray call when it shuts down (ray-project/ray#31145)."""
+    import faulthandler
+    import threading
+    import traceback
+
+    frames = sys._current_frames()
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    sys.stderr.write(f"\nraylens exit: {len(alive)} thread(s) besides the main one\n")
+    for t in alive:
+        stack = traceback.format_stack(frames[t.ident]) if t.ident in frames else []
+        where = stack[-1].strip().splitlines()[0] if stack else "?"
+        sys.stderr.write(f"  {t.name} (daemon={t.daemon}): {where}\n")
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        sys.stderr.write(f"raylens exit: ray.is_initialized() = {ray.is_initialized()}\n")
+    sys.stderr.flush()
+    faulthandler.enable(file=sys.stderr, all_threads=True)

@@ -246,3 +246,46 @@ def test_cli_exits_2_naming_the_variable_when_a_setting_is_invalid(cli_env) -> N
 
     assert res.returncode == 2
     assert "RAYLENS_MAX_BATCH_SIZE" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_down_stops_a_head_whose_up_was_killed_while_ray_started(cli_env) -> None:
+    """`raylens up --detach` gets SIGKILL while its `ray start --head` runs (that runs in its own
+    session, so it goes on and the head comes up). `raylens down` must still stop that head:
+    before, the marker that lets it stop a head was written only once `ray start` returned."""
+    import psutil
+
+    port = int(cli_env["RAYLENS_RAY_PORT"])
+    up = subprocess.Popen(
+        [*RAYLENS, "up", "--detach", "--no-http"],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ray_start: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while ray_start is None and time.monotonic() < deadline and up.poll() is None:
+            for child in psutil.Process(up.pid).children(recursive=True):
+                try:
+                    if "start" in child.cmdline() and f"--port={port}" in child.cmdline():
+                        ray_start = child
+                except psutil.Error:
+                    continue
+            time.sleep(0.05)
+        assert ray_start is not None, "raylens up never ran ray start"
+        up.kill()
+        up.wait(timeout=30)
+        ray_start.wait(timeout=180)  # the head is up (or its start failed) by now
+        assert _listening(port), "the head did not come up after its `raylens up` was killed"
+        down = _run(["down"], cli_env)
+        assert down.returncode == 0, down.stderr
+        deadline = time.monotonic() + 30
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _listening(port), f"raylens down left the head running: {down.stderr}"
+    finally:
+        if up.poll() is None:
+            up.kill()
+        session = RaySession(port)
+        if session.find():
+            session.terminate()

@@ -42,13 +42,17 @@ def _start_local_ray(settings: Settings) -> None:
         "--node-ip-address=127.0.0.1",
         "--disable-usage-stats",
     ]
+    # The marker goes first: a `raylens up` killed while `ray start` runs leaves a head that
+    # `raylens down` must still stop (it stops only a head with the marker).
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    marker = settings.data_dir / MARKER
+    marker.write_text(str(time.time()))
     # A new session: Ctrl+C in the terminal reaches `raylens up` (which drains and stops Ray
     # in order), not the Ray daemons directly.
     proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     if proc.returncode != 0:
+        marker.unlink(missing_ok=True)
         raise RaylensError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    (settings.data_dir / MARKER).write_text(str(time.time()))
 
 
 def _stop_local_ray(settings: Settings) -> None:
