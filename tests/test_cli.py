@@ -249,9 +249,10 @@ def test_cli_exits_2_naming_the_variable_when_a_setting_is_invalid(cli_env) -> N
 
 
 def test_cli_down_stops_a_head_whose_up_was_killed_while_ray_started(cli_env) -> None:
-    """`raylens up --detach` gets SIGKILL while its `ray start --head` runs (that runs in its own
-    session, so it goes on and the head comes up). `raylens down` must still stop that head:
-    before, the marker that lets it stop a head was written only once `ray start` returned."""
+    """`raylens up --detach` gets SIGKILL while its `ray start --head` is finishing: the GCS
+    already listens, and `ray start` (in its own session) goes on and leaves the head up.
+    `raylens down` must still stop that head. Before, the marker that lets it stop a head was
+    written only once `ray start` returned, so it said "stopped 0 worker(s)" and left it."""
     import psutil
 
     port = int(cli_env["RAYLENS_RAY_PORT"])
@@ -264,7 +265,7 @@ def test_cli_down_stops_a_head_whose_up_was_killed_while_ray_started(cli_env) ->
     ray_start: psutil.Process | None = None
     try:
         deadline = time.monotonic() + 120
-        while ray_start is None and time.monotonic() < deadline and up.poll() is None:
+        while time.monotonic() < deadline and up.poll() is None and not _listening(port):
             for child in psutil.Process(up.pid).children(recursive=True):
                 try:
                     if "start" in child.cmdline() and f"--port={port}" in child.cmdline():
@@ -272,17 +273,16 @@ def test_cli_down_stops_a_head_whose_up_was_killed_while_ray_started(cli_env) ->
                 except psutil.Error:
                     continue
             time.sleep(0.05)
-        assert ray_start is not None, "raylens up never ran ray start"
-        up.kill()
+        assert ray_start is not None and ray_start.is_running(), "ray start was not caught"
+        up.kill()  # the GCS listens, ray start has not returned
         up.wait(timeout=30)
-        ray_start.wait(timeout=180)  # the head is up (or its start failed) by now
-        assert _listening(port), "the head did not come up after its `raylens up` was killed"
+        ray_start.wait(timeout=180)
+        assert RaySession(port).find(), "the head did not stay up after its raylens up died"
         down = _run(["down"], cli_env)
         assert down.returncode == 0, down.stderr
-        deadline = time.monotonic() + 30
-        while _listening(port) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _listening(port), f"raylens down left the head running: {down.stderr}"
+        assert not RaySession(port).find() and not _listening(port), (
+            f"raylens down left the head running: {down.stderr}"
+        )
     finally:
         if up.poll() is None:
             up.kill()
