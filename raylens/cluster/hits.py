@@ -48,7 +48,7 @@ def check_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(filters, dict):
         raise InvalidRequest("filters must be an object of {payload field: value}")
     for key, value in filters.items():
-        if not isinstance(key, str) or len(key) > FILTER_FIELD_MAX or not FILTER_KEY.match(key):
+        if not isinstance(key, str) or len(key) > FILTER_FIELD_MAX or not FILTER_KEY.fullmatch(key):
             raise InvalidRequest(f"filter field {key!r} is not a payload field name")
         if not isinstance(value, (str, int, bool)):
             raise InvalidRequest(
