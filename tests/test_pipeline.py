@@ -384,3 +384,83 @@ def test_pipeline_reports_progress_per_chunk_so_a_long_video_is_not_a_stall(
     assert out.failures == [] and out.frames == frames
     chunks = -(-frames // settings.max_batch_size)
     assert len(calls) - decoded >= chunks  # one call per embedding chunk of max_batch_size
+
+
+# --- decode overlap -------------------------------------------------------------------------
+
+
+class _TimedEmbedder:
+    """The real embedder, with each embed_images call's span recorded and stretched."""
+
+    def __init__(self, inner: ClipEmbedder, spans: list[tuple[str, float, float]]) -> None:
+        self._inner, self._spans = inner, spans
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed_images(self, pixels: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self._inner.embed_images(pixels)
+        time.sleep(0.15)
+        self._spans.append(("infer", t0, time.perf_counter()))
+        return out
+
+
+def _decode_and_infer_at_once(
+    tmp_path: Path, tiny_model: Any, embedder: ClipEmbedder, payloads: FsPayloadStore, mode: str
+) -> tuple[BatchPipeline, list[tuple[str, float, float]]]:
+    """The worker's two threads: one decodes batch 2 while the other processes batch 1."""
+    import threading
+
+    spans: list[tuple[str, float, float]] = []
+    settings = _settings(tmp_path, tiny_model, overlap_decode=mode)
+    pipe = BatchPipeline(
+        settings, _TimedEmbedder(embedder, spans), payloads, RecordingIndex(),  # type: ignore[arg-type]
+        worker_name="w1", worker_id="w1:1",
+    )  # fmt: skip
+    first = pipe.decode_batch([_upload(payloads, embedder, image_bytes(1))])
+    second = [_upload(payloads, embedder, image_bytes(2))]
+
+    def slow_map(fn: Any, jobs: list[Job]) -> list[Any]:
+        t0 = time.perf_counter()
+        out = list(map(fn, jobs))
+        time.sleep(0.15)
+        spans.append(("decode", t0, time.perf_counter()))
+        return out
+
+    go = threading.Barrier(2)
+    threads = [
+        threading.Thread(target=lambda: (go.wait(), pipe.process(first))),
+        threading.Thread(target=lambda: (go.wait(), pipe.decode_batch(second, slow_map))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return pipe, spans
+
+
+def _overlapped(spans: list[tuple[str, float, float]]) -> bool:
+    ((_, d0, d1),) = [s for s in spans if s[0] == "decode"]
+    ((_, i0, i1),) = [s for s in spans if s[0] == "infer"]
+    return d0 < i1 and i0 < d1
+
+
+def test_pipeline_takes_turns_decoding_and_inferring_when_overlap_is_auto_on_cpu(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    """On a CPU model the default (auto) does not overlap: a decode thread beside the forward
+    pass slowed the forward pass more than it saved (issue 16: about 7% on the ViT-B-32 row).
+    The two stages take turns, whichever thread runs them."""
+    assert Settings.model_fields["overlap_decode"].default == "auto"
+    pipe, spans = _decode_and_infer_at_once(tmp_path, tiny_model, embedder, payloads, "auto")
+    assert embedder.device == "cpu" and pipe.overlap is False
+    assert len(spans) == 2 and not _overlapped(spans)
+
+
+def test_pipeline_decodes_during_inference_when_overlap_is_on(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    pipe, spans = _decode_and_infer_at_once(tmp_path, tiny_model, embedder, payloads, "on")
+    assert pipe.overlap is True
+    assert len(spans) == 2 and _overlapped(spans)

@@ -265,9 +265,10 @@ class Settings(BaseSettings):
         "batch to redo).",
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
-        default="on",
+        default="auto",
         description="Decode the next batch while the current one is inferred. 'off' makes "
-        "decoding and inference take turns on the CPU; 'auto' overlaps only on cuda/mps.",
+        "decoding and inference take turns on the CPU; 'auto' overlaps only on cuda/mps (on a "
+        "CPU model, decode threads beside the forward pass slow it more than they save).",
     )
     worker_start_timeout_s: float = Field(
         default=600.0,
