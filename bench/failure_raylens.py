@@ -149,6 +149,7 @@ def _raylens_count(
     counts = count_kill(good, began, [s for s in stored if s != bad_sha])
     batch = probe.settings.max_batch_size
     prefetch = probe.settings.prefetch_batches
+    most = prefetch + 2 if prefetch else 1  # decoded ahead, in the model, being written
     killed = max(1, len(killer.killed))
     attempts = Counter(j.attempts for s in good for j in jobs.get(s, []))
     code = next((j.error_code.value for j in bad_jobs if j.error_code), None)
@@ -161,7 +162,7 @@ def _raylens_count(
         notes=(
             f"corrupt image failed as {code}; job attempts {dict(sorted(attempts.items()))}; "
             f"the worker held {probe.held_seen} job(s) just before the kill (leases of "
-            f"{batch}, RAYLENS_PREFETCH_BATCHES={prefetch}: at most {prefetch + 1} lease(s)); "
+            f"{batch}, RAYLENS_PREFETCH_BATCHES={prefetch}: at most {most} lease(s)); "
             f"target lost 0 and redone <= one batch ({batch}) per killed worker: "
             + ("met" if counts["lost"] == 0 and counts["redone"] <= batch * killed else "missed")
         ),

@@ -51,8 +51,8 @@ def test_raylens_rows_lose_nothing_and_redo_at_most_a_batch_when_the_worker_is_k
         assert d.corrupt == "finished+reported", d
         assert d.images == N and "1 worker process(es)" in d.killed, d
         assert d.lost == 0 and d.dup == 0, d
-        # The killed worker's batch in hand (and the one it prefetched).
-        assert d.redone is not None and d.redone <= 2 * BATCH, d
+        # The killed worker's batch in the model, the one being written, the one prefetched.
+        assert d.redone is not None and d.redone <= 3 * BATCH, d
 
 
 @pytest.mark.timeout(400)
@@ -61,7 +61,7 @@ def test_with_prefetch_0_a_killed_worker_redoes_at_most_its_one_batch(
 ) -> None:
     """RAYLENS_PREFETCH_BATCHES=0: a worker holds one lease at a time, so the issue's "redoes
     at most one batch per worker" holds exactly (the default prefetches one batch
-    and holds up to two)."""
+    and writes one beside the model: up to three)."""
     (d,) = failure_raylens.drill_raylens(
         ["raylens_bulk"], tmp_path, tiny_model, N, 1, BATCH, settle_s=10, prefetch=0
     )

@@ -42,8 +42,11 @@ class RecordingPipeline:
         self.outcomes = list(outcomes)
         self.ran: list[list[str]] = []
 
-    def process(self, batch: Batch) -> BatchOutcome:
+    def compute(self, batch: Batch) -> Any:
         self.ran.append([j.id for j in batch.jobs])
+        return batch
+
+    def write(self, computed: Any) -> BatchOutcome:
         return self.outcomes.pop(0)
 
 
@@ -56,6 +59,7 @@ def stub_worker(pipeline: RecordingPipeline, probe: Any) -> Any:
         index=SimpleNamespace(probe=probe),
         payloads=SimpleNamespace(exists=lambda key: False),
         _held=set(),
+        _leases=0,
         _held_changed=threading.Condition(),
         _ack=lambda done, failures, tokens: acks.append((done, failures, tokens)) or {},
         _record=lambda batch, out: None,
@@ -63,7 +67,7 @@ def stub_worker(pipeline: RecordingPipeline, probe: Any) -> Any:
         lease_size=LeaseSize(Settings()),
         acks=acks,
     )
-    for name in ("_process", "_release_held", "_probe_for"):
+    for name in ("_process", "_compute", "_write", "_release_held", "_probe_for"):
         setattr(w, name, MethodType(getattr(Worker, name), w))
     return w
 
@@ -75,7 +79,7 @@ def test_worker_acks_index_failures_as_infra_and_pauses_when_the_index_is_down()
     pipeline = RecordingPipeline(outcome([], down))
     probes: list[int] = []
     w = stub_worker(pipeline, probe=lambda: probes.append(1))
-    w._held = {a.id, b.id}
+    w._held, w._leases = {a.id, b.id}, 1
 
     w._process(Batch([a, b], [], 0.0))
 
@@ -86,6 +90,7 @@ def test_worker_acks_index_failures_as_infra_and_pauses_when_the_index_is_down()
     assert w._held == set()
     # The next batch comes while paused: given back unstarted, the pipeline never runs it.
     c = leased(3)
+    w._leases = 1
     w._process(Batch([c], [], 0.0))
     assert pipeline.ran == [[a.id, b.id]]
     (_, back, _) = w.acks[1]
@@ -174,17 +179,22 @@ def test_a_worker_measures_each_batch_so_its_leases_follow_its_speed() -> None:
 
 
 @pytest.mark.parametrize("prefetch", [0, 1, 2])
-def test_a_worker_holds_at_most_prefetch_plus_one_leases(prefetch: int) -> None:
+def test_a_worker_holds_at_most_prefetch_plus_two_leases_and_writes_while_the_model_runs(
+    prefetch: int,
+) -> None:
     """What a killed worker leaves to redo is what it holds. The fetch loop leases the next
-    batch only when it can go straight into a free ready slot (with prefetch 0: only when
-    nothing is held), so a worker never holds more than prefetch + 1 leases. Before, it leased
-    one more and waited with it decoded for a slot."""
+    batch only when it can go straight into a free ready slot and fewer than prefetch + 2
+    leases are held (decoded ahead, one in the model, one being written); with prefetch 0 only
+    when nothing is held. The writer upserts and acks one batch while the model computes the
+    next, so the model never waits for those round trips (issue 13): with a model and a write
+    equally slow, the two overlap and the bound is reached."""
     import queue as queue_module
     import time
 
     per_lease, leases_wanted = 4, 12
     lock = threading.Lock()
     held_at_lease: list[int] = []
+    spans: list[tuple[str, float, float]] = []
     counter = iter(range(1_000_000))
     w: Any = SimpleNamespace(
         settings=Settings(prefetch_batches=prefetch),
@@ -192,10 +202,13 @@ def test_a_worker_holds_at_most_prefetch_plus_one_leases(prefetch: int) -> None:
         stats=worker_module.WorkerStats(),
         _stop=threading.Event(),
         _draining=threading.Event(),
+        _infer_done=threading.Event(),
         _held=set(),
+        _leases=0,
         _held_lock=lock,
         _held_changed=threading.Condition(lock),
         _ready=queue_module.Queue(maxsize=max(1, prefetch)),
+        _computed=queue_module.Queue(maxsize=1),
         _decode_map=None,
         pipeline=SimpleNamespace(decode_batch=lambda jobs, _map: Batch(jobs, [], 0.0)),
     )
@@ -208,24 +221,42 @@ def test_a_worker_holds_at_most_prefetch_plus_one_leases(prefetch: int) -> None:
             held_at_lease.append(len(w._held) + per_lease)  # held once this lease lands
         return [leased(next(counter)) for _ in range(per_lease)]
 
-    def process(batch: Batch) -> None:
-        time.sleep(0.03)  # the model: slower than leasing and decoding
+    def timed(stage: str) -> None:
+        t0 = time.monotonic()
+        time.sleep(0.03)  # slower than leasing and decoding
+        spans.append((stage, t0, time.monotonic()))
+
+    def compute(batch: Batch) -> tuple[Any, float]:
+        timed("model")
+        return batch, 0.03
+
+    def write(batch: Batch, computed: Any, compute_s: float) -> None:
+        timed("write")
         w._release_held(batch)
 
-    w._lease = lease
-    w._process = process
-    for name in ("_fetch_loop", "_infer_loop", "_wait_held", "_room_for_next", "_release_held"):
+    w._lease, w._compute, w._write = lease, compute, write
+    for name in (
+        "_fetch_loop", "_infer_loop", "_write_loop", "_wait_held", "_room_for_next",
+        "_release_held",
+    ):  # fmt: skip
         setattr(w, name, MethodType(getattr(Worker, name), w))
+    loops = [threading.Thread(target=f, daemon=True) for f in (w._infer_loop, w._write_loop)]
     fetch = threading.Thread(target=w._fetch_loop, daemon=True)
-    infer = threading.Thread(target=w._infer_loop, daemon=True)
-    fetch.start()
-    infer.start()
+    for t in [fetch, *loops]:
+        t.start()
     fetch.join(timeout=30)
     deadline = time.monotonic() + 30
     while (w._held or not w._ready.empty()) and time.monotonic() < deadline:
         time.sleep(0.01)
     w._stop.set()
-    infer.join(timeout=5)
-    assert not fetch.is_alive() and not w._held, "the loops did not get through the leases"
+    for t in loops:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in [fetch, *loops]), "a loop did not end after stop()"
+    assert not w._held and w._leases == 0, "the loops did not get through the leases"
     assert len(held_at_lease) == leases_wanted
-    assert max(held_at_lease) == (prefetch + 1) * per_lease  # the overlap is still there
+    bound = 1 if prefetch == 0 else prefetch + 2
+    assert max(held_at_lease) == bound * per_lease  # the overlap is still there
+    models = [(a, b) for stage, a, b in spans if stage == "model"]
+    writes = [(a, b) for stage, a, b in spans if stage == "write"]
+    overlapped = any(m0 < w1 and w0 < m1 for m0, m1 in models for w0, w1 in writes)
+    assert overlapped is (prefetch > 0)  # prefetch 0: one lease at a time, nothing overlaps

@@ -1,11 +1,12 @@
 """Worker: a Ray actor that loads OpenCLIP once and turns leased jobs into stored vectors.
 
 A thin shell over raylens.cluster.pipeline.BatchPipeline (the read -> decode -> embed -> faces ->
-write work, testable without Ray). Two threads pipeline the work so decoding overlaps inference:
-the fetcher leases a batch and decodes it on a thread pool; the inferer runs the previous batch
-through the pipeline (one upsert per collection) and acks. A third thread extends the leases it
-holds. There is no event loop in this actor, so no model call can stall one; actor methods
-(report, embed_texts) are served while it works.
+write work, testable without Ray). Three threads pipeline the work: the fetcher leases a batch
+and decodes it on a thread pool; the inferer runs the model on the previous batch; the writer
+upserts the batch before that (one call per collection) and acks it, so the model never waits
+for a round trip to the index or the queue. A fourth thread extends the leases it holds. There
+is no event loop in this actor, so no model call can stall one; actor methods (report,
+embed_texts) are served while it works.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from raylens.cluster.index import VectorIndex
 from raylens.cluster.jobs import Failure, Job
 from raylens.cluster.lease_size import LeaseSize
 from raylens.cluster.payloads import open_payload_store
-from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline, pooled_map
+from raylens.cluster.pipeline import Batch, BatchOutcome, BatchPipeline, Computed, pooled_map
 from raylens.cluster.settings import Settings
 from raylens.errors import (
     ErrorCode,
@@ -66,6 +67,11 @@ class WorkerStats:
     write_s: float = 0.0
     last_batch_size: int = 0
     last_progress_at: float = field(default_factory=time.time)
+
+
+def lease_tokens(batch: Batch) -> dict[str, int]:
+    """The fencing token of each job's lease: its lease count as leased (QueueRules)."""
+    return {j.id: j.lease_token for j in batch.jobs}
 
 
 class RemoteIndex:
@@ -196,17 +202,22 @@ class Worker:
         self._stop = threading.Event()
         self._draining = threading.Event()  # set: lease nothing more (a scale-down)
         self._held: set[str] = set()
+        self._leases = 0  # leased batches not yet released (acked or given back)
         self._held_lock = threading.Lock()
         self._held_changed = threading.Condition(self._held_lock)
         # Index or store down: leasing pauses, probed with backoff (invariant 10).
         cap = settings.infra_backoff_max_s
         self.pause = Pause(Backoff(first_s=min(settings.infra_backoff_first_s, cap), cap_s=cap))
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=max(1, settings.prefetch_batches))
+        # The model's output, handed to the writer thread (upsert and ack).
+        self._computed: queue.Queue[tuple[Batch, Computed, float]] = queue.Queue(maxsize=1)
+        self._infer_done = threading.Event()  # the infer loop has ended (after stop())
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "raylens-decode")
         self._decode_map = pooled_map(self._decode_pool, settings.decode_threads)
         self._threads = [
             threading.Thread(target=self._guard(self._fetch_loop), name="fetch", daemon=True),
             threading.Thread(target=self._guard(self._infer_loop), name="infer", daemon=True),
+            threading.Thread(target=self._guard(self._write_loop), name="write", daemon=True),
             threading.Thread(target=self._guard(self._heartbeat_loop), name="beat", daemon=True),
         ]
         for t in self._threads:
@@ -340,8 +351,8 @@ class Worker:
                 self.pause.wait(self._stop.wait)
                 continue
             # Lease the next batch only when it can go straight on: a worker holds at most
-            # RAYLENS_PREFETCH_BATCHES + 1 leases (one in the model, the rest decoded or being
-            # decoded), and so a killed worker has at most that much to redo.
+            # RAYLENS_PREFETCH_BATCHES + 2 leases (decoded or being decoded, one in the model,
+            # one being written), and so a killed worker has at most that much to redo.
             self._wait_held(self._room_for_next)
             if self._stop.is_set() or self._draining.is_set():
                 break
@@ -354,6 +365,7 @@ class Worker:
             alone = any(j.suspect for j in jobs)
             with self._held_lock:
                 self._held.update(ids)
+                self._leases += 1
             if alone:
                 self._wait_held(lambda: self._held <= ids)  # noqa: B023 (called at once)
             self.stats.last_progress_at = time.time()  # a new batch: the stall clock restarts
@@ -391,12 +403,14 @@ class Worker:
 
     def _room_for_next(self) -> bool:
         """Whether the fetch loop may lease now (called holding the held-ids lock). With
-        prefetch 0, only when nothing is held (decode and inference of one lease take turns
-        with the next); otherwise when the ready queue has a free slot for what it leases.
-        The infer loop notifies on every take, _release_held on every release."""
-        if self.settings.prefetch_batches == 0:
+        prefetch 0, only when nothing is held (lease, decode, model and write of one lease take
+        turns with the next); otherwise when fewer than prefetch + 2 leases are held and the
+        ready queue has a free slot for what it leases. The infer loop notifies on every take,
+        _release_held on every release."""
+        prefetch = self.settings.prefetch_batches
+        if prefetch == 0:
             return not self._held
-        return self._ready.qsize() < self._ready.maxsize
+        return self._leases < prefetch + 2 and self._ready.qsize() < self._ready.maxsize
 
     def _paused_reason(self) -> str | None:
         down = self.pause.down
@@ -409,14 +423,28 @@ class Worker:
         return lambda: self.payloads.exists("0" * 64)  # a payload store read
 
     def _infer_loop(self) -> None:
-        while not (self._stop.is_set() and self._ready.empty()):
+        try:
+            while not (self._stop.is_set() and self._ready.empty()):
+                try:
+                    batch = self._ready.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                with self._held_changed:
+                    self._held_changed.notify_all()  # a ready slot is free: the next may go
+                computed = self._compute(batch)
+                if computed is not None:
+                    self._computed.put((batch, *computed))  # the writer always drains it
+        finally:
+            if self._stop.is_set():  # not restarted by _guard: the writer may finish
+                self._infer_done.set()
+
+    def _write_loop(self) -> None:
+        while not (self._infer_done.is_set() and self._computed.empty()):
             try:
-                batch = self._ready.get(timeout=0.5)
+                batch, computed, compute_s = self._computed.get(timeout=0.5)
             except queue.Empty:
                 continue
-            with self._held_changed:
-                self._held_changed.notify_all()  # a ready slot is free: the next lease may go
-            self._process(batch)
+            self._write(batch, computed, compute_s)
 
     def _progressed(self) -> None:
         """A chunk of a batch is done (frames decoded, embeddings, face finds): the stall
@@ -447,13 +475,16 @@ class Worker:
 
     # ---- one batch ----------------------------------------------------------------------------
     def _process(self, batch: Batch) -> None:
-        """Run the batch through the pipeline, ack its results and failures, record its cost.
+        """Compute and write one batch in this thread (tests; the loops split the two)."""
+        computed = self._compute(batch)
+        if computed is not None:
+            self._write(batch, *computed)
 
-        Infrastructure failures (index or store down) are acked as such, so the queue gives
-        their attempts back, and pause leasing until a probe of that dependency answers; a
-        batch that comes while paused is given back unstarted the same way (invariant 10)."""
-        # The fencing token of each lease is the job's lease count as leased (QueueRules).
-        tokens = {j.id: j.lease_token for j in batch.jobs}
+    def _compute(self, batch: Batch) -> tuple[Computed, float] | None:
+        """The model's part of a batch, and its seconds; None when the batch was given back.
+
+        While paused (index or store down) a batch is given back unstarted, acked as an
+        infrastructure failure so the queue gives its attempts back (invariant 10)."""
         down = self.pause.down
         if down is not None:
             code, message = down
@@ -461,18 +492,26 @@ class Worker:
                 Failure(j.id, code, f"not started: {message}", retryable=True, infra=True)
                 for j in batch.jobs
             ]
-            self._ack([], back, tokens)
+            self._ack([], back, lease_tokens(batch))
             self._release_held(batch)
             self.stats.infra_released += len(back)
             self.stats.last_progress_at = time.time()
-            return
+            return None
         t0 = time.perf_counter()
-        out = self.pipeline.process(batch)
-        process_s = time.perf_counter() - t0
-        # The slower stage bounds this worker (decode overlaps inference unless it is off).
-        busy_s = max(batch.decode_s, process_s) if self.overlap else batch.decode_s + process_s
-        self.lease_size.observe(len(batch.jobs), busy_s)
-        purge = self._ack(out.done, out.failures, tokens).get("purge")
+        computed = self.pipeline.compute(batch)
+        return computed, time.perf_counter() - t0
+
+    def _write(self, batch: Batch, computed: Computed, compute_s: float) -> None:
+        """Upsert what the model made, ack the batch's results and failures, record its cost.
+
+        Infrastructure failures (index or store down) are acked as such, so the queue gives
+        their attempts back, and pause leasing until a probe of that dependency answers."""
+        out = self.pipeline.write(computed)
+        # The slowest stage bounds this worker: the upsert overlaps the model, and decoding
+        # overlaps it too unless they take turns on the CPU.
+        model_s = max(batch.decode_s, compute_s) if self.overlap else batch.decode_s + compute_s
+        self.lease_size.observe(len(batch.jobs), max(model_s, out.write_s))
+        purge = self._ack(out.done, out.failures, lease_tokens(batch)).get("purge")
         if purge:
             self._purge(purge)
         self._release_held(batch)
@@ -486,6 +525,7 @@ class Worker:
     def _release_held(self, batch: Batch) -> None:
         with self._held_changed:
             self._held.difference_update(j.id for j in batch.jobs)
+            self._leases -= 1
             self._held_changed.notify_all()
 
     def _purge(self, sha256s: list[str]) -> None:

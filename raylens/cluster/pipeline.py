@@ -35,6 +35,7 @@ __all__ = [
     "Batch",
     "BatchOutcome",
     "BatchPipeline",
+    "Computed",
     "Decoded",
     "Item",
     "decode_device_for",
@@ -91,6 +92,23 @@ class Batch:
     jobs: list[Job]
     decoded: list[Decoded | Failure]
     decode_s: float
+
+
+@dataclass
+class Computed:
+    """What the model made of a batch, for `BatchPipeline.write`: the decoded jobs, the items
+    embedded and their vectors (or exceptions), the items searched for faces and the faces
+    found, the first model error of each job, the failures so far, and the model's seconds."""
+
+    good: list[tuple[Job, Decoded]]
+    embed: list[tuple[Job, Item]]
+    vectors: list[Any]
+    finds: list[tuple[Job, Item]]
+    found: list[Any]
+    errors: dict[str, str]
+    failures: list[Failure]
+    infer_s: float
+    faces_s: float
 
 
 @dataclass
@@ -184,9 +202,14 @@ class BatchPipeline:
         return self.process(self.decode_batch(jobs))
 
     def process(self, batch: Batch) -> BatchOutcome:
+        """Compute then write, in this thread (tests, and callers without a writer thread)."""
+        return self.write(self.compute(batch))
+
+    def compute(self, batch: Batch) -> Computed:
         """Embed every item (image or frame) of the batch, then find faces on the items whose
-        job asks for them and upsert each collection once: one batch of face work at most
-        between two embedding batches."""
+        job asks for them: one batch of face work at most between two embedding batches. The
+        model's part of a batch; `write` stores what it made (the worker runs the two in
+        different threads, so the model never waits for the index or the queue)."""
         failures = [d for d in batch.decoded if isinstance(d, Failure)]
         good = [(j, d) for j, d in zip(batch.jobs, batch.decoded) if isinstance(d, Decoded)]
         t0 = time.perf_counter()
@@ -204,26 +227,34 @@ class BatchPipeline:
             for job_id, msg in errors.items()
         ]
         failures += self._faces_off_failures(good, errors)
-        ok_jobs = [(j, d) for j, d in good if j.id not in errors]
+        return Computed(good, embed, vectors, finds, found, errors, failures, t1 - t0, t2 - t1)
+
+    def write(self, c: Computed) -> BatchOutcome:
+        """Upsert each collection once for the jobs the model did not fail; an unavailable
+        index fails them as retryable infrastructure faults (invariant 10)."""
+        t0 = time.perf_counter()
+        failures = list(c.failures)
+        ok_jobs = [(j, d) for j, d in c.good if j.id not in c.errors]
         done: list[tuple[str, dict[str, Any]]] = []
         face_points = 0
         if ok_jobs:
             try:
-                done, face_points = self._store(ok_jobs, embed, vectors, finds, found, errors)
+                done, face_points = self._store(
+                    ok_jobs, c.embed, c.vectors, c.finds, c.found, c.errors
+                )
             except RaylensError as exc:  # index down: not the jobs' fault, retry them
                 infra = isinstance(exc, INFRA_ERRORS)  # and at no attempt's cost (invariant 10)
                 failures += [
                     Failure(j.id, exc.code, exc.message, True, infra=infra) for j, _ in ok_jobs
                 ]
-        t3 = time.perf_counter()
         return BatchOutcome(
             done=done,
             failures=failures,
-            infer_s=t1 - t0,
-            faces_s=t2 - t1,
-            write_s=t3 - t2,
-            embedded=bool(embed),
-            found_faces=bool(finds),
+            infer_s=c.infer_s,
+            faces_s=c.faces_s,
+            write_s=time.perf_counter() - t0,
+            embedded=bool(c.embed),
+            found_faces=bool(c.finds),
             wrote=bool(ok_jobs),
             frames=sum(len(d.items) for _, d in ok_jobs if d.video is not None),
             faces=face_points,

@@ -260,9 +260,10 @@ class Settings(BaseSettings):
         ge=0,
         le=16,
         description="Decoded batches kept ready while one is inferred. A worker holds at most "
-        "this many leases plus the one in its model, and a killed worker's jobs are redone "
-        "elsewhere: 0 holds one lease at a time (no decode overlap across leases, at most one "
-        "batch to redo).",
+        "this many leases plus the one in its model and the one being written (upsert and "
+        "ack, beside the model), and a killed worker's jobs are redone elsewhere: 0 holds one "
+        "lease at a time (lease, decode, model and write take turns; at most one batch to "
+        "redo).",
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
         default="auto",
