@@ -22,6 +22,7 @@ from raylens.actors import launch
 from raylens.actors.handles import UNAVAILABLE
 from raylens.cluster import runs, webhooks
 from raylens.cluster.active_model import ActiveModel
+from raylens.cluster.coalesce import Coalescer
 from raylens.cluster.hits import (
     check_filters,
     check_one_query,
@@ -31,13 +32,14 @@ from raylens.cluster.hits import (
     hit_out,
 )
 from raylens.cluster.intake import check_upload, spec_for_upload
-from raylens.cluster.jobs import Job, JobState, Lane, Pipeline, SubmitResult
+from raylens.cluster.jobs import Job, JobSpec, JobState, Lane, Pipeline, SubmitResult
 from raylens.cluster.payloads import PayloadStore, open_payload_store
 from raylens.cluster.settings import Settings
 from raylens.errors import (
     InvalidRequest,
     InvalidTransition,
     JobNotFound,
+    QueueFull,
     RaylensError,
     StoreUnavailable,
 )
@@ -74,6 +76,12 @@ class ClusterAPI:
         self._report_at = 0.0
         self._active: ActiveModel | None = None  # the active model record (model switches)
         self._active_at = 0.0
+        # Concurrent uploads share queue calls (a keyed one goes alone: its key names it).
+        self._submits: Coalescer[JobSpec, SubmitResult] = Coalescer(
+            lambda specs: self._queue_call("submit", specs, None),
+            settings.submit_coalesce_jobs,
+            alone=(QueueFull,),
+        )
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -194,7 +202,11 @@ class ClusterAPI:
             return [s.model_copy(update={"callback_url": callback_url}) for s in specs]
 
         specs = await self._run(validate_and_store)
-        results: list[SubmitResult] = await self._queue_call("submit", specs, idempotency_key)
+        results: list[SubmitResult] = (
+            await self._submits.submit(specs)
+            if idempotency_key is None
+            else await self._queue_call("submit", specs, idempotency_key)
+        )
         return [
             {
                 "id": r.job_id,

@@ -514,6 +514,15 @@ class Settings(BaseSettings):
         description="Cap on one upload request body (all files); checked while streaming.",
     )
     max_upload_files: int = Field(default=256, ge=1, description="Files in one upload request.")
+    submit_coalesce_jobs: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="Uploads without an Idempotency-Key that arrive while the ingress's queue "
+        "call is in flight go together in its next one, up to this many jobs (a request is "
+        "never split; 1: every request alone). No upload waits for others: an idle ingress "
+        "sends each at once.",
+    )
     api_keys: str | None = Field(
         default=None,
         repr=False,
