@@ -336,7 +336,8 @@ def search_latency(url: str, queries: int, top_k: int = 10, warmup: int = 10) ->
 
 
 def worker_stage_seconds(settings: Any) -> list[dict[str, Any]]:
-    """Each worker's seconds per stage so far (decode, infer, faces, write)."""
+    """Each worker's seconds per stage so far (decode, infer, faces, write, and ack: its write
+    thread waiting for the queue to record a batch)."""
     import ray
 
     from raylens.actors import launch

@@ -65,6 +65,7 @@ class WorkerStats:
     infer_s: float = 0.0
     faces_s: float = 0.0
     write_s: float = 0.0
+    ack_s: float = 0.0  # the writer's wait for the queue to record a batch's results
     last_batch_size: int = 0
     last_progress_at: float = field(default_factory=time.time)
 
@@ -264,6 +265,7 @@ class Worker:
                 "infer": s.infer_s,
                 "faces": s.faces_s,
                 "write": s.write_s,
+                "ack": s.ack_s,
             },
         }
 
@@ -511,7 +513,9 @@ class Worker:
         # overlaps it too unless they take turns on the CPU.
         model_s = max(batch.decode_s, compute_s) if self.overlap else batch.decode_s + compute_s
         self.lease_size.observe(len(batch.jobs), max(model_s, out.write_s))
+        t0 = time.perf_counter()
         purge = self._ack(out.done, out.failures, lease_tokens(batch)).get("purge")
+        self.stats.ack_s += time.perf_counter() - t0
         if purge:
             self._purge(purge)
         self._release_held(batch)
