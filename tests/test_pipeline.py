@@ -464,3 +464,19 @@ def test_pipeline_decodes_during_inference_when_overlap_is_on(
     pipe, spans = _decode_and_infer_at_once(tmp_path, tiny_model, embedder, payloads, "on")
     assert pipe.overlap is True
     assert len(spans) == 2 and _overlapped(spans)
+
+
+def test_pipeline_hands_the_write_step_no_pixels_when_the_model_is_done(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    """The worker writes one batch while the model runs the next: the batch being written
+    keeps what each picture was (size, format, part), not the pictures themselves."""
+    pipe, index = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    jobs = [_upload(payloads, embedder, image_bytes(40 + i, (96, 64))) for i in range(3)]
+    computed = pipe.compute(pipe.decode_batch(jobs))
+    items = [it for _, d in computed.good for it in d.items]
+    assert len(items) == 3 and all(it.image.pixels.size == 0 for it in items)
+    assert all(it.image.full is None for it in items)
+    out = pipe.write(computed)
+    assert out.failures == [] and len(index.points()) == 3
+    assert all(r["width"] == 96 and r["height"] == 64 for _, r in out.done)

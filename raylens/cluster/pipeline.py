@@ -7,6 +7,7 @@ vector index), so it is tested directly; the Worker actor adds leasing, acks, th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -227,7 +228,20 @@ class BatchPipeline:
             for job_id, msg in errors.items()
         ]
         failures += self._faces_off_failures(good, errors)
-        return Computed(good, embed, vectors, finds, found, errors, failures, t1 - t0, t2 - t1)
+        # The write needs what each item was, not its pixels: let those go now rather than
+        # hold a third batch of pictures (frames, face-size images) while it is written.
+        light = {id(it): _without_pixels(it) for _, d in good for it in d.items}
+        return Computed(
+            [(j, Decoded([light[id(it)] for it in d.items], d.video)) for j, d in good],
+            [(j, light[id(it)]) for j, it in embed],
+            vectors,
+            [(j, light[id(it)]) for j, it in finds],
+            found,
+            errors,
+            failures,
+            t1 - t0,
+            t2 - t1,
+        )
 
     def write(self, c: Computed) -> BatchOutcome:
         """Upsert each collection once for the jobs the model did not fail; an unavailable
@@ -391,6 +405,15 @@ class BatchPipeline:
         if item.part != "image":
             payload.update(media="video", video_id=job.id, **item.meta)
         return payload
+
+
+_NO_PIXELS = np.empty((0, 0, 3), np.uint8)
+
+
+def _without_pixels(item: Item) -> Item:
+    """The item as the write step sees it: what it was (size, format, part, frame), no pixels."""
+    image = dataclasses.replace(item.image, pixels=_NO_PIXELS, full=None)
+    return Item(image, item.part, item.meta)
 
 
 def _shas(items: list[tuple[Job, Item]]) -> list[str]:
