@@ -44,7 +44,7 @@ class RecordingPipeline:
 
     def compute(self, batch: Batch) -> Any:
         self.ran.append([j.id for j in batch.jobs])
-        return batch
+        return SimpleNamespace(infer_s=0.0, faces_s=0.0)  # what write() reads of a Computed
 
     def write(self, computed: Any) -> BatchOutcome:
         return self.outcomes.pop(0)
@@ -226,11 +226,11 @@ def test_a_worker_holds_at_most_prefetch_plus_two_leases_and_writes_while_the_mo
         time.sleep(0.03)  # slower than leasing and decoding
         spans.append((stage, t0, time.monotonic()))
 
-    def compute(batch: Batch) -> tuple[Any, float]:
+    def compute(batch: Batch) -> Any:
         timed("model")
-        return batch, 0.03
+        return batch
 
-    def write(batch: Batch, computed: Any, compute_s: float) -> None:
+    def write(batch: Batch, computed: Any) -> None:
         timed("write")
         w._release_held(batch)
 

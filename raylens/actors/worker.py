@@ -211,7 +211,7 @@ class Worker:
         self.pause = Pause(Backoff(first_s=min(settings.infra_backoff_first_s, cap), cap_s=cap))
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=max(1, settings.prefetch_batches))
         # The model's output, handed to the writer thread (upsert and ack).
-        self._computed: queue.Queue[tuple[Batch, Computed, float]] = queue.Queue(maxsize=1)
+        self._computed: queue.Queue[tuple[Batch, Computed]] = queue.Queue(maxsize=1)
         self._infer_done = threading.Event()  # the infer loop has ended (after stop())
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "raylens-decode")
         self._decode_map = pooled_map(self._decode_pool, settings.decode_threads)
@@ -435,7 +435,7 @@ class Worker:
                     self._held_changed.notify_all()  # a ready slot is free: the next may go
                 computed = self._compute(batch)
                 if computed is not None:
-                    self._computed.put((batch, *computed))  # the writer always drains it
+                    self._computed.put((batch, computed))  # the writer always drains it
         finally:
             if self._stop.is_set():  # not restarted by _guard: the writer may finish
                 self._infer_done.set()
@@ -443,10 +443,10 @@ class Worker:
     def _write_loop(self) -> None:
         while not (self._infer_done.is_set() and self._computed.empty()):
             try:
-                batch, computed, compute_s = self._computed.get(timeout=0.5)
+                batch, computed = self._computed.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._write(batch, computed, compute_s)
+            self._write(batch, computed)
 
     def _progressed(self) -> None:
         """A chunk of a batch is done (frames decoded, embeddings, face finds): the stall
@@ -480,10 +480,10 @@ class Worker:
         """Compute and write one batch in this thread (tests; the loops split the two)."""
         computed = self._compute(batch)
         if computed is not None:
-            self._write(batch, *computed)
+            self._write(batch, computed)
 
-    def _compute(self, batch: Batch) -> tuple[Computed, float] | None:
-        """The model's part of a batch, and its seconds; None when the batch was given back.
+    def _compute(self, batch: Batch) -> Computed | None:
+        """The model's part of a batch; None when the batch was given back.
 
         While paused (index or store down) a batch is given back unstarted, acked as an
         infrastructure failure so the queue gives its attempts back (invariant 10)."""
@@ -499,11 +499,9 @@ class Worker:
             self.stats.infra_released += len(back)
             self.stats.last_progress_at = time.time()
             return None
-        t0 = time.perf_counter()
-        computed = self.pipeline.compute(batch)
-        return computed, time.perf_counter() - t0
+        return self.pipeline.compute(batch)
 
-    def _write(self, batch: Batch, computed: Computed, compute_s: float) -> None:
+    def _write(self, batch: Batch, computed: Computed) -> None:
         """Upsert what the model made, ack the batch's results and failures, record its cost.
 
         Infrastructure failures (index or store down) are acked as such, so the queue gives
@@ -511,6 +509,7 @@ class Worker:
         out = self.pipeline.write(computed)
         # The slowest stage bounds this worker: the upsert overlaps the model, and decoding
         # overlaps it too unless they take turns on the CPU.
+        compute_s = computed.infer_s + computed.faces_s
         model_s = max(batch.decode_s, compute_s) if self.overlap else batch.decode_s + compute_s
         self.lease_size.observe(len(batch.jobs), max(model_s, out.write_s))
         t0 = time.perf_counter()
