@@ -4,6 +4,10 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 export UV_PYTHON_DOWNLOADS ?= never
 # Ray would otherwise package the working directory, .venv included, for every `uv run` driver.
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
+# Bytecode compiled at install: with PYTHONDONTWRITEBYTECODE set (as on the CI machines) every
+# Python process (the CLI, each Ray actor) otherwise compiles ray, torch and open_clip from source
+# on import: 11 s of CPU each here, against 4.6 s with .pyc files.
+export UV_COMPILE_BYTECODE ?= 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -31,6 +35,7 @@ uv:
 
 deps: uv
 	$(UV) sync --frozen
+	@$(UV) run --frozen python -m compileall -q raylens tests bench >/dev/null
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
