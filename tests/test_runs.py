@@ -64,3 +64,20 @@ def test_an_ingest_is_a_run_and_an_interrupted_one_continues_its_run(
     jobs = ray.get(queue.states.remote(second.job_ids))
     assert all(j.state is JobState.DONE and j.run_id == first.run_id for j in jobs)
     assert {e["job_id"] for e in events["events"]} == {j.id for j in jobs}
+
+
+@pytest.mark.integration
+def test_an_ingest_sees_its_end_when_it_happens_not_a_poll_interval_later(
+    tmp_path: Path, settings_for, running
+) -> None:
+    # A poll interval far longer than the work: an ingest that slept between looks at its jobs
+    # would take at least 30 s; following the run's events by long poll, it ends with its jobs.
+    settings = settings_for(ingest_poll_s=30.0)
+    running(settings)
+    write_images(tmp_path / "imgs", 8)
+    queue = launch.queue_handle(settings)
+
+    summary = ingest.ingest(settings, tmp_path / "imgs", queue, progress=False)
+
+    assert summary.complete and summary.done == 8
+    assert summary.seconds < 20, summary

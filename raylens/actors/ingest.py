@@ -312,11 +312,23 @@ class _Run:
         if time.monotonic() - self._last_poll > self.settings.ingest_poll_s * 4:
             self.collect()
         while len(self.pending) >= self.settings.ingest_max_pending and not self.timed_out():
-            time.sleep(self._poll_delay())
-            self.collect()
+            self._await_progress()
 
     def wait(self) -> None:
         while self.pending and not self.timed_out():
+            self._await_progress()
+
+    def _await_progress(self) -> None:
+        """Collect what finished next: by a long poll of the run's events (answered as soon as
+        one of its jobs ends, so an ingest's end is seen when it happens, not up to a poll
+        interval later), or, following by outcomes, after a poll interval."""
+        if self._events_at is not None:
+            started = time.monotonic()
+            if self.collect(wait_s=self._poll_delay()):
+                return
+            # The queue did not answer (restarting): wait out the interval before asking again.
+            time.sleep(max(0.0, self._poll_delay() - (time.monotonic() - started)))
+        else:
             time.sleep(self._poll_delay())
             self.collect()
 
@@ -329,17 +341,18 @@ class _Run:
         # Each poll sends every pending id: poll big backlogs less often.
         return self.settings.ingest_poll_s * max(1.0, len(self.pending) / 2000)
 
-    def collect(self) -> None:
+    def collect(self, wait_s: float = 0.0) -> bool:
         """Move finished jobs out of pending, counting them (jobs created since the run
         started also give their creation -> done latency). The queue answers from memory for
-        jobs it still holds, and sends back only the finished ones."""
+        jobs it still holds, and sends back only the finished ones. Following by events, waits
+        up to wait_s for the first of them. False when the queue could not be asked."""
         self._last_poll = time.monotonic()
         if self._events_at is not None:
             try:
-                self._collect_events()
+                self._collect_events(wait_s)
             except UNAVAILABLE:
                 self.bar.set_postfix_str("queue restarting", refresh=False)
-                return
+                return False
             except Exception as exc:  # follow everything by outcomes from now on
                 log.warning("job events unavailable (%s); following jobs by their outcomes", exc)
                 self._events_at = None
@@ -351,7 +364,7 @@ class _Run:
                 )
             except UNAVAILABLE:
                 self.bar.set_postfix_str("queue restarting", refresh=False)
-                return  # the queue is being rebuilt from the store; look again next poll
+                return False  # the queue is being rebuilt from the store; look again next poll
             for job_id, state, code, created_at, done_at in finished:
                 latency = done_at - created_at if done_at is not None else None
                 self._finished(
@@ -360,14 +373,21 @@ class _Run:
         self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
         if time.monotonic() - self._run_written >= self.settings.run_update_s:
             self.write_run()
+        return True
 
-    def _collect_events(self, max_pages: int = 50) -> None:
-        """Count this run's jobs that finished since the last read, by their events."""
+    def _collect_events(self, wait_s: float = 0.0, max_pages: int = 50) -> None:
+        """Count this run's jobs that finished since the last read, by their events (the
+        first read waits up to wait_s for one)."""
         assert self.record is not None
-        for _ in range(max_pages):
+        for page_no in range(max_pages):
             page = ray.get(
                 self.queue.events.remote(
-                    self._events_at, None, 0.0, None, ["done", "failed"], self.record["id"]
+                    self._events_at,
+                    None,
+                    wait_s if page_no == 0 else 0.0,
+                    None,
+                    ["done", "failed"],
+                    self.record["id"],
                 )
             )
             moved = page["last"] != self._events_at
