@@ -480,3 +480,25 @@ def test_pipeline_hands_the_write_step_no_pixels_when_the_model_is_done(
     out = pipe.write(computed)
     assert out.failures == [] and len(index.points()) == 3
     assert all(r["width"] == 96 and r["height"] == 64 for _, r in out.done)
+
+
+def test_pipeline_times_the_model_inside_its_cpu_turn_and_takes_none_for_no_faces(
+    tmp_path, tiny_model, embedder, payloads
+) -> None:
+    """With decode and model taking turns (CPU), the wait for a decode's turn is neither model
+    time nor face time: the worker sizes its leases from these seconds. A batch that asks for
+    no faces takes no turn for them."""
+    import threading
+
+    pipe, _ = _pipeline(tmp_path, tiny_model, embedder, payloads)
+    assert isinstance(pipe.cpu_turn, type(threading.Lock()))
+    batch = pipe.decode_batch([_upload(payloads, embedder, image_bytes(7))])
+    pipe.compute(batch)  # warm: the first forward pass is slower
+    pipe.cpu_turn.acquire()  # a decode holds the turn for 1 s
+    threading.Timer(1.0, pipe.cpu_turn.release).start()
+    t0 = time.perf_counter()
+    computed = pipe.compute(batch)
+    wall = time.perf_counter() - t0
+    assert wall >= 1.0
+    assert computed.infer_s < wall - 0.5, (computed.infer_s, wall)
+    assert computed.faces_s == 0.0
