@@ -45,6 +45,13 @@ from raylens.errors import (
 )
 
 log = logging.getLogger("raylens.api")
+
+
+def _actor_key(handle: Any) -> Any:
+    """What tells two worker handles apart: the actor's id (a replaced worker has a new one)."""
+    return getattr(handle, "_actor_id", None) or id(handle)
+
+
 _UNAVAILABLE_OR_TIMEOUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncio.TimeoutError)
 T = TypeVar("T")
 
@@ -116,29 +123,40 @@ class ClusterAPI:
         return self._workers
 
     async def _on_worker(self, method: str, *args: Any) -> Any:
-        """Run a query method on a worker (round robin), beside its batch loop; skip dead ones."""
-        workers = await self._worker_list()
-        if not workers:
-            workers = await self._worker_list(refresh=True)
-        if not workers:
-            raise StoreUnavailable("no raylens workers are running; start them with `raylens up`")
+        """Run a query method on a worker (round robin), beside its batch loop; skip dead ones.
+
+        When every worker of the cached list fails (replaced by a rollout or a restart since
+        the list was read), the list is read again and the workers not tried yet are asked."""
+        tried: set[Any] = set()
         last: BaseException | None = None
-        for _ in range(len(workers)):
-            worker = workers[self._next_worker % len(workers)]
-            self._next_worker += 1
-            try:
-                return await asyncio.wait_for(
-                    getattr(worker, method).remote(*args), timeout=self.settings.search_timeout_s
-                )
-            except ray.exceptions.RayTaskError as exc:
-                raise _as_raylens(exc) from None
-            except _UNAVAILABLE_OR_TIMEOUT as exc:
-                last = exc
+        for refresh in (False, True):
+            workers = await self._worker_list(refresh=refresh)
+            start = self._next_worker
+            for k in range(len(workers)):
+                worker = workers[(start + k) % len(workers)]
+                key = _actor_key(worker)
+                if key in tried:
+                    continue
+                tried.add(key)
+                self._next_worker += 1
+                try:
+                    return await asyncio.wait_for(
+                        getattr(worker, method).remote(*args),
+                        timeout=self.settings.search_timeout_s,
+                    )
+                except ray.exceptions.RayTaskError as exc:
+                    raise _as_raylens(exc) from None
+                except _UNAVAILABLE_OR_TIMEOUT as exc:
+                    last = exc
         self._workers_at = 0.0  # look the workers up again next time
-        raise StoreUnavailable(
-            f"no worker answered within {self.settings.search_timeout_s}s "
-            f"(RAYLENS_SEARCH_TIMEOUT_S): {type(last).__name__}"
+        if last is None:
+            raise StoreUnavailable("no raylens workers are running; start them with `raylens up`")
+        why = (
+            f"none answered within {self.settings.search_timeout_s}s (RAYLENS_SEARCH_TIMEOUT_S)"
+            if isinstance(last, asyncio.TimeoutError)
+            else f"the last one: {type(last).__name__}"
         )
+        raise StoreUnavailable(f"no raylens worker answered ({len(tried)} tried; {why})")
 
     async def active_model(self, refresh: bool = False) -> ActiveModel:
         """The active model record, as the queue holds it (cached for a few seconds)."""
