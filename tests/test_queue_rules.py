@@ -20,8 +20,9 @@ from raylens.cluster.jobs import (
     SubmitResult,
     request_fingerprint,
 )
-from raylens.cluster.queue_rules import QueueRules, StoredThenFailed
+from raylens.cluster.queue_rules import QueueRules
 from raylens.cluster.settings import Settings
+from raylens.cluster.store import JobStore, StoredThenFailed
 from raylens.cluster.store_sqlite import SqliteJobStore
 from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull, StoreUnavailable
 
@@ -442,7 +443,13 @@ def test_job_counts_follow_acks_and_retries_when_the_terminal_counts_were_read(
 
 # ---- store faults: memory follows the store (invariant 11) ----------------------------------
 class FlakyStore:
-    """The real SQLite store, with StoreUnavailable raised on the next N calls of a method."""
+    """The real SQLite store, with StoreUnavailable raised on the next N calls of a method.
+
+    A keyed create takes the generic two-write path (create_or_get, then put_idempotency, as
+    on Redis), so a failure can land between the two writes; SQLite's own one-transaction
+    path is tested apart."""
+
+    create_or_get_keyed = JobStore.create_or_get_keyed
 
     def __init__(self, inner: SqliteJobStore) -> None:
         self._inner = inner
@@ -559,6 +566,44 @@ def test_submit_queues_the_created_jobs_when_the_idempotency_write_fails(flaky_r
     assert sorted(j.id for j in leased) == sorted(ids(again))
     ack(rules, "w1", done=[(j.id, {}) for j in leased], tokens=tokens_of(leased))
     assert_settled(rules, ids(again))
+
+
+def test_a_keyed_submit_on_sqlite_writes_its_jobs_and_key_in_one_transaction(
+    make_rules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One commit per keyed upload: when the key's write fails, the jobs are not committed
+    either (nothing to queue, nothing stranded), and the client's retry creates them."""
+    rules = make_rules()
+    store = rules.store
+    assert isinstance(store, SqliteJobStore)
+    specs = [spec(1), spec(2)]
+    commits = []
+    real = store._transaction
+
+    def counted(action: str) -> Any:
+        commits.append(action)
+        return real(action)
+
+    monkeypatch.setattr(store, "_transaction", counted)
+    # The key's write fails inside the transaction.
+    monkeypatch.setattr(SqliteJobStore, "_put_idempotency_in", staticmethod(_raise_unavailable))
+    with pytest.raises(StoreUnavailable):
+        submit(rules, specs, key="k1")
+    assert rules.lanes.depth() == 0 and store.counts().get("queued", 0) == 0
+    monkeypatch.undo()
+
+    commits.clear()
+    monkeypatch.setattr(store, "_transaction", counted)
+    made = submit(rules, specs, key="k1")
+    assert commits == ["create_or_get"]  # jobs, events and key: one transaction
+    assert rules.lanes.depth() == 2 and all(r.created for r in made)
+    assert submit(rules, specs, key="k1") == [
+        type(r)(r.job_id, False, r.state, r.created_at) for r in made
+    ]
+
+
+def _raise_unavailable(*args: Any) -> None:
+    raise StoreUnavailable("injected: the key's write failed")
 
 
 def test_submit_queues_an_existing_queued_job_when_no_lane_holds_it(make_rules) -> None:

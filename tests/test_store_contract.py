@@ -366,6 +366,20 @@ def test_idempotency_record_round_trips_and_expires_after_its_ttl(store: JobStor
     assert store.get_idempotency("k1") == ("fp-a", ["j1", "j2"])
 
 
+def test_a_keyed_create_remembers_the_ids_it_returned_existing_ones_included(
+    store: JobStore,
+) -> None:
+    earlier = new_job(1)
+    store.create_or_get([earlier])
+    again, fresh = new_job(1), new_job(2)  # the same content as `earlier`, and new content
+
+    stored = store.create_or_get_keyed([again, fresh], "k1", "fp-a", ttl_s=60)
+
+    assert [(job.id, created) for job, created in stored] == [(earlier.id, False), (fresh.id, True)]
+    assert store.get_idempotency("k1") == ("fp-a", [earlier.id, fresh.id])
+    assert store.get(fresh.id) == fresh
+
+
 def test_redis_store_raises_store_unavailable_when_the_server_is_unreachable() -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
     store = RedisJobStore(url)

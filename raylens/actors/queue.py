@@ -26,9 +26,9 @@ from raylens.cluster.jobs import (
     request_fingerprint,
 )
 from raylens.cluster.payloads import PayloadStore, open_payload_store
-from raylens.cluster.queue_rules import QueueRules, StoredThenFailed
+from raylens.cluster.queue_rules import QueueRules
 from raylens.cluster.settings import Settings
-from raylens.cluster.store import JobStore, open_job_store
+from raylens.cluster.store import JobStore, StoredThenFailed, open_job_store
 from raylens.errors import ErrorCode, InvalidRequest, JobNotFound
 
 # Failure is part of this actor's call signatures; workers and tests import it from here.

@@ -12,25 +12,12 @@ from typing import Any
 from raylens.cluster.jobs import Failure, Job, JobSpec, JobState, Outcome, Pipeline, SubmitResult
 from raylens.cluster.lanes import Lanes, Queued
 from raylens.cluster.settings import Settings
-from raylens.cluster.store import JobStore, Tombstone
+from raylens.cluster.store import JobStore, StoredThenFailed, Tombstone
 from raylens.errors import ErrorCode, IdempotencyConflict, QueueFull
 
 log = logging.getLogger("raylens.queue")
 
 Result = tuple[str, dict[str, Any]]  # (job id, result) of a job done
-
-
-class StoredThenFailed(Exception):
-    """A submit's jobs were committed, then a later write of the same step failed.
-
-    Carries the stored jobs so the memory step queues the created ones before the error is
-    raised to the caller: a job committed as queued is always in a lane (invariant 4).
-    """
-
-    def __init__(self, stored: list[tuple[Job, bool]], error: BaseException) -> None:
-        super().__init__(str(error))
-        self.stored = stored
-        self.error = error
 
 
 @dataclass
@@ -255,15 +242,17 @@ class QueueRules:
             known = self.keyed_jobs(key, fingerprint)
             if known is not None:
                 return known, []
-        stored = self.store.create_or_get(jobs)
-        self._remember([job for job, created in stored if created])
-        if key is not None:
+        if key is None:
+            stored = self.store.create_or_get(jobs)
+        else:
             try:
-                self.store.put_idempotency(
-                    key, fingerprint, [job.id for job, _ in stored], self.settings.idempotency_ttl_s
+                stored = self.store.create_or_get_keyed(
+                    jobs, key, fingerprint, self.settings.idempotency_ttl_s
                 )
-            except Exception as exc:
-                raise StoredThenFailed(stored, exc) from exc
+            except StoredThenFailed as exc:
+                self._remember([job for job, created in exc.stored if created])
+                raise
+        self._remember([job for job, created in stored if created])
         return None, stored
 
     def release_admitted(self, n: int) -> None:

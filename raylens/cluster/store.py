@@ -70,6 +70,19 @@ def store_cursor(cursor: str | None) -> str | None:
     return encode_cursor(float(created_at), job_id)
 
 
+class StoredThenFailed(Exception):
+    """A submit's jobs were committed, then a later write of the same step failed.
+
+    Carries the stored jobs so the memory step queues the created ones before the error is
+    raised to the caller: a job committed as queued is always in a lane (invariant 4).
+    """
+
+    def __init__(self, stored: list[tuple[Job, bool]], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.stored = stored
+        self.error = error
+
+
 class JobStore(ABC):
     """Durable job records. Every write has returned only once it is durable.
 
@@ -86,6 +99,21 @@ class JobStore(ABC):
         and is not failed, that existing job is returned with created=False and nothing is
         written. A failed one is replaced as the content_key's job by the new one.
         """
+
+    def create_or_get_keyed(
+        self, jobs: Sequence[Job], key: str, fingerprint: str, ttl_s: float
+    ) -> list[tuple[Job, bool]]:
+        """create_or_get, and remember the key with the ids it returned (put_idempotency).
+
+        Here two writes: when the key's write fails after the jobs were committed, raises
+        StoredThenFailed carrying them. A store that can make both one transaction overrides
+        this (then a failure leaves nothing written, and it raises the failure itself)."""
+        stored = self.create_or_get(jobs)
+        try:
+            self.put_idempotency(key, fingerprint, [job.id for job, _ in stored], ttl_s)
+        except Exception as exc:
+            raise StoredThenFailed(stored, exc) from exc
+        return stored
 
     @abstractmethod
     def put(self, jobs: Sequence[Job]) -> None:

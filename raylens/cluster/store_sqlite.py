@@ -193,36 +193,51 @@ class SqliteJobStore(JobStore):
     def create_or_get(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         """One transaction, one lookup per 500 content keys and two batched writes (not three
         statements per job)."""
-        out: list[tuple[Job, bool]] = []
         if not jobs:
-            return out
+            return []
         with self._transaction("create_or_get") as db:
-            rows = _rows_in(
-                lambda sql, params: db.execute(sql, params).fetchall(),
-                "SELECT c.content_key, j.id, j.state, j.data FROM content c "
-                "JOIN jobs j ON j.id = c.job_id WHERE c.content_key",
-                [job.content_key for job in jobs],
-            )
-            existing = {key: (job_id, state, data) for key, job_id, state, data in rows}
-            made: dict[str, Job] = {}  # content key -> the job this call creates for it
-            for job in jobs:
-                twin = made.get(job.content_key)
-                if twin is not None:  # the same content twice in one call: the first one
-                    out.append((twin, twin.id == job.id))
-                    continue
-                found = existing.get(job.content_key)
-                # Same id: this very job was stored by an earlier, retried call; still "created".
-                if found is not None and found[0] != job.id and found[1] != JobState.FAILED.value:
-                    out.append((Job.from_json(found[2]), False))
-                    continue
-                made[job.content_key] = job
-                out.append((job, True))
-            db.executemany(UPSERT_JOB, [_row(job) for job in made.values()])
-            db.executemany(
-                "INSERT OR REPLACE INTO content (content_key, job_id) VALUES (?, ?)",
-                [(job.content_key, job.id) for job in made.values()],
-            )
-            self._append_events(db, [ev.event_of(job) for job in made.values()])
+            return self._create_or_get_in(db, jobs)
+
+    def create_or_get_keyed(
+        self, jobs: Sequence[Job], key: str, fingerprint: str, ttl_s: float
+    ) -> list[tuple[Job, bool]]:
+        """The jobs and the key in one transaction (one commit, one fsync, per keyed upload):
+        both are written or neither is."""
+        with self._transaction("create_or_get") as db:
+            stored = self._create_or_get_in(db, jobs)
+            self._put_idempotency_in(db, key, fingerprint, [job.id for job, _ in stored], ttl_s)
+        return stored
+
+    def _create_or_get_in(
+        self, db: sqlite3.Connection, jobs: Sequence[Job]
+    ) -> list[tuple[Job, bool]]:
+        out: list[tuple[Job, bool]] = []
+        rows = _rows_in(
+            lambda sql, params: db.execute(sql, params).fetchall(),
+            "SELECT c.content_key, j.id, j.state, j.data FROM content c "
+            "JOIN jobs j ON j.id = c.job_id WHERE c.content_key",
+            [job.content_key for job in jobs],
+        )
+        existing = {key: (job_id, state, data) for key, job_id, state, data in rows}
+        made: dict[str, Job] = {}  # content key -> the job this call creates for it
+        for job in jobs:
+            twin = made.get(job.content_key)
+            if twin is not None:  # the same content twice in one call: the first one
+                out.append((twin, twin.id == job.id))
+                continue
+            found = existing.get(job.content_key)
+            # Same id: this very job was stored by an earlier, retried call; still "created".
+            if found is not None and found[0] != job.id and found[1] != JobState.FAILED.value:
+                out.append((Job.from_json(found[2]), False))
+                continue
+            made[job.content_key] = job
+            out.append((job, True))
+        db.executemany(UPSERT_JOB, [_row(job) for job in made.values()])
+        db.executemany(
+            "INSERT OR REPLACE INTO content (content_key, job_id) VALUES (?, ?)",
+            [(job.content_key, job.id) for job in made.values()],
+        )
+        self._append_events(db, [ev.event_of(job) for job in made.values()])
         return out
 
     def _append_events(self, db: sqlite3.Connection, events: Sequence[ev.Event]) -> None:
@@ -262,14 +277,20 @@ class SqliteJobStore(JobStore):
     def put_idempotency(
         self, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
     ) -> None:
-        now = time.time()
         with self._transaction("put_idempotency") as db:
-            db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
-            db.execute(
-                "INSERT OR REPLACE INTO idempotency (key, fingerprint, job_ids, expires_at) "
-                "VALUES (?, ?, ?, ?)",
-                (key, fingerprint, json.dumps(list(job_ids)), now + ttl_s),
-            )
+            self._put_idempotency_in(db, key, fingerprint, job_ids, ttl_s)
+
+    @staticmethod
+    def _put_idempotency_in(
+        db: sqlite3.Connection, key: str, fingerprint: str, job_ids: Sequence[str], ttl_s: float
+    ) -> None:
+        now = time.time()
+        db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
+        db.execute(
+            "INSERT OR REPLACE INTO idempotency (key, fingerprint, job_ids, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            (key, fingerprint, json.dumps(list(job_ids)), now + ttl_s),
+        )
 
     def put_meta(self, key: str, value: str) -> None:
         with self._transaction("put_meta") as db:
