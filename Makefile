@@ -6,7 +6,7 @@ export UV_PYTHON_DOWNLOADS ?= never
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 # Bytecode compiled at install: with PYTHONDONTWRITEBYTECODE set (as on the CI machines) every
 # Python process (the CLI, each Ray actor) otherwise compiles ray, torch and open_clip from source
-# on import: 11 s of CPU each here, against 4.6 s with .pyc files.
+# on import: 11.3 s each here (10.7 s of user CPU), against 4.6 s (4.1 s) with .pyc files.
 export UV_COMPILE_BYTECODE ?= 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
@@ -35,7 +35,7 @@ uv:
 
 deps: uv
 	$(UV) sync --frozen
-	@$(UV) run --frozen python -m compileall -q raylens tests bench >/dev/null
+	@$(UV) run --frozen python -m compileall -q raylens tests bench
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
