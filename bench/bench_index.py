@@ -8,6 +8,10 @@ and the longest single call. Then, with the load written and the last build swap
 quiet search p50/p99. `--backend client` runs the same on qdrant-client's local mode (the
 embedded default before Qdrant Edge) for the before/after ratio.
 
+`--rate` paces the writer like an ingest. `make bench-index` runs it twice: at 2,000 points/s
+(about the most `raylens ingest` reaches on a 2-core machine, one point per image), then
+unpaced (the index's own write rate: what a faster node could send it).
+
     uv run python bench/bench_index.py [--points 100000] [--rate 0] [--backend edge|client]
                                        [--json]
 """
