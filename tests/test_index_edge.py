@@ -119,6 +119,47 @@ def test_a_build_whose_backlog_outgrows_the_setting_is_dropped(tmp_path: Path) -
     ix.close()
 
 
+def test_a_swapped_out_generation_is_removed_off_the_calling_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap renames the old generation and removes it on a thread of its own (its rmtree
+    grows with the collection and used to run inside the index call); a leftover of a removal
+    that a crash cut short is removed at the next open."""
+    import threading
+
+    import raylens.cluster.index_edge as index_edge
+
+    removed_on: dict[str, str] = {}
+    real_rmtree = index_edge.shutil.rmtree
+
+    def rmtree(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        if Path(path).exists():
+            removed_on[Path(path).name] = threading.current_thread().name
+        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_edge.shutil, "rmtree", rmtree)
+    settings = Settings(data_dir=tmp_path, index_build_points=300)
+    ix = VectorIndex(settings, 16, builds=True)
+    write(ix, 0, 300, 16)
+    state = wait_built(ix)
+    assert state["builds"] == 1 and state["generation"] == "gen-000002", state
+    folder = collection_dir(settings)
+    assert not (folder / "gen-000001").exists()  # renamed within the swap
+    deadline = time.monotonic() + 30
+    while (folder / "gen-000001.removing").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (folder / "gen-000001.removing").exists()
+    assert removed_on.get("gen-000001.removing") == "raylens-index-remove", removed_on
+    assert "gen-000001" not in removed_on  # never removed in the swapping call itself
+    ix.close()
+    (folder / "gen-000001.removing").mkdir()  # a removal a crash cut short
+    (folder / "gen-000001.removing" / "segment").write_bytes(b"x" * 100)
+    again = VectorIndex(settings)
+    assert again.count() == 300
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["gen-000002"]
+    again.close()
+
+
 def test_a_crash_during_a_build_leaves_the_live_generation_and_the_leftover_is_removed(
     tmp_path: Path,
 ) -> None:

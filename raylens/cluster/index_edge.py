@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -39,6 +40,10 @@ from raylens.errors import IndexUnavailable, SettingsError
 
 CURRENT = "CURRENT"
 GEN = re.compile(r"^gen-(\d{6})$")
+# A generation swapped out is renamed to <gen>.removing and removed on a background thread (its
+# rmtree took 0.07-0.17 s inside the swapping call at 10,000-90,000 512-d points, growing with
+# the collection); one left by a crash is removed at the next open.
+REMOVING = ".removing"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Payload fields with a keyword index: what deletes and per-image lookups filter on.
 INDEXED_FIELDS = ("sha256", "job_id")
@@ -177,8 +182,12 @@ class EdgeCollection:
                 f"{current} names {gen!r}, which is not a generation folder here; restore the "
                 "folder from a backup or move it away (its vectors are lost; re-ingest)"
             )
-        for stale in self.folder.iterdir():  # builds a crash left behind
-            if stale.is_dir() and GEN.match(stale.name) and stale.name != gen:
+        for stale in self.folder.iterdir():  # builds and old generations a crash left behind
+            if (
+                stale.is_dir()
+                and stale.name != gen
+                and (GEN.match(stale.name) or stale.name.endswith(REMOVING))
+            ):
                 shutil.rmtree(stale, ignore_errors=True)
         path = self.folder / gen
         self._read_vector_config(path)
@@ -315,7 +324,7 @@ class EdgeCollection:
         self.shard, self.gen, self._build = b.shard, b.gen, None
         with contextlib.suppress(Exception):
             old_shard.close()
-        shutil.rmtree(old_path, ignore_errors=True)
+        _remove_later(old_path)
         with contextlib.suppress(FileNotFoundError):
             Path(f"{old_path}.log").unlink()
         self.stats["builds"] += 1
@@ -337,6 +346,25 @@ class EdgeCollection:
         if self.shard is not None:
             self.shard.close()
             self.shard = None
+
+
+def _remove_later(path: Path) -> None:
+    """Remove a generation folder off the calling thread: renamed at once (so the name is free
+    and no open ever takes it for a generation), deleted on a daemon thread."""
+    doomed = path.with_name(path.name + REMOVING)
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)  # an earlier removal that did not finish
+        os.replace(path, doomed)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    threading.Thread(
+        target=shutil.rmtree,
+        args=(doomed,),
+        kwargs={"ignore_errors": True},
+        daemon=True,
+        name="raylens-index-remove",
+    ).start()
 
 
 def _stop(b: _Build) -> None:
