@@ -74,6 +74,7 @@ def test_a_build_runs_in_another_process_while_writes_and_searches_go_on(tmp_pat
     state = ix.build_state()[IMAGES]
     assert state["builds"] == 1 and state["generation"] == "gen-000002", state
     assert state["last_build"]["replayed_points"] >= 100
+    assert 0 < state["last_build"]["copy_seconds"] < state["last_build"]["wall_seconds"]
     assert state["indexed"] >= 6000  # HNSW built on the copy's big segment
     assert (collection_dir(settings) / "CURRENT").read_text() == "gen-000002"
     assert not (collection_dir(settings) / "gen-000001").exists()
