@@ -103,6 +103,11 @@ def test_a_build_that_fails_is_dropped_and_the_live_collection_keeps_everything(
     assert not state["building"] and state["builds_dropped"] == 1, state
     assert "exited with" in state["last_drop"]
     assert not (collection_dir(settings) / "gen-000002").exists()
+    doomed = collection_dir(settings) / "gen-000002.removing"  # deleted off the call
+    deadline = time.monotonic() + 30
+    while doomed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not doomed.exists()
     assert ix.count() == 310 and state["generation"] == "gen-000001"
     ix.close()
 

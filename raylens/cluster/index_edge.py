@@ -40,9 +40,10 @@ from raylens.errors import IndexUnavailable, SettingsError
 
 CURRENT = "CURRENT"
 GEN = re.compile(r"^gen-(\d{6})$")
-# A generation swapped out is renamed to <gen>.removing and removed on a background thread (its
-# rmtree took 0.07-0.17 s inside the swapping call at 10,000-90,000 512-d points, growing with
-# the collection); one left by a crash is removed at the next open.
+# A generation swapped out, or a dropped build's copy, is renamed to <gen>.removing and removed
+# on a background thread (the swap's rmtree took 0.07-0.17 s inside the index call at
+# 10,000-90,000 512-d points, growing with the collection); one left by a crash is removed at
+# the next open.
 REMOVING = ".removing"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Payload fields with a keyword index: what deletes and per-image lookups filter on.
@@ -320,7 +321,7 @@ class EdgeCollection:
             return
         self._build = None
         _stop(b)
-        shutil.rmtree(b.path, ignore_errors=True)
+        _remove_later(b.path)  # a whole copy of the collection: not inside this call either
         self._since_build += b.log_points
         self._next_try = time.monotonic() + 60.0
         self.stats["builds_dropped"] += 1
